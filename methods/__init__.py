@@ -1,0 +1,14 @@
+"""Method registry. Built-ins are listed lazily; third-party methods arrive through the ``unlearnbench.methods``
+entry-point group or ``@METHODS.register("name")``."""
+from unlearnbench.methods.base import Method, MethodConfig
+from unlearnbench.registry import Registry
+
+METHODS: Registry[type[Method]] = Registry("method", Method, "unlearnbench.methods")
+METHODS.register_lazy("rkl", "unlearnbench.methods.rkl:ReverseKL", "reverse-kl")
+METHODS.register_lazy("fkl", "unlearnbench.methods.fkl:ForwardKL", "forward-kl")
+METHODS.register_lazy("lik", "unlearnbench.methods.lik:Likelihood", "likelihood")
+METHODS.register_lazy("esd", "unlearnbench.methods.esd:ESD")
+METHODS.register_lazy("salun", "unlearnbench.methods.salun:SalUn")
+METHODS.register_lazy("siss", "unlearnbench.methods.siss:SISS")
+
+__all__ = ["METHODS", "Method", "MethodConfig"]

@@ -1,0 +1,155 @@
+"""The method contract. The runner owns the loop (optimizer, clipping, dual steps, logging); a method owns the maths:
+it draws its own batch from the :class:`~unlearnbench.tasks.base.ModelBundle` and returns per-sample loss terms."""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from unlearnbench.tasks.base import ModelBundle
+
+TRAINABLE_CHOICES = ("full", "xattn", "lora")
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method has. Subclasses add their own fields (with ``metadata={"help": ...}``)."""
+
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps (None: the task's default)"})
+    batch_size: int = field(default=128, metadata={"help": "samples per step"})
+    trainable: str = field(default="full", metadata={"help": "full | xattn (cross-attention only) | lora"})
+    lora_rank: int = field(default=4, metadata={"help": "LoRA rank when trainable=lora"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0: off)"})
+    t_min: int = field(default=0, metadata={"help": "smallest timestep index drawn in training"})
+
+    def __post_init__(self) -> None:
+        if self.trainable not in TRAINABLE_CHOICES:
+            raise ValueError(f"trainable={self.trainable!r}; valid: {', '.join(TRAINABLE_CHOICES)}")
+        for name in ("lr", "batch_size"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.steps is not None and self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+
+def make_config(cls: type[MethodConfig], values: dict[str, Any], method: str) -> MethodConfig:
+    """Build a config from a dict, naming unknown keys and the valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"method {method}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    conv = {}
+    for k, v in values.items():
+        default = getattr(cls, k, None) if not isinstance(getattr(cls, k, None), dataclasses.Field) else None
+        if isinstance(v, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                v = type(default)(float(v)) if isinstance(default, int) else float(v)
+            except ValueError as e:
+                raise ValueError(f"method {method}: {k}={v!r} is not a {types[k]}") from e
+        conv[k] = v
+    return cls(**conv)
+
+
+class Method(abc.ABC):
+    """Base class of every unlearning method.
+
+    Class attributes:
+        name: registry name.
+        kinds: task kinds the method applies to (``"concept"``, ``"data"``).
+        Config: the dataclass of settings.
+        grid_params: grid name -> the config field that grid sweeps (``{"eps": "eta"}`` for ESD).
+    """
+
+    name: ClassVar[str]
+    kinds: ClassVar[tuple[str, ...]] = ("concept", "data")
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    grid_params: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, cfg: MethodConfig, bundle: ModelBundle, generator: torch.Generator):
+        if bundle.kind not in self.kinds:
+            raise ValueError(f"method {self.name} applies to {'/'.join(self.kinds)} tasks, not {bundle.kind}")
+        self.cfg = cfg
+        self.bundle = bundle
+        self.gen = generator
+        self.net = bundle.net
+        self.step = 0
+        self._params = select_trainable(self.net, cfg.trainable, cfg.lora_rank)
+
+    # -- the contract -------------------------------------------------------------------------------
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return self._params
+
+    def setup(self) -> None:
+        """Called once by the runner before the first step (e.g. SalUn's saliency mask)."""
+
+    @abc.abstractmethod
+    def losses(self) -> dict[str, Tensor]:
+        """Draw a batch and return per-sample terms ``{name: [B]}``; ``"loss"`` is what ``objective`` averages."""
+
+    def objective(self, losses: dict[str, Tensor]) -> Tensor:
+        return losses["loss"].mean()
+
+    def after_backward(self) -> None:
+        """Hook between ``backward`` and the optimizer step (gradient masks, rescaling)."""
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+
+    # -- helpers for subclasses ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.bundle.device
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        return torch.randn(x.shape, generator=self.gen, dtype=x.dtype).to(x.device)
+
+    def rand_t(self, n: int) -> Tensor:
+        return torch.randint(self.cfg.t_min, self.bundle.schedule.T, (n,), generator=self.gen).to(self.device)
+
+    def cond(self, ids: Tensor | list[int] | int, n: int | None = None) -> Tensor:
+        if isinstance(ids, int):
+            return torch.full((n,), ids, dtype=torch.long, device=self.device)
+        return torch.as_tensor(ids, dtype=torch.long).to(self.device)
+
+
+def select_trainable(net: nn.Module, mode: str, lora_rank: int = 4) -> list[nn.Parameter]:
+    """Freeze ``net`` except the chosen part; returns the trainable parameters.
+
+    ``full``: everything. ``xattn``: cross-attention (``attn2``) only, ESD-x style. ``lora``: peft LoRA adapters on the
+    cross-attention projections (``attn2.to_q/to_k/to_v/to_out.0``).
+    """
+    if mode == "full":
+        net.requires_grad_(True)
+        return [p for p in net.parameters() if p.requires_grad]
+    has_xattn = any(".attn2." in n for n, _ in net.named_modules()) or any("attn2" in n for n, _ in net.named_modules())
+    if not has_xattn:
+        raise ValueError(f"trainable={mode!r} needs cross-attention (attn2) layers, which this task's network lacks; "
+                         f"use trainable=full")
+    net.requires_grad_(False)
+    if mode == "xattn":
+        params = []
+        for n, p in net.named_parameters():
+            if "attn2" in n:
+                p.requires_grad_(True)
+                params.append(p)
+        return params
+    if mode == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        cfg = LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
+                         target_modules=r".*attn2\.(to_q|to_k|to_v|to_out\.0)")
+        inject_adapter_in_model(cfg, net)
+        params = [p for n, p in net.named_parameters() if "lora_" in n]
+        for p in params:
+            p.requires_grad_(True)
+        return params
+    raise ValueError(f"trainable={mode!r}; valid: {', '.join(TRAINABLE_CHOICES)}")

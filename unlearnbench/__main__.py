@@ -1,0 +1,3 @@
+from unlearnbench.cli.main import main
+
+raise SystemExit(main())

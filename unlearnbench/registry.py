@@ -1,0 +1,151 @@
+"""Name -> class registries with lazy built-ins and entry-point plugins (shape of lm-eval's Registry)."""
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import warnings
+from importlib import metadata
+from typing import Any, Callable, Generic, Iterable, TypeVar
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """An unknown registry name; the message lists the valid names and the closest match."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """A registry of named objects.
+
+    Values are either the object itself or a lazy ``"module:attr"`` string, imported on first ``get``.
+    Built-ins are registered lazily so that ``unlearnbench ls`` never imports heavy dependencies.
+    """
+
+    def __init__(self, kind: str, base_cls: type | None = None, entry_point_group: str | None = None):
+        self.kind = kind
+        self.base_cls = base_cls
+        self.entry_point_group = entry_point_group
+        self._items: dict[str, Any] = {}
+        self._origin: dict[str, str] = {}
+        self._aliases: dict[str, str] = {}
+        self._plugins_loaded = False
+
+    # -- registration -------------------------------------------------------------------------------
+    def register(self, *names: str, origin: str = "builtin") -> Callable[[T], T]:
+        """Decorator: ``@METHODS.register("rkl", "reverse-kl")``. The first name is canonical."""
+        if not names:
+            raise ValueError("register() needs at least one name")
+
+        def deco(obj: T) -> T:
+            self._add(names[0], obj, origin)
+            for alias in names[1:]:
+                self._aliases[alias] = names[0]
+            return obj
+
+        return deco
+
+    def register_lazy(self, name: str, target: str, *aliases: str, origin: str = "builtin") -> None:
+        """Register ``"module:attr"`` to be imported when first used."""
+        if ":" not in target:
+            raise ValueError(f"lazy target {target!r} must look like 'module:attr'")
+        self._add(name, target, origin)
+        for alias in aliases:
+            self._aliases[alias] = name
+
+    def _add(self, name: str, obj: Any, origin: str) -> None:
+        if name != name.lower() or not name:
+            raise ValueError(f"{self.kind} names are lowercase and non-empty, got {name!r}")
+        if name in self._items:
+            old = self._origin[name]
+            if old == origin or (isinstance(self._items[name], str) and self._items[name] == obj):
+                # re-registration of the same thing (module imported twice, lazy placeholder being resolved)
+                if not isinstance(obj, str):
+                    self._items[name] = obj
+                return
+            if old == "builtin" and origin != "builtin":
+                warnings.warn(f"{self.kind} {name!r} from {origin} clashes with the built-in; the built-in wins",
+                              stacklevel=3)
+                return
+            if origin == "builtin" and old != "builtin":
+                warnings.warn(f"{self.kind} {name!r}: built-in replaces the one from {old}", stacklevel=3)
+            elif not isinstance(self._items[name], str):
+                raise ValueError(f"{self.kind} {name!r} is already registered (from {old})")
+        self._items[name] = obj
+        self._origin[name] = origin
+
+    # -- plugins ------------------------------------------------------------------------------------
+    def load_plugins(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
+        """Register every entry point of ``entry_point_group`` as a lazy placeholder (once)."""
+        if entry_points is None:
+            if self._plugins_loaded or not self.entry_point_group:
+                return
+            self._plugins_loaded = True
+            entry_points = metadata.entry_points(group=self.entry_point_group)
+        for ep in entry_points:
+            dist = getattr(ep, "dist", None)
+            origin = f"plugin {dist.name if dist else ep.value}"
+            try:
+                self._add(ep.name, ep.value, origin)
+            except ValueError as e:
+                logger.warning("skipping %s plugin %s: %s", self.kind, ep.name, e)
+
+    # -- lookup -------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        self.load_plugins()
+        return sorted(self._items)
+
+    def origin(self, name: str) -> str:
+        return self._origin[self.canonical(name)]
+
+    def canonical(self, name: str) -> str:
+        self.load_plugins()
+        key = name.strip().lower()
+        key = self._aliases.get(key, key)
+        if key not in self._items:
+            valid = sorted(self._items)
+            close = difflib.get_close_matches(key, valid + sorted(self._aliases), n=1)
+            hint = f"; did you mean {self._aliases.get(close[0], close[0])!r}?" if close else ""
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} Valid {self.kind}s: {', '.join(valid)}")
+        return key
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.canonical(name)
+        except UnknownNameError:
+            return False
+        return True
+
+    def get(self, name: str) -> T:
+        key = self.canonical(name)
+        obj = self._items[key]
+        if isinstance(obj, str):
+            mod_name, attr = obj.split(":", 1)
+            try:
+                obj = getattr(importlib.import_module(mod_name), attr)
+            except (ImportError, AttributeError) as e:
+                raise ImportError(f"{self.kind} {key!r} points at {self._items[key]!r}, which failed to load: {e}") from e
+            if self.base_cls is not None and not (isinstance(obj, type) and issubclass(obj, self.base_cls)):
+                raise TypeError(f"{self.kind} {key!r} ({self._items[key]}) is not a subclass of {self.base_cls.__name__}")
+            self._items[key] = obj
+        return obj
+
+    def describe(self, name: str) -> str:
+        """First docstring line of an entry (imports it)."""
+        doc = (getattr(self.get(name), "__doc__", None) or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+def parse_list(value: str | Iterable[str], registry: Registry) -> list[str]:
+    """Comma-separated names -> canonical names; ``all`` expands to every registered name."""
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if items == ["all"]:
+        return registry.names()
+    out = [registry.canonical(v) for v in items]
+    if not out:
+        raise ValueError(f"no {registry.kind} given; valid: {', '.join(registry.names())}")
+    return list(dict.fromkeys(out))
