@@ -95,6 +95,12 @@ class Method(abc.ABC):
     def objective(self, losses: dict[str, Tensor]) -> Tensor:
         return losses["loss"].mean()
 
+    def backward(self, losses: dict[str, Tensor]) -> Tensor:
+        """Back-propagate the objective (methods that manipulate gradients override this); returns it detached."""
+        obj = self.objective(losses)
+        obj.backward()
+        return obj.detach()
+
     def after_backward(self) -> None:
         """Hook between ``backward`` and the optimizer step (gradient masks, rescaling)."""
 

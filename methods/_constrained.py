@@ -1,0 +1,178 @@
+"""Shared machinery of the primal-dual methods (PAPER.md sections 1-3): one dual variable per constraint, projected dual
+ascent, the running constraint estimate, and the concept-erasure target shared by rkl, lik and ESD."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from unlearnbench.diffusion import add_noise, per_sample_mse
+from unlearnbench.methods.base import Method, MethodConfig
+
+
+@dataclass
+class ConstrainedConfig(MethodConfig):
+    """Settings of a primal-dual method. ``eps`` is the constraint threshold the ``eps`` grid sweeps."""
+
+    eps: float = field(default=1.0, metadata={"help": "constraint threshold (b for KL constraints, eps for lik)"})
+    dual_lr: float = field(default=0.05, metadata={"help": "dual ascent step size eta_d"})
+    dual_every: int = field(default=10, metadata={"help": "steps between dual updates"})
+    dual_warmup: int = field(default=0, metadata={"help": "primal-only steps before the first dual update"})
+    dual_init: float = field(default=0.0, metadata={"help": "initial value of every lambda_i"})
+    dual_ema: float = field(default=0.5, metadata={"help": "EMA factor of the running constraint estimate (0: none)"})
+    n_estimate: int = field(default=256, metadata={"help": "model samples per constraint estimate"})
+    n_t_estimate: int = field(default=4, metadata={"help": "timestep draws per sample in an estimate"})
+    met_tol: float = field(default=0.05, metadata={"help": "relative slack counted as 'constraint met' in the record"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(self.eps)):
+            raise ValueError(f"eps must be finite, got {self.eps!r}")
+        if self.dual_lr < 0 or self.dual_every < 1 or self.dual_warmup < 0 or self.dual_init < 0:
+            raise ValueError("dual_lr, dual_warmup, dual_init must be >= 0 and dual_every >= 1; got "
+                             f"{self.dual_lr}, {self.dual_warmup}, {self.dual_init}, {self.dual_every}")
+        if not 0 <= self.dual_ema < 1:
+            raise ValueError(f"dual_ema must be in [0, 1), got {self.dual_ema}")
+
+
+class ConstrainedMethod(Method):
+    """A method with constraints ``g_i(theta) >= eps`` (``sense=">="``) or ``<= eps``, one dual variable each.
+
+    Subclasses implement ``estimate_constraints() -> [m]`` (the current g_i) and use ``self.duals`` in their loss.
+    ``lambda_cap`` bounds ``Lambda = sum_i lambda_i`` (``1 - delta`` for the KL formulations, whose dual is -inf at
+    ``Lambda >= 1``).
+    """
+
+    Config: ClassVar[type[ConstrainedConfig]] = ConstrainedConfig
+    sense: ClassVar[Literal[">=", "<="]] = ">="
+    lambda_cap: ClassVar[float | None] = None
+
+    def __init__(self, cfg: ConstrainedConfig, bundle, generator):
+        super().__init__(cfg, bundle, generator)
+        m = self.n_constraints()
+        if m < 1:
+            raise ValueError(f"method {self.name} needs at least one constraint; the task's forget set is empty")
+        self.duals = torch.full((m,), float(cfg.dual_init), dtype=torch.float64)
+        self.project()
+        self.estimate: Tensor | None = None
+
+    def n_constraints(self) -> int:
+        return self.bundle.n_constraints
+
+    def estimate_constraints(self) -> Tensor:  # pragma: no cover - abstract in spirit
+        raise NotImplementedError
+
+    def violation(self, est: Tensor) -> Tensor:
+        """Positive where the constraint is violated: ``eps - g`` for ``>=``, ``g - eps`` for ``<=``."""
+        return (self.cfg.eps - est) if self.sense == ">=" else (est - self.cfg.eps)
+
+    def project(self) -> None:
+        self.duals.clamp_(min=0.0)
+        cap = self.lambda_cap
+        if cap is not None and self.duals.sum() > cap:
+            self.duals.mul_(cap / self.duals.sum())
+
+    def update_estimate(self, est: Tensor) -> Tensor:
+        est = est.detach().to(torch.float64).cpu()
+        a = self.cfg.dual_ema
+        self.estimate = est if self.estimate is None or a == 0 else a * self.estimate + (1 - a) * est
+        return self.estimate
+
+    def dual_step(self, est: Tensor) -> Tensor:
+        """``lambda <- proj(lambda + eta_d * violation)`` on the running estimate; returns the new duals."""
+        running = self.update_estimate(est)
+        self.duals.add_(self.cfg.dual_lr * self.violation(running))
+        self.project()
+        return self.duals.clone()
+
+    def constraints_met(self, est: Tensor) -> bool:
+        tol = self.cfg.met_tol * max(abs(self.cfg.eps), 1e-8)
+        return bool((self.violation(est.to(torch.float64).cpu()) <= tol).all())
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "duals": self.duals.tolist(),
+                "estimate": None if self.estimate is None else self.estimate.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.duals = torch.tensor(state["duals"], dtype=torch.float64)
+        self.estimate = None if state["estimate"] is None else torch.tensor(state["estimate"], dtype=torch.float64)
+
+
+@dataclass
+class ConceptConfig(MethodConfig):
+    train_null: bool = field(default=True, metadata={"help": "also regress the null prompt onto the erased target"})
+    preserve: float = field(default=0.0, metadata={"help": "weight of a kept-prompt distillation term (0: off)"})
+
+
+class ConceptErasure(Method):
+    """Regress the erased prompts (and the null prompt) onto ``eps* = eps_q(c_from) - sum_i w_i (eps_q(c_i) - eps_q(c_from))``.
+
+    ``x_t`` are forward-noised samples of the pretrained model under ``c_from`` (the null prompt), which cover the
+    support of every target distribution ``p ∝ q * f(x)``. Subclasses give the per-sample weights ``w`` [B, m]: a
+    constant alpha (rkl, ESD) or ``lambda_i * P(c_i | x_t)`` (lik).
+    """
+
+    kinds = ("concept",)
+
+    def concept_weights(self, x_t: Tensor, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def erase_batch(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(x_t, t, prompt, target) for one batch."""
+        b, B = self.bundle, self.cfg.batch_size
+        null, forget = b.null_cond, b.forget_concepts
+        with torch.no_grad():
+            x0 = b.sample_ref(self.cond(null, B), self.gen)
+            noise, t = self.randn_like(x0), self.rand_t(B)
+            x_t = add_noise(b.schedule, x0, noise, t)
+            prompts = [null] + list(forget)
+            eps = b.ref(x_t.repeat(len(prompts), *[1] * (x_t.ndim - 1)), t.repeat(len(prompts)),
+                        self.cond(prompts).repeat_interleave(B)).view(len(prompts), *x_t.shape)
+            eps_from, eps_c = eps[0], eps[1:]
+            w = self.concept_weights(x_t, t).to(x_t.dtype)  # [B, m]
+            shape = (B, len(forget)) + (1,) * (x_t.ndim - 1)
+            target = eps_from - (w.view(shape) * (eps_c.transpose(0, 1) - eps_from.unsqueeze(1))).sum(1)
+            choices = self.cond(prompts if self.cfg.train_null else list(forget))
+            prompt = choices[torch.randint(0, len(choices), (B,), generator=self.gen).to(self.device)]
+        return x_t, t, prompt, target
+
+    def losses(self) -> dict[str, Tensor]:
+        x_t, t, prompt, target = self.erase_batch()
+        erase = per_sample_mse(self.net(x_t, t, prompt), target)
+        out = {"loss": erase, "erase": erase}
+        if self.cfg.preserve > 0 and self.bundle.retain_concepts:
+            out["preserve"] = self.preserve_terms()
+        return out
+
+    def objective(self, losses: dict[str, Tensor]) -> Tensor:
+        obj = losses["erase"].mean()
+        if "preserve" in losses:
+            obj = obj + self.cfg.preserve * losses["preserve"].mean()
+        return obj
+
+    def preserve_terms(self) -> Tensor:
+        """``||eps_theta(x_t, k) - eps_q(x_t, k)||^2`` on kept prompts k, x_t from the pretrained model's samples of k."""
+        b, B = self.bundle, self.cfg.batch_size
+        kept = self.cond(b.retain_concepts)
+        k = kept[torch.randint(0, len(kept), (B,), generator=self.gen).to(self.device)]
+        with torch.no_grad():
+            x0 = b.sample_ref(k, self.gen)
+            t = self.rand_t(B)
+            x_t = add_noise(b.schedule, x0, self.randn_like(x0), t)
+            tgt = b.ref(x_t, t, k)
+        return per_sample_mse(self.net(x_t, t, k), tgt)
+
+    def measure_prompts(self) -> list[int]:
+        """Prompt whose output is the unlearned p in constraint i: the null prompt or each erased prompt."""
+        b = self.bundle
+        if b.extras.get("constrain_on", "erased") == "null":
+            return [b.null_cond] * len(b.forget_concepts)
+        return list(b.forget_concepts)
+
+    @torch.no_grad()
+    def model_samples(self, prompt: int, n: int) -> Tensor:
+        return self.bundle.sample_model(self.net, self.cond(prompt, n), self.gen)

@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny exact 2-D mixture bundle for method and runner tests (independent of the real tasks)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+torch.set_num_threads(1)
+
+from unlearnbench.diffusion import Schedule  # noqa: E402
+from unlearnbench.tasks.base import ModelBundle  # noqa: E402
+
+
+class ExactMixtureEps(nn.Module):
+    """Exact eps of a noised isotropic 2-D Gaussian mixture; prompt 0 = whole mixture, k = component k."""
+
+    def __init__(self, means, weights, std, schedule):
+        super().__init__()
+        self.register_buffer("means", torch.as_tensor(means, dtype=torch.float32))
+        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
+        self.std, self.schedule = std, schedule
+
+    def forward(self, x, t, cond):
+        a, s = self.schedule.coeffs(t, x)
+        var = a ** 2 * self.std ** 2 + s ** 2  # [B,1]
+        diff = x[:, None, :] - a[:, None, :] * self.means[None]  # [B,K,2]
+        logw = torch.log(self.weights)[None].expand(x.shape[0], -1).clone()
+        onehot = torch.nn.functional.one_hot(cond.clamp(min=1) - 1, len(self.weights)).bool()
+        logw = torch.where((cond[:, None] > 0) & ~onehot, torch.full_like(logw, -1e9), logw)
+        ll = logw - diff.pow(2).sum(-1) / (2 * var)
+        r = torch.softmax(ll, -1)
+        score = -(r[..., None] * diff).sum(1) / var
+        return -s * score
+
+    def posterior(self, x, t, concepts):
+        a, s = self.schedule.coeffs(t, x)
+        var = a ** 2 * self.std ** 2 + s ** 2
+        diff = x[:, None, :] - a[:, None, :] * self.means[None]
+        ll = torch.log(self.weights)[None] - diff.pow(2).sum(-1) / (2 * var)
+        r = torch.softmax(ll, -1)
+        return r[:, [c - 1 for c in concepts]]
+
+
+class TinyEps(nn.Module):
+    def __init__(self, n_prompts=4, width=64):
+        super().__init__()
+        self.emb = nn.Embedding(n_prompts, 16)
+        self.net = nn.Sequential(nn.Linear(2 + 1 + 16, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                                 nn.Linear(width, 2))
+
+    def forward(self, x, t, cond):
+        return self.net(torch.cat([x, (t.float() / 1000)[:, None], self.emb(cond)], 1))
+
+
+def make_bundle(kind: str = "concept", seed: int = 0) -> ModelBundle:
+    torch.manual_seed(seed)
+    sched = Schedule.linear(1000)
+    means = [[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]]
+    ref = ExactMixtureEps(means, [0.5, 0.3, 0.2], 0.5, sched)
+    ref.requires_grad_(False)
+    net = TinyEps()
+
+    def sampler(cond, gen):
+        comp = torch.multinomial(ref.weights, cond.shape[0], replacement=True, generator=gen)
+        comp = torch.where(cond > 0, cond - 1, comp)
+        return ref.means[comp] + ref.std * torch.randn(cond.shape[0], 2, generator=gen)
+
+    common = dict(net=net, ref=ref, schedule=sched, data_shape=(2,), null_cond=0, sample_steps=10)
+    if kind == "concept":
+        return ModelBundle(kind="concept", forget_concepts=[2, 3], retain_concepts=[1], ref_sampler=sampler,
+                           posterior=ref.posterior, extras={"constrain_on": "null"}, **common)
+    train = sampler(torch.zeros(40, dtype=torch.long), torch.Generator().manual_seed(1))
+    return ModelBundle(kind="data", train_data=train, forget_data=train[:2], retain_data=train[2:], data_noise=0.3,
+                       ref_sampler=sampler, **common)
+
+
+@pytest.fixture
+def concept_bundle():
+    return make_bundle("concept")
+
+
+@pytest.fixture
+def data_bundle():
+    return make_bundle("data")

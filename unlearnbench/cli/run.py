@@ -1,0 +1,175 @@
+"""``unlearnbench run`` (a sweep), ``validate`` (check a sweep without running it) and ``pretrain``."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+
+DEFAULT_TASK = "digits-concept"
+
+EPILOG = """examples:
+  unlearnbench run --methods rkl,esd --grid eps
+  unlearnbench run --task gmm-concept --methods rkl,esd --grid eps --seeds 0,1
+  unlearnbench run --task gmm-data --methods fkl,siss --grid my_grid.yaml --set methods.fkl.lr=3e-4
+  unlearnbench run --task digits-concept --methods all --grid eps --address auto --gpus-per-trial 0.25
+  unlearnbench run --resume runs/gmm-concept-20261122-101500
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default=None, help=f"task name (default: {DEFAULT_TASK}; `unlearnbench ls tasks`)")
+    p.add_argument("--methods", default=None, help="comma-separated method names or 'all' (`unlearnbench ls methods`)")
+    p.add_argument("--grid", default="eps", help="grid name of the task (default: eps) or a YAML grid file")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--config", default=None, help="YAML with sections methods:, task:, grids:")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override, e.g. methods.rkl.lr=1e-4 or task.forget=one (repeatable)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per trial (default: the task's)")
+    p.add_argument("--cache-dir", default=None, help="cache of pretrained models and references "
+                                                     "(default: $UNLEARNBENCH_CACHE or ~/.cache/unlearnbench)")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run a sweep: methods x grid values x seeds",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    _common(p)
+    p.add_argument("--out", default=None, help="run directory (default: runs/<task>-<timestamp>)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR: re-run trials without an ok record")
+    p.add_argument("--executor", choices=["ray", "serial"], default="ray", help="Ray Tune (default) or in-process")
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: start local Ray")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, fractions allowed (default 0)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="bound on concurrently running trials")
+    p.add_argument("--dry-run", action="store_true", help="print the trial table and exit")
+    p.add_argument("--no-leaderboard", action="store_true", help="skip the per-run leaderboard under DIR/leaderboard")
+    p.set_defaults(func=run)
+
+
+def add_validate_parser(sub) -> None:
+    p = sub.add_parser("validate", help="check names, grids and settings of a sweep without running it",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  unlearnbench validate --task gmm-concept --methods rkl,esd --grid eps")
+    _common(p)
+    p.set_defaults(func=validate)
+
+
+def add_pretrain_parser(sub) -> None:
+    p = sub.add_parser("pretrain", help="train and cache a task's pretrained model(s)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  unlearnbench pretrain --task digits")
+    p.add_argument("--task", default="digits", help="a task name, or 'digits' for both digits tasks")
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=pretrain)
+
+
+def _plan(args, run_dir: str):
+    from unlearnbench.config import ConfigError, load_yaml, plan_trials
+
+    if not args.methods:
+        raise ConfigError("--methods is required, e.g. --methods rkl,esd (see `unlearnbench ls methods`)")
+    config = load_yaml(args.config) if args.config else None
+    return plan_trials(args.task or DEFAULT_TASK, args.methods, args.grid, args.seeds, run_dir=run_dir, config=config,
+                       sets=args.sets, steps=args.steps, cache_dir=args.cache_dir,
+                       threads=max(1, int(getattr(args, "cpus_per_trial", 1))))
+
+
+def _resume_args(args) -> None:
+    """--resume DIR: take the original sweep's settings from DIR/args.json unless given again."""
+    import json
+
+    path = os.path.join(args.resume, "args.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume {args.resume}: no args.json there; is it a run directory?")
+    saved = json.load(open(path))
+    for k, v in saved.items():
+        if getattr(args, k, None) in (None, [], "eps", "0") and v is not None:
+            setattr(args, k, v)
+    args.out = args.resume
+
+
+def run(args) -> int:
+    import json
+
+    from unlearnbench.config import ConfigError
+
+    try:
+        if args.resume:
+            _resume_args(args)
+        task = args.task or DEFAULT_TASK
+        run_dir = args.out or os.path.join("runs", f"{task}-{dt.datetime.now():%Y%m%d-%H%M%S}")
+        plan = _plan(args, run_dir)
+    except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for t in plan.trials:
+            g = t["grid"]
+            print(f"{t['trial_id']:32s} {t['method']:6s} {g['param']}={g['value']:g} seed={t['seed']}")
+        print(f"{len(plan.trials)} trials, task {plan.task}, run dir {plan.run_dir}")
+        return 0
+    from unlearnbench.sweep import format_table, run_sweep
+
+    os.makedirs(plan.run_dir, exist_ok=True)
+    saved = {k: getattr(args, k) for k in ("task", "methods", "grid", "seeds", "config", "sets", "steps", "cache_dir")}
+    saved["task"] = plan.task
+    with open(os.path.join(plan.run_dir, "args.json"), "w") as f:
+        json.dump(saved, f, indent=1)
+    print(f"{len(plan.trials)} trials of {plan.task} -> {plan.run_dir}", flush=True)
+    try:
+        records = run_sweep(plan, executor=args.executor, resume=bool(args.resume), address=args.address,
+                            num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
+                            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                            echo=lambda s: print(s, flush=True))
+    except (FileExistsError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(format_table(records))
+    print(f"\nrecords: {os.path.join(plan.run_dir, 'records.jsonl')}\nsummary: {os.path.join(plan.run_dir, 'summary.csv')}")
+    if not args.no_leaderboard:
+        try:
+            from unlearnbench.leaderboard import build_leaderboard
+
+            build_leaderboard([plan.run_dir], os.path.join(plan.run_dir, "leaderboard"))
+            print(f"leaderboard: {os.path.join(plan.run_dir, 'leaderboard', 'index.html')}")
+        except ImportError:
+            pass
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        print(f"{len(failed)} of {len(records)} trial(s) failed; rerun them with --resume {plan.run_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def validate(args) -> int:
+    from unlearnbench.config import ConfigError
+
+    try:
+        plan = _plan(args, "runs/validate")
+    except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"ok: {len(plan.trials)} trials of {plan.task}")
+    return 0
+
+
+def pretrain(args) -> int:
+    from unlearnbench.tasks import TASKS
+
+    if args.task == "digits":
+        from unlearnbench.tasks.digits import pretrain as digits_pretrain
+
+        report = digits_pretrain("digits", cache_dir=args.cache_dir, progress=True)
+        for k, v in (report or {}).items():
+            print(f"{k}: {v}")
+        return 0
+    try:
+        name = TASKS.canonical(args.task)
+    except KeyError as e:
+        print(f"error: {e} (or 'digits')", file=sys.stderr)
+        return 2
+    TASKS.get(name)(None, cache_dir=args.cache_dir).prepare()
+    print(f"{name}: pretrained models cached")
+    return 0
