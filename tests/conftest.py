@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -9,7 +10,12 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+if "UNLEARNBENCH_CACHE" not in os.environ:  # hermetic: tests never touch (or reuse) the user's cache
+    import tempfile
+
+    os.environ["UNLEARNBENCH_CACHE"] = tempfile.mkdtemp(prefix="ub-test-cache-")
 torch.set_num_threads(1)
+sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py (pytest runs with --import-mode=importlib)
 
 from unlearnbench.diffusion import Schedule  # noqa: E402
 from unlearnbench.tasks.base import ModelBundle  # noqa: E402

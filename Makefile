@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    create .venv if missing, install, run the default benchmark (digits, CPU)
+#   make test   same set-up, then the test suite (offline)
+VENV   ?= .venv
+PYTHON ?= python3
+UB      = $(VENV)/bin/unlearnbench
+export HF_HUB_OFFLINE = 1
+export RAY_USAGE_STATS_ENABLED = 0
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: run test test-all gmm leaderboard bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $@
+
+run: $(VENV)/.installed
+	$(UB) pretrain --task digits
+	$(UB) run --task digits-concept --methods rkl,esd --grid eps --out runs/digits-concept-$$(date +%Y%m%d-%H%M%S)
+	$(UB) run --task digits-data --methods fkl,siss --grid eps --out runs/digits-data-$$(date +%Y%m%d-%H%M%S)
+
+test: $(VENV)/.installed
+	$(VENV)/bin/pytest -m "not slow"
+
+test-all: $(VENV)/.installed
+	$(VENV)/bin/pytest
+
+gmm: $(VENV)/.installed
+	$(UB) run --task gmm-concept --methods rkl,esd,lik,salun --grid eps
+	$(UB) run --task gmm-data --methods fkl,siss,salun --grid eps
+
+leaderboard: $(VENV)/.installed
+	$(UB) leaderboard
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python scripts/bench_gmm_sweep.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

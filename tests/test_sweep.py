@@ -1,0 +1,149 @@
+"""End-to-end sweeps through the CLI with a plugin task/method: Ray and serial executors, failure isolation,
+resume after kill -9, and bad input rejected before any work."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import cli, install_fake_plugin, popen
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory):
+    return install_fake_plugin(tmp_path_factory.mktemp("site"))
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+
+
+def test_plugin_method_and_task_run_serially(plugin, tmp_path):
+    out = tmp_path / "run"
+    r = cli(["run", "--task", "toy", "--methods", "mymethod", "--grid", "eps", "--executor", "serial",
+             "--out", str(out), "--no-leaderboard"], plugin_path=plugin)
+    assert r.returncode == 0, r.stderr
+    recs = records(out)
+    assert [x["status"] for x in recs] == ["ok", "ok"]
+    assert {x["grid"]["value"] for x in recs} == {0.5, 1.0}
+    assert recs[0]["grid"]["param"] == "strength" and recs[0]["method_config"]["strength"] in (0.5, 1.0)
+    assert (out / "summary.csv").read_text().count("\n") == 3
+    assert "[2/2]" in r.stdout
+
+
+def test_ray_sweep_runs_trials_in_parallel_workers(plugin, tmp_path):
+    out = tmp_path / "ray"
+    r = cli(["run", "--task", "toy", "--methods", "mymethod,esd", "--grid", "eps", "--seeds", "0,1",
+             "--num-cpus", "2", "--out", str(out), "--no-leaderboard"], plugin_path=plugin, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    recs = records(out)
+    assert len(recs) == 8 and all(x["status"] == "ok" for x in recs)
+    assert len({x["trial_id"] for x in recs}) == 8
+    pids = {x["metrics"]["pid"]["value"] for x in recs}
+    assert len(pids) >= 1 and all(p != 0 for p in pids)
+    assert "[8/8]" in r.stdout
+
+
+def test_same_seed_same_numbers(plugin, tmp_path):
+    vals = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        r = cli(["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--executor", "serial",
+                 "--out", str(out), "--no-leaderboard"], plugin_path=plugin)
+        assert r.returncode == 0, r.stderr
+        vals.append(sorted((x["trial_id"], x["metrics"]["mass"]["value"], x["metrics"]["drift"]["value"])
+                           for x in records(out)))
+    assert vals[0] == vals[1]
+
+
+def test_failed_trial_is_recorded_and_others_finish(plugin, tmp_path):
+    out = tmp_path / "fail"
+    r = cli(["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--seeds", "0,1", "--executor", "serial",
+             "--set", "task.fail_seed=1", "--out", str(out), "--no-leaderboard"], plugin_path=plugin)
+    assert r.returncode == 1
+    recs = records(out)
+    status = {x["trial_id"]: x["status"] for x in recs}
+    assert sorted(status.values()) == ["failed", "failed", "ok", "ok"]
+    failed = [x for x in recs if x["status"] == "failed"]
+    assert all("injected failure for seed 1" in x["error"] for x in failed)
+    assert "--resume" in r.stderr
+    # resume re-runs only the failed ones, with the failure removed
+    r2 = cli(["run", "--resume", str(out), "--set", "task.fail_seed=null", "--executor", "serial",
+              "--no-leaderboard"], plugin_path=plugin)
+    assert r2.returncode == 0, r2.stderr
+    assert "2 trial(s) already done, 2 to run" in r2.stdout
+    assert len(records(out)) == 6
+
+
+def test_kill_9_loses_no_finished_trial_and_resume_finishes(plugin, tmp_path):
+    out = tmp_path / "killed"
+    args = ["run", "--task", "toy", "--methods", "esd,mymethod", "--grid", "eps", "--executor", "serial",
+            "--set", "task.sleep=1.5", "--out", str(out), "--no-leaderboard"]
+    proc = popen(args, plugin, cwd=str(tmp_path))
+    path = out / "records.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not path.exists() or len(path.read_text().splitlines()) < 2):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = records(out)
+    assert 2 <= len(before) < 4, "killed mid-sweep"
+    assert all(x["status"] == "ok" for x in before)
+    r = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(before)} trial(s) already done, {4 - len(before)} to run" in r.stdout
+    after = records(out)
+    assert len(after) == 4 and len({x["trial_id"] for x in after}) == 4
+    assert after[: len(before)] == before, "finished records are never rewritten"
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--methods", "rkll"], "unknown method 'rkll'; did you mean 'rkl'"),
+    (["--methods", "rkl", "--task", "gmm-concep"], "unknown task 'gmm-concep'; did you mean 'gmm-concept'"),
+    (["--methods", "fkl", "--task", "toy"], "does not apply to concept task 'toy'"),
+    (["--methods", "esd", "--task", "toy", "--grid", "nogrid"], "has no grid 'nogrid'; valid: eps"),
+    (["--methods", "esd", "--task", "toy", "--seeds", "a,b"], "expected comma-separated integers"),
+    (["--methods", "esd", "--task", "toy", "--set", "methods.esd.lrr=1"], "unknown setting(s) lrr; valid:"),
+    (["--methods", "esd", "--task", "toy", "--set", "bogus"], "expected KEY=VALUE"),
+])
+def test_bad_input_stops_before_work(plugin, tmp_path, args, msg):
+    out = tmp_path / "bad"
+    r = cli(["run", *args, "--out", str(out)], plugin_path=plugin)
+    assert r.returncode == 2
+    assert msg in r.stderr, r.stderr
+    assert not out.exists(), "nothing may be written before validation passes"
+
+
+def test_grid_file_validation(plugin, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("values:\n  rkl: [0.5, oops]\n")
+    r = cli(["validate", "--task", "toy", "--methods", "rkl", "--grid", str(bad)], plugin_path=plugin)
+    assert r.returncode == 2 and "value 'oops' for 'rkl' is not a finite number" in r.stderr
+    neg = tmp_path / "neg.yaml"
+    neg.write_text("values:\n  rkl: [-1.0]\n")
+    r = cli(["validate", "--task", "toy", "--methods", "rkl", "--grid", str(neg)], plugin_path=plugin)
+    assert r.returncode == 2 and "rkl with eps=-1: rkl threshold b=-1.0 is impossible" in r.stderr
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("values:\n  esd: [1.0]\n")
+    r = cli(["validate", "--task", "toy", "--methods", "rkl", "--grid", str(missing)], plugin_path=plugin)
+    assert r.returncode == 2 and "no values for method(s) rkl; it has: esd" in r.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("values: [1, 2\n")
+    r = cli(["validate", "--task", "toy", "--methods", "rkl", "--grid", str(broken)], plugin_path=plugin)
+    assert r.returncode == 2 and "not valid YAML" in r.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("values:\n  rkl: [0.1, 0.2, 0.3]\n")
+    r = cli(["run", "--task", "toy", "--methods", "rkl", "--grid", str(good), "--dry-run"], plugin_path=plugin)
+    assert r.returncode == 0 and "3 trials" in r.stdout
+
+
+def test_existing_run_dir_needs_resume(plugin, tmp_path):
+    out = tmp_path / "again"
+    base = ["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--executor", "serial", "--out", str(out),
+            "--no-leaderboard"]
+    assert cli(base, plugin_path=plugin).returncode == 0
+    r = cli(base, plugin_path=plugin)
+    assert r.returncode == 2 and "use --resume" in r.stderr
