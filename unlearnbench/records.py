@@ -5,7 +5,8 @@ Schema (``SCHEMA_VERSION`` 1)::
     schema_version, run_id, trial_id, created_at, status ("ok"|"failed"), error,
     task {name, kind, forget_set, options}, method, method_config {...}, grid {name, param, value}, seed,
     metrics {name: {value, stderr, n, role, higher_is_better}},
-    oracle {formulation, unlearning_metric, retention_metric, level, front_value, gap, lambda, lambda_star, front} | null,
+    oracle {fronts: {name: {unlearning_metric, retention_metric, level, front_value, gap, lambda_star, curve}},
+            lambda} | null,
     train {steps, final_duals, duals [[step, [lambda_i...]], ...], constraint_estimates, constraint_slack, constraints_met},
     timing {setup_s, train_s, eval_s, total_s}, config_hash, env {...}, artifacts {...}
 """
@@ -72,10 +73,10 @@ def read_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
 
 
 def iter_latest(records: Iterable[dict]) -> Iterator[dict]:
-    """The newest record per trial_id (a resumed trial supersedes its failed attempt)."""
-    latest: dict[str, dict] = {}
+    """The newest record per (task, trial_id) (a resumed trial supersedes its failed attempt)."""
+    latest: dict[tuple, dict] = {}
     for r in records:
-        key = r.get("trial_id")
+        key = ((r.get("task") or {}).get("name"), r.get("trial_id"))
         if key not in latest or r.get("created_at", "") >= latest[key].get("created_at", ""):
             latest[key] = r
     yield from latest.values()

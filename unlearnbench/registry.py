@@ -61,20 +61,17 @@ class Registry(Generic[T]):
         if name != name.lower() or not name:
             raise ValueError(f"{self.kind} names are lowercase and non-empty, got {name!r}")
         if name in self._items:
-            old = self._origin[name]
-            if old == origin or (isinstance(self._items[name], str) and self._items[name] == obj):
-                # re-registration of the same thing (module imported twice, lazy placeholder being resolved)
-                if not isinstance(obj, str):
-                    self._items[name] = obj
-                return
-            if old == "builtin" and origin != "builtin":
-                warnings.warn(f"{self.kind} {name!r} from {origin} clashes with the built-in; the built-in wins",
-                              stacklevel=3)
-                return
-            if origin == "builtin" and old != "builtin":
-                warnings.warn(f"{self.kind} {name!r}: built-in replaces the one from {old}", stacklevel=3)
-            elif not isinstance(self._items[name], str):
+            old, existing = self._origin[name], self._items[name]
+            if old != origin and "builtin" in (old, origin):
+                if old == "builtin":
+                    warnings.warn(f"{self.kind} {name!r} from {origin} clashes with the built-in; the built-in wins",
+                                  stacklevel=3)
+                    return
+                warnings.warn(f"{self.kind} {name!r}: the built-in replaces the one from {old}", stacklevel=3)
+            elif not (isinstance(existing, str) or _same(existing, obj)):
                 raise ValueError(f"{self.kind} {name!r} is already registered (from {old})")
+            elif isinstance(obj, str) and not isinstance(existing, str):
+                return  # keep the resolved object
         self._items[name] = obj
         self._origin[name] = origin
 
@@ -138,6 +135,12 @@ class Registry(Generic[T]):
         """First docstring line of an entry (imports it)."""
         doc = (getattr(self.get(name), "__doc__", None) or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same object, or the same class re-created by a module re-import."""
+    key = lambda o: (getattr(o, "__module__", None), getattr(o, "__qualname__", None))  # noqa: E731
+    return a is b or (isinstance(a, type) and isinstance(b, type) and key(a) == key(b))
 
 
 def parse_list(value: str | Iterable[str], registry: Registry) -> list[str]:

@@ -1,0 +1,116 @@
+"""``unlearnbench leaderboard`` and ``unlearnbench claims``: read run records, never re-run anything."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from unlearnbench.records import RECORDS
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RUNS = "runs"
+DEFAULT_OUT = "leaderboards"
+
+_LEADERBOARD_EPILOG = """examples:
+  unlearnbench leaderboard                                   # every run under runs/ -> leaderboards/
+  unlearnbench leaderboard --runs runs/gmm-concept runs/gmm-data --out /tmp/lb
+  xdg-open leaderboards/index.html                           # static page, works offline
+"""
+
+_CLAIMS_EPILOG = """examples:
+  unlearnbench claims                                        # every run under runs/
+  unlearnbench claims --runs runs/gmm-concept runs/gmm-data
+"""
+
+
+def _add_runs_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", metavar="DIR", nargs="+", action="extend", default=None,
+                        help=f"run directories (searched recursively for {RECORDS}) or {RECORDS} files; "
+                             f"repeatable (default: every directory under ./{DEFAULT_RUNS}/ holding {RECORDS})")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``leaderboard`` on the main parser's subparsers; sets ``func=run``."""
+    p = subparsers.add_parser(
+        "leaderboard", help="rebuild leaderboards (CSV, plots, index.html) from run records",
+        description="Rebuild per-task leaderboards from trial records: Pareto fronts per method, hypervolume, "
+                    "retention at fixed unlearning levels, constraint satisfaction, gap to exact fronts, cost and "
+                    "provenance; plots and one static index.html. Records only: nothing is re-run.",
+        epilog=_LEADERBOARD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_runs_flag(p)
+    p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
+                   help=f"output directory (default: ./{DEFAULT_OUT}/)")
+    p.set_defaults(func=run)
+    return p
+
+
+def add_claims_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``claims`` on the main parser's subparsers; sets ``func=run_claims``."""
+    p = subparsers.add_parser(
+        "claims", help="check the paper's three claims on run records",
+        description="Check the paper's claims (rkl dominates ESD on concept tasks, fkl dominates SISS on data "
+                    "tasks, lik preserves retained concepts better at matched unlearning) on trial records and "
+                    "print each verdict with the numbers behind it.",
+        epilog=_CLAIMS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_runs_flag(p)
+    p.set_defaults(func=run_claims)
+    return p
+
+
+def resolve_runs(runs: list[str] | None) -> list[Path]:
+    """Absolute paths of the given run dirs/files, or every records file under ./runs/.
+
+    Raises:
+        FileNotFoundError: a given path does not exist, or no records were found.
+    """
+    if runs:
+        paths = [Path(r).resolve() for r in runs]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"--runs: no such file or directory: {', '.join(missing)}")
+        return paths
+    root = Path(DEFAULT_RUNS).resolve()
+    found = sorted(root.rglob(RECORDS)) if root.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"no {RECORDS} under {root}; run `unlearnbench run` first or pass --runs DIR")
+    return found  # the files themselves, so nested run dirs are not read twice
+
+
+def run(args: argparse.Namespace) -> int:
+    from unlearnbench.leaderboard import build_leaderboard
+    from unlearnbench.records import read_records
+
+    try:
+        runs = resolve_runs(args.runs)
+    except FileNotFoundError as e:
+        logger.error("%s", e)
+        return 2
+    if not read_records(runs):
+        logger.error("no records found in %s", ", ".join(str(p) for p in runs))
+        return 2
+    result = build_leaderboard(runs, Path(args.out).resolve())
+    for name, info in result["tasks"].items():
+        ranking = ", ".join(m for m in info["ranking"]) or "-"
+        print(f"{name}: {info['n_ok']} ok, {info['n_failed']} failed; ranking {ranking} -> {info['csv']}")
+    if result["failed"]:
+        print(f"{len(result['failed'])} failed trial(s) listed in {result['index']}#failed")
+    print(f"leaderboard: {result['index']}")
+    return 0
+
+
+def run_claims(args: argparse.Namespace) -> int:
+    from unlearnbench.claims import check_claims, format_claims
+    from unlearnbench.records import read_records
+
+    try:
+        runs = resolve_runs(args.runs)
+    except FileNotFoundError as e:
+        logger.error("%s", e)
+        return 2
+    records = read_records(runs)
+    if not records:
+        logger.error("no records found in %s", ", ".join(str(p) for p in runs))
+        return 2
+    print(format_claims(check_claims(records)))
+    return 0
