@@ -1,0 +1,31 @@
+"""Glue for torchmetrics ``Metric`` subclasses whose ``compute()`` returns a :class:`MetricValue`.
+
+torchmetrics post-processes ``compute()`` output with ``apply_to_collection``, which rejects frozen dataclasses;
+this mixin passes the value through as a dict and rebuilds the MetricValue after torchmetrics' sync and caching.
+No torchmetrics import here: the mixin goes first in the bases, ``class M(MetricValueCompute, Metric)``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from unlearnbench.tasks.base import MetricValue
+
+
+class MetricValueCompute:
+    """Mixin: lets ``compute()`` return a MetricValue through torchmetrics' compute wrapper."""
+
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        def as_dict(*args: Any, **kwargs: Any) -> Any:
+            out = compute(*args, **kwargs)
+            return out.to_dict() if isinstance(out, MetricValue) else out
+
+        inner = super()._wrap_compute(as_dict)  # type: ignore[misc]
+
+        @functools.wraps(compute)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            out = inner(*args, **kwargs)
+            return MetricValue(**out) if isinstance(out, dict) and set(out) == {
+                "value", "stderr", "n", "role", "higher_is_better"} else out
+
+        return wrapped
