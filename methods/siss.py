@@ -45,7 +45,7 @@ class SISS(DataBatches):
     def __init__(self, cfg, bundle, generator):
         super().__init__(cfg, bundle, generator)
         n, k = bundle.train_data.shape[0], bundle.forget_data.shape[0]
-        self.neg_weight = cfg.s * k / n
+        self.neg_weight = cfg.s * float(bundle.extras.get("forget_fraction", k / n))
 
     def losses(self) -> dict[str, Tensor]:
         b, B, l = self.bundle, self.cfg.batch_size, self.cfg.mix

@@ -121,6 +121,13 @@ class Task(abc.ABC):
         grids: ``{grid_name: {method_name: [values weak -> strong]}}``, the task-specific default ranges.
         axes: ``[(unlearning_metric, retention_metric), ...]`` the Pareto views this task is read on; the first is primary.
         forget_sets: named forget sets; ``options["forget"]`` picks one (default: the first).
+        method_defaults: ``{method: {field: value}}`` overriding a method's defaults on this task (learning rates,
+            dual step sizes, estimate sizes fitted to the task's scale); users override them with ``--set``.
+
+    ``bundle.extras`` keys the methods read: ``constrain_on`` (``"null"``: the unlearned distribution p of a concept
+    constraint is the null prompt's output, as on the mixtures; default ``"erased"``: each erased prompt's output),
+    ``forget_fraction`` (share of the training set that the forget set makes up, K/N by default; SISS uses it),
+    ``{train,retain,forget}_cond`` (per-row prompt ids of the data sets; default: the null prompt).
     """
 
     name: ClassVar[str]
@@ -129,6 +136,7 @@ class Task(abc.ABC):
     axes: ClassVar[list[tuple[str, str]]] = []
     forget_sets: ClassVar[dict[str, Any]] = {}
     default_steps: ClassVar[int] = 200
+    method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # per-method settings that fit this task's scale
     default_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: dict[str, Any] | None = None, cache_dir: str | None = None):
