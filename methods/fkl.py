@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from unlearnbench.diffusion import elbo_terms, per_sample_mse, sample_t
+from unlearnbench.diffusion import elbo_terms, per_sample_mse, stratified_t
 from unlearnbench.methods import METHODS
 from unlearnbench.methods._constrained import ConstrainedConfig, ConstrainedMethod
 from unlearnbench.methods._data import DataBatches
@@ -78,7 +78,7 @@ class ForwardKL(DataBatches, ConstrainedMethod):
         x0, cond, _, group = self.forget_rows_per_group(self.cfg.n_estimate)
         diff = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
         for _ in range(self.cfg.n_t_estimate):
-            t = sample_t(x0.shape[0], b.schedule.T, self.gen).to(x0.device)
+            t = stratified_t(x0.shape[0], b.schedule.T, self.gen, x0.device)
             noise = self.randn_like(x0)
             diff += (elbo_terms(b.schedule, x0, self.net, cond, t=t, noise=noise)
                      - elbo_terms(b.schedule, x0, b.ref, cond, t=t, noise=noise))
