@@ -35,7 +35,8 @@ class SalUn(DataBatches):
     ``eps_q(x_t, c_r)`` of a random kept prompt c_r, with x_t from the pretrained model's samples of c_i; ``L_retain``
     is the denoising loss on the pretrained model's samples of kept prompts (and the null prompt). Data tasks (the
     random-label analogue in data space): a forget image's x_t is relabelled as coming from a random retained image x_r,
-    target ``(x_t - sqrt(abar) x_r) / sigma``; ``L_retain`` is the denoising loss on retained data.
+    target ``(x_t - sqrt(abar) x_r) / sigma``, weighted by ``sigma_t^2`` (an x0-space error; unweighted, the relabelled
+    target grows as ``1/sigma_t`` and the loss diverges); ``L_retain`` is the denoising loss on retained data.
     Sweep: ``--grid eps`` sets ``alpha`` (weak -> strong is decreasing alpha).
     """
 
@@ -77,7 +78,8 @@ class SalUn(DataBatches):
         x_r, _, _ = self.rows("retain", B)
         x_t, t, _ = self.noised(a)
         gamma, sigma = b.schedule.coeffs(t, a)
-        return per_sample_mse(self.net(x_t, t, cond), (x_t - gamma * x_r) / sigma)
+        # the relabelled noise (x_t - gamma x_r) / sigma grows as 1/sigma; weigh by sigma^2 (an x0-space error)
+        return per_sample_mse(sigma * self.net(x_t, t, cond), x_t - gamma * x_r)
 
     def retain_terms(self) -> Tensor:
         b, B = self.bundle, self.cfg.batch_size

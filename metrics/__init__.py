@@ -8,5 +8,6 @@ from unlearnbench.metrics import classifier  # noqa: E402,F401
 from unlearnbench.metrics import memorization  # noqa: E402,F401
 from unlearnbench.metrics import clip_score  # noqa: E402,F401
 from unlearnbench.metrics import nudity  # noqa: E402,F401
+from unlearnbench.metrics import gmm  # noqa: E402,F401
 
 __all__ = ["METRICS", "MetricSpec"]

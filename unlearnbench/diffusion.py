@@ -63,16 +63,24 @@ def target(prediction_type: str, schedule: Schedule, x0: Tensor, noise: Tensor, 
     raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: epsilon, sample, v_prediction")
 
 
+def randn(shape, generator: torch.Generator | None = None, device=None, dtype=None) -> Tensor:
+    """Standard normal drawn on the generator's device, then moved: the same numbers on CPU and GPU for one seed."""
+    gdev = generator.device if generator is not None else None
+    return torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
+
+
 def sample_t(n: int, T: int, generator: torch.Generator | None = None, device=None, t_min: int = 0) -> Tensor:
-    return torch.randint(t_min, T, (n,), generator=generator, device=device)
+    gdev = generator.device if generator is not None else None
+    return torch.randint(t_min, T, (n,), generator=generator, device=gdev).to(device)
 
 
 def stratified_t(n: int, T: int, generator: torch.Generator | None = None, device=None) -> Tensor:
     """n timesteps covering [0, T) evenly (one uniform draw per stratum, randomly permuted): every estimate sees the
     small-t steps that dominate ELBO-weighted sums, which cuts the variance of those sums by orders of magnitude."""
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    gdev = generator.device if generator is not None else None
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev).cpu()
     t = ((torch.arange(n, dtype=torch.float64) + u) * (T / n)).long().clamp_(0, T - 1)
-    return t[torch.randperm(n, generator=generator)].to(device)
+    return t[torch.randperm(n, generator=generator, device=gdev).cpu()].to(device)
 
 
 def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
@@ -97,7 +105,7 @@ def pointwise_kl(schedule: Schedule, x0: Tensor, eps_p: EpsFn, eps_q: EpsFn, con
     out = torch.zeros(x0.shape[0], device=x0.device, dtype=x0.dtype)
     ts = stratified_t(x0.shape[0] * n_t, schedule.T, generator, x0.device).view(n_t, -1)
     for t in ts:
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = add_noise(schedule, x0, noise, t)
         out += w[t] * per_sample_mse(eps_p(x_t, t, cond_p), eps_q(x_t, t, cond_q))
     return out * schedule.T / n_t
@@ -110,7 +118,7 @@ def elbo_terms(schedule: Schedule, x0: Tensor, eps_fn: EpsFn, cond: Tensor, n_t:
     out = torch.zeros(x0.shape[0], device=x0.device, dtype=x0.dtype)
     for _ in range(n_t):
         tt = sample_t(x0.shape[0], schedule.T, generator, x0.device) if t is None else t
-        nz = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) if noise is None else noise
+        nz = randn(x0.shape, generator, x0.device, x0.dtype) if noise is None else noise
         out += w[tt] * per_sample_mse(eps_fn(add_noise(schedule, x0, nz, tt), tt, cond), nz)
     return out * schedule.T / n_t
 
@@ -135,7 +143,7 @@ def ddim_sample(schedule: Schedule, eps_fn: EpsFn, cond: Tensor, shape: tuple[in
     """DDIM sampling (eta=0 deterministic) from T to 0, or to step index ``stop_at`` of the ``steps`` schedule
     (ESD's partial sampling). Returns x at the last visited timestep; [B, *shape]."""
     B = cond.shape[0]
-    x = torch.randn((B, *shape), generator=generator, device=device) if x_T is None else x_T
+    x = randn((B, *shape), generator, device) if x_T is None else x_T
     abar = schedule.alphas_cumprod.to(x.device)
     ts = torch.linspace(schedule.T - 1, 0, steps, device=x.device).round().long()
     it = range(steps - stop_at if stop_at else steps)
@@ -152,7 +160,7 @@ def ddim_sample(schedule: Schedule, eps_fn: EpsFn, cond: Tensor, shape: tuple[in
         dir_ = (1 - a_prev - sig ** 2).clamp(min=0).sqrt() * eps
         x = a_prev.sqrt() * x0 + dir_
         if eta > 0:
-            x = x + sig * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + sig * randn(x.shape, generator, x.device, x.dtype)
     return x
 
 

@@ -140,7 +140,16 @@ class Registry(Generic[T]):
 def _same(a: Any, b: Any) -> bool:
     """The same object, or the same class re-created by a module re-import."""
     key = lambda o: (getattr(o, "__module__", None), getattr(o, "__qualname__", None))  # noqa: E731
-    return a is b or (isinstance(a, type) and isinstance(b, type) and key(a) == key(b))
+    if a is b or (not isinstance(a, type) and _eq(a, b)):
+        return True
+    return (isinstance(a, type) and isinstance(b, type) and key(a) == key(b))
+
+
+def _eq(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - objects whose == is not boolean are never the same entry
+        return False
 
 
 def parse_list(value: str | Iterable[str], registry: Registry) -> list[str]:
