@@ -110,8 +110,10 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     if hasattr(task, "oracle_report"):
         oracle = task.oracle_report(metrics, spec["method"], train_info.get("final_duals"))
     record = base_record(spec, task)
+    bad = sorted(k for k, v in metrics.items() if v.role != "info" and not math.isfinite(v.value))
     record.update(
-        status="ok",
+        status="diverged" if bad else "ok",
+        error=f"diverged: non-finite {', '.join(bad)} (the unlearned model broke down)" if bad else None,
         method_config=dataclasses.asdict(cfg),
         metrics={k: v.to_dict() for k, v in sorted(metrics.items())},
         oracle=oracle,

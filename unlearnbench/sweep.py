@@ -19,16 +19,19 @@ from unlearnbench.runner import execute_trial, set_default_env, summary_row
 logger = logging.getLogger(__name__)
 
 
+FINISHED = ("ok", "diverged")  # diverged: a deterministic outcome (the method broke the model), not re-run on resume
+
+
 def finished_ok(run_dir: str) -> set[str]:
     path = Path(run_dir) / RECORDS
     if not path.exists():
         return set()
-    return {r["trial_id"] for r in iter_latest(read_records([path])) if r.get("status") == "ok"}
+    return {r["trial_id"] for r in iter_latest(read_records([path])) if r.get("status") in FINISHED}
 
 
 def progress_line(done: int, total: int, rec: dict) -> str:
     if rec["status"] != "ok":
-        return f"[{done}/{total}] {rec['trial_id']:<28} FAILED  {rec.get('error')}"
+        return f"[{done}/{total}] {rec['trial_id']:<28} {rec['status'].upper()}  {rec.get('error')}"
     axes = (rec.get("task") or {}).get("axes") or []
     shown = []
     for name in dict.fromkeys(n for pair in axes[:2] for n in pair):
@@ -104,6 +107,10 @@ def _ray_trainable(config: dict) -> None:
     tune.report({"ok": int(rec["status"] == "ok"), "record": json.dumps(rec, default=str)})
 
 
+def _trial_name(trial) -> str:
+    return trial.config["spec"]["trial_id"]
+
+
 def _run_ray(todo, plan, address, num_cpus, cpus_per_trial, gpus_per_trial, max_concurrent, echo) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -149,6 +156,8 @@ def _run_ray(todo, plan, address, num_cpus, cpus_per_trial, gpus_per_trial, max_
     t0 = time.perf_counter()
     ray.init(**init_kw)
     logger.info("ray.init took %.1fs", time.perf_counter() - t0)
+    # records are ours; Tune's own result files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS), so is its warning about them
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
         resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
         cluster = ray.cluster_resources()
@@ -159,7 +168,8 @@ def _run_ray(todo, plan, address, num_cpus, cpus_per_trial, gpus_per_trial, max_
         tuner = tune.Tuner(
             tune.with_resources(_ray_trainable, resources),
             param_space={"spec": tune.grid_search(todo), "run_dir": plan.run_dir, "worker_writes": local},
-            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent),
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=plan.run_id, storage_path=os.path.join(plan.run_dir, "ray_results"),
                                       verbose=0, callbacks=[Progress()]),
         )

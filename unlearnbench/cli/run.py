@@ -136,7 +136,10 @@ def run(args) -> int:
             print(f"leaderboard: {os.path.join(plan.run_dir, 'leaderboard', 'index.html')}")
         except ImportError:
             pass
-    failed = [r for r in records if r["status"] != "ok"]
+    diverged = [r["trial_id"] for r in records if r["status"] == "diverged"]
+    if diverged:
+        print(f"{len(diverged)} trial(s) diverged (a result, kept off the fronts): {', '.join(diverged)}")
+    failed = [r for r in records if r["status"] == "failed"]
     if failed:
         print(f"{len(failed)} of {len(records)} trial(s) failed; rerun them with --resume {plan.run_dir}", file=sys.stderr)
         return 1
