@@ -27,6 +27,19 @@ METRICS = {  # name -> (role, higher_is_better)
 ORACLE_CURVE = [[0.0, 0.0], [0.5, 0.02], [1.0, 0.05], [2.0, 0.11], [4.0, 0.25]]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def synthetic_scales():
+    """The synthetic gmm-concept records live on a 0-4 scale; pin the reference points and levels they were made for."""
+    from unlearnbench import leaderboard
+
+    saved = leaderboard.REFERENCE_POINTS["gmm-concept"], leaderboard.UNLEARNING_LEVELS["gmm-concept"]
+    leaderboard.REFERENCE_POINTS["gmm-concept"] = {("kl_concept_min", "kl_pretrained"): (0.0, 1.0),
+                                                   ("forgotten_mass", "kl_pretrained"): (0.0, 1.0)}
+    leaderboard.UNLEARNING_LEVELS["gmm-concept"] = {"kl_concept_min": [1.0, 2.0, 4.0], "forgotten_mass": [0.5, 0.9, 0.99]}
+    yield
+    leaderboard.REFERENCE_POINTS["gmm-concept"], leaderboard.UNLEARNING_LEVELS["gmm-concept"] = saved
+
+
 def _metric(name: str, value: float) -> dict:
     role, hib = METRICS[name]
     return {"value": value, "stderr": 0.001, "n": 1024, "role": role, "higher_is_better": hib}

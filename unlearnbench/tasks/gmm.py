@@ -228,7 +228,7 @@ class GMMConceptTask(_GMMTask):
     _salun = [10.0, 3.0, 1.0, 0.3, 0.1, 0.03]
     _lik = [0.1, 0.05, 0.02, 0.01, 0.003, 0.001]
     _pair = {"rkl": [18.0, 21.0, 25.0, 30.0, 36.0, 45.0], "lik": _lik,
-             "esd": [0.003, 0.01, 0.02, 0.03, 0.05, 0.1], "salun": _salun}
+             "esd": [0.01, 0.03, 0.06, 0.1, 0.15, 0.22], "salun": _salun}
     _one = {"rkl": [27.0, 30.0, 33.0, 37.0, 42.0, 50.0], "lik": _lik,
             "esd": [0.003, 0.01, 0.02, 0.04, 0.07, 0.12], "salun": _salun}
     grids_by_forget: ClassVar[dict] = {"pair": {"eps": _pair, "smoke": _smoke(_pair)},
