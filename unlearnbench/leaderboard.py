@@ -100,10 +100,21 @@ def _num(v: Any) -> float:
 
 
 def _task_name(r: dict) -> str:
+    """Leaderboard key: the task name, suffixed with the forget set when it is not the task's default one (fronts of
+    different forget sets are different experiments)."""
     t = r.get("task")
     if isinstance(t, dict) and t.get("name"):
+        if t.get("forget_default") is False and t.get("forget_set"):
+            return f"{t['name']}-{t['forget_set']}"
         return str(t["name"])
     return str(t) if isinstance(t, str) and t else "unknown"
+
+
+def _lookup(table: dict, name: str) -> Any:
+    """A per-task table entry for a leaderboard key, falling back from ``task-forgetset`` to ``task``."""
+    if name in table:
+        return table[name]
+    return table.get(name.rsplit("-", 1)[0], {})
 
 
 def _grid(r: dict) -> dict:
@@ -162,7 +173,7 @@ class TaskData:
 
     def reference(self, axis: Axis) -> tuple[tuple[float, float] | None, str]:
         """The hypervolume reference point and where it comes from ("fixed" or "worst observed")."""
-        fixed = REFERENCE_POINTS.get(self.name, {}).get(tuple(axis))
+        fixed = _lookup(REFERENCE_POINTS, self.name).get(tuple(axis))
         if fixed is not None:
             return (float(fixed[0]), float(fixed[1])), "fixed"
         pts = self.all_points(axis)
@@ -174,7 +185,7 @@ class TaskData:
 
     def levels(self, axis: Axis) -> tuple[list[float], str]:
         """Unlearning levels for retention-at-level columns and where they come from."""
-        fixed = UNLEARNING_LEVELS.get(self.name, {}).get(axis[0])
+        fixed = _lookup(UNLEARNING_LEVELS, self.name).get(axis[0])
         if fixed is not None:
             return sorted(float(v) for v in fixed), "fixed"
         u = self.all_points(axis)[:, 0]
@@ -253,8 +264,8 @@ def _task_axes(name: str, latest: list[dict], roles: dict[str, str]) -> list[Axi
         if any([(str(a[0]), str(a[1])) for a in r["task"]["axes"]] != axes for r in with_axes):
             logger.warning("task %s: records carry different axes; using the newest record's %s", name, axes)
         return axes
-    if name in DEFAULT_AXES:
-        return list(DEFAULT_AXES[name])
+    if _lookup(DEFAULT_AXES, name):
+        return list(_lookup(DEFAULT_AXES, name))
     unl = sorted(m for m, role in roles.items() if role == "unlearning")
     ret = sorted(m for m, role in roles.items() if role == "retention")
     return [(u, r) for u in unl for r in ret]

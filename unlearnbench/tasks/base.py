@@ -179,7 +179,9 @@ class Task(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """What goes into the record's ``task`` field."""
-        return {"name": self.name, "kind": self.kind, "forget_set": self.forget_name, "options": self.options}
+        default = next(iter(self.forget_sets), None)
+        return {"name": self.name, "kind": self.kind, "forget_set": self.forget_name,
+                "forget_default": self.forget_name == default if default else True, "options": self.options}
 
 
 def frozen_copy(net: nn.Module) -> nn.Module:
