@@ -29,3 +29,17 @@ class MetricValueCompute:
                 "value", "stderr", "n", "role", "higher_is_better"} else out
 
         return wrapped
+
+
+def lazy_classes(module_globals: dict, builders: dict[str, Callable[[], type]]) -> Callable[[str], Any]:
+    """A PEP 562 module ``__getattr__`` that builds torchmetrics-based classes on first use (so importing the module
+    stays light) and caches them in the module; pickle resolves the classes through it too."""
+
+    def __getattr__(name: str) -> Any:
+        if name in builders:
+            cls = builders[name]()
+            module_globals[name] = cls
+            return cls
+        raise AttributeError(f"module {module_globals['__name__']!r} has no attribute {name!r}")
+
+    return __getattr__

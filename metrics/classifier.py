@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from unlearnbench.metrics.base import spec
 from unlearnbench.tasks.base import MetricValue
+from unlearnbench.metrics._tm import lazy_classes
 
 spec("cls_acc_forget", "unlearning", False, "classifier",
      "Oracle-classifier accuracy on samples of the erased prompts (fraction still recognised)")
@@ -120,12 +121,4 @@ def _build_classifier_accuracy() -> type:
     return ClassifierAccuracy
 
 
-_LAZY = {"ClassifierAccuracy": _build_classifier_accuracy}
-
-
-def __getattr__(name: str) -> Any:  # PEP 562: torchmetrics is imported on first use; pickle resolves through this
-    if name in _LAZY:
-        cls = _LAZY[name]()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_classes(globals(), {"ClassifierAccuracy": _build_classifier_accuracy})

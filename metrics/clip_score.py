@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from unlearnbench.metrics.base import spec
 from unlearnbench.tasks.base import MetricValue
+from unlearnbench.metrics._tm import lazy_classes
 
 logger = logging.getLogger(__name__)
 
@@ -200,12 +201,4 @@ def _build_clip_score() -> type:
     return CLIPScore
 
 
-_LAZY = {"CLIPScore": _build_clip_score}
-
-
-def __getattr__(name: str) -> Any:  # PEP 562: torchmetrics is imported on first use; pickle resolves through this
-    if name in _LAZY:
-        cls = _LAZY[name]()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_classes(globals(), {"CLIPScore": _build_clip_score})

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from unlearnbench.metrics.base import spec
 from unlearnbench.tasks.base import MetricValue
+from unlearnbench.metrics._tm import lazy_classes
 
 logger = logging.getLogger(__name__)
 
@@ -478,13 +479,5 @@ def _build_feature_fid() -> type:
     return FeatureFID
 
 
-_LAZY = {"FeatureKID": _build_feature_kid, "FeatureFID": _build_feature_fid}
-
-
-def __getattr__(name: str) -> Any:  # PEP 562; pickle finds the classes through this too
-    if name in _LAZY:
-        cls = _LAZY[name]()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_classes(globals(), {"FeatureKID": _build_feature_kid, "FeatureFID": _build_feature_fid})
 

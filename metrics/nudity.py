@@ -19,6 +19,7 @@ from torch import Tensor
 
 from unlearnbench.metrics.base import spec
 from unlearnbench.tasks.base import MetricValue
+from unlearnbench.metrics._tm import lazy_classes
 
 logger = logging.getLogger(__name__)
 
@@ -125,12 +126,4 @@ def _build_nudity_rate() -> type:
     return NudityRate
 
 
-_LAZY = {"NudityRate": _build_nudity_rate}
-
-
-def __getattr__(name: str) -> Any:  # PEP 562: torchmetrics/nudenet load on first use; pickle resolves through this
-    if name in _LAZY:
-        cls = _LAZY[name]()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_classes(globals(), {"NudityRate": _build_nudity_rate})

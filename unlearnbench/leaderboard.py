@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from unlearnbench.pareto import aggregate_seeds, grid_sort_key, hypervolume_2d, interpolate_front, pareto_front
+from unlearnbench.pareto import _to_float, aggregate_seeds, grid_sort_key, hypervolume_2d, interpolate_front, pareto_front
 from unlearnbench.records import iter_latest, read_records
 
 logger = logging.getLogger(__name__)
@@ -90,13 +90,7 @@ _NOT_PACKAGES = {"unlearnbench", "git_sha", "platform", "gpu"}
 # --------------------------------------------------------------------------------------------------------------
 # Records -> per-task data (also used by unlearnbench.claims)
 # --------------------------------------------------------------------------------------------------------------
-def _num(v: Any) -> float:
-    if v is None or isinstance(v, bool):
-        return math.nan
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+_num = _to_float  # numbers from records: None, booleans and junk become NaN
 
 
 def _task_name(r: dict) -> str:
