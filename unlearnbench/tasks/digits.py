@@ -53,10 +53,11 @@ for _name, _role, _hib, _doc in [
     ("acc_kept", "retention", True, "classifier accuracy on guided samples of the kept digit prompts"),
     ("kid_kept", "retention", False, "KID (classifier features) of kept-prompt samples to the pretrained model's"),
     ("kl_proxy_kept", "retention", False, "point-wise KL estimate of KL(p_theta(.|k) || q(.|k)), kept prompts (nats)"),
-    ("forget_bpd", "unlearning", True, "negative ELBO of the forget images, bits/dim"),
+    ("forget_bpd", "unlearning", True, "negative ELBO of the forget images, bits/dim of the continuous density on "
+                                       "[-1,1]^64 (can be < 0; +3 gives the bound for the 17-level pixel grid)"),
     ("forget_nll_ode", "info", True, "probability-flow ODE NLL of the forget images (Hutchinson), bits/dim"),
     ("kid_retain", "retention", False, "KID (classifier features) of samples to held-out digits + kept injected"),
-    ("retain_bpd", "retention", False, "negative ELBO of held-out digits, bits/dim"),
+    ("retain_bpd", "retention", False, "negative ELBO of held-out digits, continuous-density bits/dim (as forget_bpd)"),
 ]:
     spec(_name, _role, _hib, FAMILY, _doc)
 
