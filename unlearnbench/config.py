@@ -188,7 +188,7 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
                 plan.trials.append({
                     "run_id": plan.run_id, "trial_id": f"{m}-{grid_name}{fmt_value(value)}-s{seed}",
                     "task": task_name, "task_options": task_options, "method": m, "method_config": overrides,
-                    "grid": g, "seed": seed, "cache_dir": task_obj.cache_dir, "threads": threads,
+                    "grid": g, "seed": seed, "cache_dir": task_obj.cache_dir, "threads": threads, "run_dir": run_dir,
                     "artifact_dir": os.path.join(run_dir, "artifacts", f"{m}-{grid_name}{fmt_value(value)}-s{seed}"),
                 })
     return plan

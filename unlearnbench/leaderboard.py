@@ -700,6 +700,8 @@ def _copy_samples(td: TaskData, out: Path, slug: str) -> list[tuple[str, str]]:
         if not src:
             continue
         src = Path(src)
+        if not src.is_absolute():
+            src = Path(r.get("_dir") or ".") / src
         if not src.is_file():
             logger.warning("task %s, trial %s: sample grid %s is missing", td.name, r.get("trial_id"), src)
             continue

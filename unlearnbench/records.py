@@ -56,7 +56,8 @@ def append_record(run_dir: str | os.PathLike, record: dict) -> None:
 
 
 def read_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
-    """Records from run dirs or jsonl files; a torn last line (killed writer) is skipped."""
+    """Records from run dirs or jsonl files; a torn last line (killed writer) is skipped. Each record gets ``_dir``,
+    the folder of its file, against which relative artifact paths resolve (not part of the stored record)."""
     out: list[dict] = []
     for p in paths:
         p = Path(p)
@@ -66,9 +67,11 @@ def read_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
                 if not line.strip():
                     continue
                 try:
-                    out.append(json.loads(line))
+                    rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                rec["_dir"] = str(f.parent.resolve())
+                out.append(rec)
     return out
 
 

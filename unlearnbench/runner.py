@@ -119,9 +119,19 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         oracle=oracle,
         train=train_info,
         timing={"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2, "total_s": t3 - t0},
-        artifacts=dict(bundle.extras.get("artifacts", {})),
+        artifacts=relative_artifacts(bundle.extras.get("artifacts", {}), spec.get("run_dir")),
     )
     return record
+
+
+def relative_artifacts(artifacts: dict[str, str], run_dir: str | None) -> dict[str, str]:
+    """Artifact paths relative to the run directory (so a run directory can be moved or committed)."""
+    out = {}
+    for k, v in artifacts.items():
+        if run_dir and os.path.isabs(v) and os.path.commonpath([os.path.abspath(v), run_dir]) == run_dir:
+            v = os.path.relpath(v, run_dir)
+        out[k] = v
+    return out
 
 
 def base_record(spec: dict[str, Any], task=None) -> dict[str, Any]:
