@@ -31,7 +31,7 @@ gmm: $(VENV)/.installed
 	$(UB) run --task gmm-data --methods fkl,siss,salun --grid eps
 
 leaderboard: $(VENV)/.installed
-	$(UB) leaderboard
+	$(UB) leaderboard --runs leaderboards/records --out leaderboards
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python scripts/bench_gmm_sweep.py
