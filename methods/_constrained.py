@@ -38,6 +38,20 @@ class ConstrainedConfig(MethodConfig):
             raise ValueError(f"dual_ema must be in [0, 1), got {self.dual_ema}")
 
 
+@dataclass
+class KLConstrainedConfig(ConstrainedConfig):
+    """The KL formulations' dual is -inf at ``Lambda >= 1``: the projection keeps ``Lambda <= 1 - delta``."""
+
+    delta: float = field(default=0.05, metadata={"help": "dual projection keeps Lambda <= 1 - delta"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eps < 0:
+            raise ValueError(f"threshold b={self.eps} is impossible: it bounds a KL divergence (increase), choose b >= 0")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+
+
 class ConstrainedMethod(Method):
     """A method with constraints ``g_i(theta) >= eps`` (``sense=">="``) or ``<= eps``, one dual variable each.
 
@@ -48,7 +62,12 @@ class ConstrainedMethod(Method):
 
     Config: ClassVar[type[ConstrainedConfig]] = ConstrainedConfig
     sense: ClassVar[Literal[">=", "<="]] = ">="
-    lambda_cap: ClassVar[float | None] = None
+
+    @property
+    def lambda_cap(self) -> float | None:
+        """Bound on ``Lambda``: ``1 - delta`` for configs with a ``delta`` (the KL formulations), else none."""
+        delta = getattr(self.cfg, "delta", None)
+        return None if delta is None else 1.0 - delta
 
     def __init__(self, cfg: ConstrainedConfig, bundle, generator):
         super().__init__(cfg, bundle, generator)

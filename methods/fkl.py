@@ -8,15 +8,14 @@ from torch import Tensor
 
 from unlearnbench.diffusion import elbo_terms, per_sample_mse, stratified_t
 from unlearnbench.methods import METHODS
-from unlearnbench.methods._constrained import ConstrainedConfig, ConstrainedMethod
+from unlearnbench.methods._constrained import ConstrainedMethod, KLConstrainedConfig
 from unlearnbench.methods._data import DataBatches
 
 
 @dataclass
-class FKLConfig(ConstrainedConfig):
+class FKLConfig(KLConstrainedConfig):
     eps: float = field(default=1.0, metadata={"help": "b: required increase (nats) of KL(q_u^i || p) over the pretrained"})
     dual_lr: float = field(default=0.002, metadata={"help": "dual ascent step size (lambda lives on the 1/N scale)"})
-    delta: float = field(default=0.05, metadata={"help": "dual projection keeps Lambda <= 1 - delta"})
     forget_batch: int = field(default=16, metadata={"help": "forget rows per constraint per step"})
     q_source: str = field(default="train", metadata={"help": "samples of q: train (all training data) or retain"})
     n_estimate: int = field(default=64, metadata={"help": "forget draws per constraint per estimate"})
@@ -24,12 +23,8 @@ class FKLConfig(ConstrainedConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.eps < 0:
-            raise ValueError(f"fkl threshold b={self.eps} is impossible: choose b >= 0 (an increase of KL in nats)")
         if self.q_source not in ("train", "retain"):
             raise ValueError(f"q_source={self.q_source!r}; valid: train, retain")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
 
 
 @METHODS.register("fkl", "forward-kl")
@@ -50,10 +45,6 @@ class ForwardKL(DataBatches, ConstrainedMethod):
     Config = FKLConfig
     grid_params = {"eps": "eps"}
     sense = ">="
-
-    @property
-    def lambda_cap(self) -> float:  # type: ignore[override]
-        return 1.0 - self.cfg.delta
 
     def losses(self) -> dict[str, Tensor]:
         x0, cond, _ = self.rows(self.cfg.q_source, self.cfg.batch_size)

@@ -8,20 +8,12 @@ from torch import Tensor
 
 from unlearnbench.diffusion import pointwise_kl
 from unlearnbench.methods import METHODS
-from unlearnbench.methods._constrained import ConceptConfig, ConceptErasure, ConstrainedConfig, ConstrainedMethod
+from unlearnbench.methods._constrained import ConceptConfig, ConceptErasure, ConstrainedMethod, KLConstrainedConfig
 
 
 @dataclass
-class RKLConfig(ConstrainedConfig, ConceptConfig):
+class RKLConfig(KLConstrainedConfig, ConceptConfig):
     eps: float = field(default=1.0, metadata={"help": "b: required KL(p || q_u^i) in nats, the same for every concept"})
-    delta: float = field(default=0.05, metadata={"help": "dual projection keeps Lambda <= 1 - delta"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.eps < 0:
-            raise ValueError(f"rkl threshold b={self.eps} is impossible: a KL divergence is >= 0")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
 
 
 @METHODS.register("rkl", "reverse-kl")
@@ -38,10 +30,6 @@ class ReverseKL(ConceptErasure, ConstrainedMethod):
     Config = RKLConfig
     grid_params = {"eps": "eps"}
     sense = ">="
-
-    @property
-    def lambda_cap(self) -> float:  # type: ignore[override]
-        return 1.0 - self.cfg.delta
 
     def alphas(self) -> Tensor:
         return self.duals / (1.0 - self.duals.sum())

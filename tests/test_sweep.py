@@ -125,7 +125,7 @@ def test_grid_file_validation(plugin, tmp_path):
     neg = tmp_path / "neg.yaml"
     neg.write_text("values:\n  rkl: [-1.0]\n")
     r = cli(["validate", "--task", "toy", "--methods", "rkl", "--grid", str(neg)], plugin_path=plugin)
-    assert r.returncode == 2 and "rkl with eps=-1: rkl threshold b=-1.0 is impossible" in r.stderr
+    assert r.returncode == 2 and "rkl with eps=-1: threshold b=-1.0 is impossible" in r.stderr
     missing = tmp_path / "missing.yaml"
     missing.write_text("values:\n  esd: [1.0]\n")
     r = cli(["validate", "--task", "toy", "--methods", "rkl", "--grid", str(missing)], plugin_path=plugin)
