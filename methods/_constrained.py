@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from unlearnbench.diffusion import add_noise, per_sample_mse
+from unlearnbench.diffusion import per_sample_mse
 from unlearnbench.methods.base import Method, MethodConfig
 
 
@@ -144,10 +144,8 @@ class ConceptErasure(Method):
         """(x_t, t, prompt, target) for one batch."""
         b, B = self.bundle, self.cfg.batch_size
         null, forget = b.null_cond, b.forget_concepts
+        x_t, t, _ = self.noised_ref(self.cond(null, B))
         with torch.no_grad():
-            x0 = b.sample_ref(self.cond(null, B), self.gen)
-            noise, t = self.randn_like(x0), self.rand_t(B)
-            x_t = add_noise(b.schedule, x0, noise, t)
             prompts = [null] + list(forget)
             eps = b.ref(x_t.repeat(len(prompts), *[1] * (x_t.ndim - 1)), t.repeat(len(prompts)),
                         self.cond(prompts).repeat_interleave(B)).view(len(prompts), *x_t.shape)
@@ -155,8 +153,7 @@ class ConceptErasure(Method):
             w = self.concept_weights(x_t, t).to(x_t.dtype)  # [B, m]
             shape = (B, len(forget)) + (1,) * (x_t.ndim - 1)
             target = eps_from - (w.view(shape) * (eps_c.transpose(0, 1) - eps_from.unsqueeze(1))).sum(1)
-            choices = self.cond(prompts if self.cfg.train_null else list(forget))
-            prompt = choices[torch.randint(0, len(choices), (B,), generator=self.gen).to(self.device)]
+        prompt = self.pick(prompts if self.cfg.train_null else list(forget), B)
         return x_t, t, prompt, target
 
     def losses(self) -> dict[str, Tensor]:
@@ -175,14 +172,10 @@ class ConceptErasure(Method):
 
     def preserve_terms(self) -> Tensor:
         """``||eps_theta(x_t, k) - eps_q(x_t, k)||^2`` on kept prompts k, x_t from the pretrained model's samples of k."""
-        b, B = self.bundle, self.cfg.batch_size
-        kept = self.cond(b.retain_concepts)
-        k = kept[torch.randint(0, len(kept), (B,), generator=self.gen).to(self.device)]
+        k = self.pick(self.bundle.retain_concepts, self.cfg.batch_size)
+        x_t, t, _ = self.noised_ref(k)
         with torch.no_grad():
-            x0 = b.sample_ref(k, self.gen)
-            t = self.rand_t(B)
-            x_t = add_noise(b.schedule, x0, self.randn_like(x0), t)
-            tgt = b.ref(x_t, t, k)
+            tgt = self.bundle.ref(x_t, t, k)
         return per_sample_mse(self.net(x_t, t, k), tgt)
 
     def measure_prompts(self) -> list[int]:

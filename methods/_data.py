@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from unlearnbench.diffusion import add_noise
 from unlearnbench.methods.base import Method
 
 
@@ -23,11 +22,6 @@ class DataBatches(Method):
         labels = b.extras.get(f"{which}_cond")
         cond = labels[idx].to(self.device) if labels is not None else self.cond(b.null_cond, n)
         return x0, cond, idx
-
-    def noised(self, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(x_t, t, noise)."""
-        noise, t = self.randn_like(x0), self.rand_t(x0.shape[0])
-        return add_noise(self.bundle.schedule, x0, noise, t), t, noise
 
     def forget_rows_per_group(self, per_group: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``per_group`` forget rows for every constraint group: (x0, cond, idx, group) with group [n] long."""

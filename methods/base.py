@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Iterable
 import torch
 from torch import Tensor, nn
 
+from unlearnbench.diffusion import add_noise
 from unlearnbench.tasks.base import ModelBundle
 
 TRAINABLE_CHOICES = ("full", "xattn", "lora")
@@ -120,6 +121,21 @@ class Method(abc.ABC):
 
     def rand_t(self, n: int) -> Tensor:
         return torch.randint(self.cfg.t_min, self.bundle.schedule.T, (n,), generator=self.gen).to(self.device)
+
+    def pick(self, ids: list[int], n: int) -> Tensor:
+        """n prompt ids drawn uniformly from ``ids``; [n] long."""
+        ids_t = self.cond(ids)
+        return ids_t[torch.randint(0, len(ids_t), (n,), generator=self.gen).to(self.device)]
+
+    def noised(self, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Forward-noise ``x0`` at uniform timesteps: (x_t, t, noise)."""
+        noise, t = self.randn_like(x0), self.rand_t(x0.shape[0])
+        return add_noise(self.bundle.schedule, x0, noise, t), t, noise
+
+    @torch.no_grad()
+    def noised_ref(self, prompts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Pretrained-model samples for ``prompts``, forward-noised: (x_t, t, noise)."""
+        return self.noised(self.bundle.sample_ref(prompts, self.gen))
 
     def cond(self, ids: Tensor | list[int] | int, n: int | None = None) -> Tensor:
         if isinstance(ids, int):

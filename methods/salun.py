@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from unlearnbench.diffusion import add_noise, per_sample_mse
+from unlearnbench.diffusion import per_sample_mse
 from unlearnbench.methods import METHODS
 from unlearnbench.methods.base import MethodConfig
 from unlearnbench.methods._data import DataBatches
@@ -65,13 +65,9 @@ class SalUn(DataBatches):
     def forget_terms(self) -> Tensor:
         b, B = self.bundle, self.cfg.batch_size
         if b.kind == "concept":
-            forget, kept = self.cond(b.forget_concepts), self.cond(b.retain_concepts)
-            c = forget[torch.randint(0, len(forget), (B,), generator=self.gen).to(self.device)]
-            r = kept[torch.randint(0, len(kept), (B,), generator=self.gen).to(self.device)]
+            c, r = self.pick(b.forget_concepts, B), self.pick(b.retain_concepts, B)
+            x_t, t, _ = self.noised_ref(c)
             with torch.no_grad():
-                x0 = b.sample_ref(c, self.gen)
-                t = self.rand_t(B)
-                x_t = add_noise(b.schedule, x0, self.randn_like(x0), t)
                 target = b.ref(x_t, t, r)
             return per_sample_mse(self.net(x_t, t, c), target)
         a, cond, _ = self.rows("forget", B)
@@ -84,14 +80,11 @@ class SalUn(DataBatches):
     def retain_terms(self) -> Tensor:
         b, B = self.bundle, self.cfg.batch_size
         if b.kind == "concept":
-            kept = self.cond([b.null_cond] + list(b.retain_concepts))
-            k = kept[torch.randint(0, len(kept), (B,), generator=self.gen).to(self.device)]
-            with torch.no_grad():
-                x0 = b.sample_ref(k, self.gen)
-            cond = k
+            cond = self.pick([b.null_cond] + list(b.retain_concepts), B)
+            x_t, t, noise = self.noised_ref(cond)
         else:
             x0, cond, _ = self.rows("retain", B)
-        x_t, t, noise = self.noised(x0)
+            x_t, t, noise = self.noised(x0)
         return per_sample_mse(self.net(x_t, t, cond), noise)
 
     def losses(self) -> dict[str, Tensor]:
