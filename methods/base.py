@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from unlearnbench.diffusion import add_noise
 from unlearnbench.tasks.base import ModelBundle
 
-TRAINABLE_CHOICES = ("full", "xattn", "lora")
+TRAINABLE_CHOICES = ("full", "xattn", "noxattn", "lora")
 
 
 @dataclass
@@ -23,7 +23,8 @@ class MethodConfig:
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     steps: int | None = field(default=None, metadata={"help": "optimizer steps (None: the task's default)"})
     batch_size: int = field(default=128, metadata={"help": "samples per step"})
-    trainable: str = field(default="full", metadata={"help": "full | xattn (cross-attention only) | lora"})
+    trainable: str = field(default="full", metadata={"help": "full | xattn (cross-attention only, ESD-x) | noxattn "
+                                                             "(all but cross-attention, ESD-u) | lora"})
     lora_rank: int = field(default=4, metadata={"help": "LoRA rank when trainable=lora"})
     grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0: off)"})
     t_min: int = field(default=0, metadata={"help": "smallest timestep index drawn in training"})
@@ -146,8 +147,10 @@ class Method(abc.ABC):
 def select_trainable(net: nn.Module, mode: str, lora_rank: int = 4) -> list[nn.Parameter]:
     """Freeze ``net`` except the chosen part; returns the trainable parameters.
 
-    ``full``: everything. ``xattn``: cross-attention (``attn2``) only, ESD-x style. ``lora``: peft LoRA adapters on the
-    cross-attention projections (``attn2.to_q/to_k/to_v/to_out.0``).
+    ``full``: everything. ``xattn``: cross-attention (``attn2``) only, ESD-x style. ``noxattn``: everything except
+    cross-attention, the time embedding and the output layer, ESD-u style (rohitgandikota/erasing,
+    ``train-scripts/train-esd.py``: ``name.startswith('out.') or 'attn2' in name or 'time_embed' in name`` excluded).
+    ``lora``: peft LoRA adapters on the cross-attention projections (``attn2.to_q/to_k/to_v/to_out.0``).
     """
     if mode == "full":
         net.requires_grad_(True)
@@ -157,10 +160,12 @@ def select_trainable(net: nn.Module, mode: str, lora_rank: int = 4) -> list[nn.P
         raise ValueError(f"trainable={mode!r} needs cross-attention (attn2) layers, which this task's network lacks; "
                          f"use trainable=full")
     net.requires_grad_(False)
-    if mode == "xattn":
+    if mode in ("xattn", "noxattn"):
         params = []
         for n, p in net.named_parameters():
-            if "attn2" in n:
+            xattn = "attn2" in n
+            excluded = xattn or "time_emb" in n or n.startswith(("out.", "conv_out."))
+            if (mode == "xattn" and xattn) or (mode == "noxattn" and not excluded):
                 p.requires_grad_(True)
                 params.append(p)
         return params
