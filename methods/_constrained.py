@@ -26,6 +26,8 @@ class ConstrainedConfig(MethodConfig):
     n_estimate: int = field(default=256, metadata={"help": "model samples per constraint estimate"})
     n_t_estimate: int = field(default=4, metadata={"help": "timestep draws per sample in an estimate"})
     met_tol: float = field(default=0.05, metadata={"help": "relative slack counted as 'constraint met' in the record"})
+    converge_tol: float = field(default=0.1, metadata={"help": "duals count as settled when their relative change over "
+                                                               "the last 20% of steps is at most this"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,10 +91,9 @@ class ConstrainedMethod(Method):
         return (self.cfg.eps - est) if self.sense == ">=" else (est - self.cfg.eps)
 
     def project(self) -> None:
-        self.duals.clamp_(min=0.0)
+        """Euclidean projection onto ``{lambda >= 0, sum(lambda) <= cap}``."""
         cap = self.lambda_cap
-        if cap is not None and self.duals.sum() > cap:
-            self.duals.mul_(cap / self.duals.sum())
+        self.duals.copy_(project_capped_simplex(self.duals, cap) if cap is not None else self.duals.clamp(min=0.0))
 
     def update_estimate(self, est: Tensor) -> Tensor:
         est = est.detach().to(torch.float64).cpu()
@@ -119,6 +120,19 @@ class ConstrainedMethod(Method):
         super().load_state_dict(state)
         self.duals = torch.tensor(state["duals"], dtype=torch.float64)
         self.estimate = None if state["estimate"] is None else torch.tensor(state["estimate"], dtype=torch.float64)
+
+
+def project_capped_simplex(v: Tensor, cap: float) -> Tensor:
+    """Euclidean projection of ``v`` [m] onto ``{x >= 0, sum(x) <= cap}``: clamp at 0 if that is inside, else the
+    projection onto the scaled simplex ``{x >= 0, sum(x) = cap}`` (sort-based, Duchi et al. 2008)."""
+    w = v.clamp(min=0.0)
+    if float(w.sum()) <= cap:
+        return w
+    u = torch.sort(v, descending=True).values
+    css = torch.cumsum(u, 0) - cap
+    k = torch.arange(1, v.numel() + 1, dtype=v.dtype)
+    rho = int(torch.nonzero(u - css / k > 0).max())
+    return (v - css[rho] / (rho + 1)).clamp(min=0.0)
 
 
 @dataclass
@@ -187,4 +201,14 @@ class ConceptErasure(Method):
 
     @torch.no_grad()
     def model_samples(self, prompt: int, n: int) -> Tensor:
-        return self.bundle.sample_model(self.net, self.cond(prompt, n), self.gen)
+        """Samples of ``p_theta(.|prompt)``, the distribution a constraint measures: unguided, so that the point-wise
+        KL against ``q(.|c_i)`` (unguided predictions on both sides) estimates ``KL(p_theta(.|c_i) || q(.|c_i))``."""
+        return self.bundle.sample_model(self.net, self.cond(prompt, n), self.gen, guidance=1.0)
+
+    def samples_per_prompt(self, n: int) -> list[Tensor]:
+        """``model_samples`` for each constraint's measured prompt, drawn once per distinct prompt."""
+        cache: dict[int, Tensor] = {}
+        for prompt in self.measure_prompts():
+            if prompt not in cache:
+                cache[prompt] = self.model_samples(prompt, n)
+        return [cache[p] for p in self.measure_prompts()]

@@ -37,6 +37,10 @@ class ForwardKL(DataBatches, ConstrainedMethod):
     constraint estimate is the ELBO difference ``E_{q_u^i} sum_t w_t (||eps_theta - eps||^2 - ||eps_q - eps||^2)`` with
     common random numbers; dual ascent ``lambda_i <- max(0, lambda_i + eta_d (b - KLhat_i))``, ``Lambda <= 1 - delta``.
     With q the training distribution of N points and K forget points, lambda_i = 1/N is exactly retraining without them.
+    The minimiser is a density only where ``q - sum_i lambda_i q_u^i >= 0``; for a forget group that makes up the share
+    ``w_i`` of q (``bundle.extras["forget_weights"]``, default: its rows over the training-set size) that means
+    ``lambda_i <= w_i`` (beyond it the loss is unbounded below: the outlier of gmm-data with any lambda > 1/N), so the
+    projection is onto ``{0 <= lambda_i <= w_i, Lambda <= 1 - delta}``; ``lambda_i = w_i`` is retraining without group i.
     Sweep: ``--grid eps`` sets ``b``.
     """
 
@@ -45,6 +49,20 @@ class ForwardKL(DataBatches, ConstrainedMethod):
     Config = FKLConfig
     grid_params = {"eps": "eps"}
     sense = ">="
+
+    def forget_weights(self) -> Tensor:
+        """``w_i``, the share of q that forget group i makes up; [m] float64."""
+        b = self.bundle
+        given = b.extras.get("forget_weights")
+        if given is not None:
+            return torch.as_tensor(given, dtype=torch.float64)
+        counts = torch.bincount(b.group_index(), minlength=b.n_constraints).to(torch.float64)
+        return counts / b.train_data.shape[0]
+
+    def project(self) -> None:
+        """Box ``[0, w_i]`` (the minimiser stays a density), then ``Lambda <= 1 - delta``."""
+        self.duals.copy_(torch.minimum(self.duals.clamp(min=0.0), self.forget_weights()))
+        super().project()
 
     def losses(self) -> dict[str, Tensor]:
         x0, cond, _ = self.rows(self.cfg.q_source, self.cfg.batch_size)

@@ -52,9 +52,7 @@ class Likelihood(ConceptErasure, ConstrainedMethod):
         """``Ehat_p[P(c_i | x)]`` on samples of the model (posterior at t = 0)."""
         b, n = self.bundle, self.cfg.n_estimate
         out = []
-        cache: dict[int, Tensor] = {}
-        for i, prompt in enumerate(self.measure_prompts()):
-            x0 = cache.setdefault(prompt, self.model_samples(prompt, n))
+        for i, x0 in enumerate(self.samples_per_prompt(n)):
             t0 = torch.zeros(n, dtype=torch.long, device=x0.device)
             out.append(b.posterior(x0, t0, list(b.forget_concepts))[:, i].mean())
         return torch.stack(out)

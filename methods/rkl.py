@@ -42,9 +42,7 @@ class ReverseKL(ConceptErasure, ConstrainedMethod):
         """``KLhat_i = KL(p_theta || q(.|c_i))`` by the point-wise estimator on samples of the model."""
         b, n = self.bundle, self.cfg.n_estimate
         out = []
-        cache: dict[int, Tensor] = {}
-        for prompt, concept in zip(self.measure_prompts(), b.forget_concepts):
-            x0 = cache.setdefault(prompt, self.model_samples(prompt, n))
+        for prompt, concept, x0 in zip(self.measure_prompts(), b.forget_concepts, self.samples_per_prompt(n)):
             kl = pointwise_kl(b.schedule, x0, self.net, b.ref, self.cond(prompt, n), self.cond(concept, n),
                               n_t=self.cfg.n_t_estimate, generator=self.gen)
             out.append(kl.mean())

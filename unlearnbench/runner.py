@@ -43,8 +43,49 @@ def build_method_config(task, method: str, overrides: dict[str, Any], grid: dict
     return make_config(cls.Config, values, method)
 
 
-def train(method, log_every: int = 50) -> dict[str, Any]:
-    """The loop: Adam on the method's trainable parameters, clipping, dual updates on a running estimate."""
+class LossExploded(Exception):
+    """A training loss became non-finite or exploded; the trial is ``diverged``, not failed."""
+
+
+def check_losses(losses: dict[str, torch.Tensor], obj: torch.Tensor, step: int, scale: dict[str, list[float]],
+                 factor: float) -> None:
+    """Raise :class:`LossExploded` when the objective is non-finite or a loss term's batch mean exceeds ``factor``
+    times max(1, its median over the first 10 steps)."""
+    if not torch.isfinite(obj):
+        raise LossExploded(f"objective became {obj.item()} at step {step}")
+    for k, v in losses.items():
+        m = float(v.detach().float().mean())
+        if not math.isfinite(m):
+            raise LossExploded(f"loss term {k!r} became {m} at step {step}")
+        first = scale.setdefault(k, [])
+        if len(first) < 10:
+            first.append(abs(m))
+            continue
+        ref = max(1.0, float(np.median(first)))
+        if abs(m) > factor * ref:
+            raise LossExploded(f"loss term {k!r} reached {m:.3g} at step {step}, over {factor:g} x its early scale "
+                               f"{ref:.3g}")
+
+
+def convergence(cfg, duals: list, slack: list[float] | None, met: bool | None) -> dict[str, Any]:
+    """How settled the duals are: ``dual_rel_change = ||lambda_T - lambda_0.8T||_1 / max(||lambda_T||_1,
+    ||lambda_0.8T||_1)`` over the last 20% of steps (0 when both are 0), ``converged`` when it is at most
+    ``cfg.converge_tol``; with the final constraint slack and whether the constraints are met."""
+    if not duals:
+        return {"dual_rel_change": None, "converged": None, "final_slack": slack, "constraints_met": met}
+    start = 0.8 * cfg.steps
+    before = [d for s, d in duals if s <= start] or [duals[0][1]]
+    a, b = np.asarray(before[-1], dtype=float), np.asarray(duals[-1][1], dtype=float)
+    denom = max(np.abs(a).sum(), np.abs(b).sum())
+    rel = float(np.abs(b - a).sum() / denom) if denom > 0 else 0.0
+    return {"dual_rel_change": rel, "converged": rel <= cfg.converge_tol, "final_slack": slack, "constraints_met": met}
+
+
+def train(method, log_every: int = 50, loss_explosion: float = 1e4) -> dict[str, Any]:
+    """The loop: Adam on the method's trainable parameters, clipping, dual updates on a running estimate.
+
+    A loss that explodes (:func:`check_losses`) ends the loop early; the returned ``diverged`` says why (None if not).
+    """
     cfg = method.cfg
     params = list(method.trainable_parameters())
     if not params:
@@ -55,12 +96,18 @@ def train(method, log_every: int = 50) -> dict[str, Any]:
     duals: list = [[0, method.duals.tolist()]] if constrained else []
     estimates: list = []
     history: list = []
+    scale: dict[str, list[float]] = {}
+    diverged = None
     for step in range(cfg.steps):
         method.step = step
         losses = method.losses()
         obj = method.backward(losses)
-        if not torch.isfinite(obj):
-            raise FloatingPointError(f"method {method.name}: objective became {obj.item()} at step {step}")
+        try:
+            check_losses(losses, obj, step, scale, loss_explosion)
+        except LossExploded as e:
+            diverged = f"method {method.name}: {e}"
+            history.append([step, {k: float(v.detach().float().mean()) for k, v in losses.items()}])
+            break
         method.after_backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -76,14 +123,16 @@ def train(method, log_every: int = 50) -> dict[str, Any]:
             row["objective"] = float(obj)
             history.append([step, row])
             logger.debug("step %d %s", step, row)
-    out: dict[str, Any] = {"steps": cfg.steps, "history": history}
-    if constrained:
+    out: dict[str, Any] = {"steps": cfg.steps, "history": history, "diverged": diverged}
+    if constrained and diverged is None:
         final = method.estimate_constraints()
+        slack, met = (-method.violation(final.double())).tolist(), method.constraints_met(final)
         out.update(final_duals=method.duals.tolist(), duals=duals, estimates=estimates,
-                   constraint_estimates=final.tolist(), constraint_slack=(-method.violation(final.double())).tolist(),
-                   constraints_met=method.constraints_met(final))
+                   constraint_estimates=final.tolist(), constraint_slack=slack, constraints_met=met,
+                   convergence=convergence(cfg, duals, slack, met))
     else:
-        out.update(final_duals=None, duals=[], constraint_estimates=None, constraint_slack=None, constraints_met=None)
+        out.update(final_duals=method.duals.tolist() if constrained else None, duals=duals, constraint_estimates=None,
+                   constraint_slack=None, constraints_met=None, convergence=convergence(cfg, [], None, None))
     return out
 
 
@@ -100,8 +149,14 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = build_method_config(task, spec["method"], spec.get("method_config", {}), spec.get("grid"))
     method = METHODS.get(spec["method"])(cfg, bundle, gen)
     t1 = time.perf_counter()
-    train_info = train(method)
+    train_info = train(method, loss_explosion=float(getattr(task, "loss_explosion", 1e4)))
     t2 = time.perf_counter()
+    record = base_record(spec, task)
+    record.update(method_config=dataclasses.asdict(cfg), train=train_info)
+    if train_info["diverged"]:
+        record.update(status="diverged", error=f"diverged in training: {train_info['diverged']}",
+                      timing={"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": 0.0, "total_s": t2 - t0})
+        return record
     bundle.net.eval()
     seed_everything(int(spec["seed"]) + 10_000)  # evaluation noise independent of the training length
     metrics = task.evaluate(bundle, int(spec["seed"]))
@@ -109,15 +164,12 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     oracle = None
     if hasattr(task, "oracle_report"):
         oracle = task.oracle_report(metrics, spec["method"], train_info.get("final_duals"))
-    record = base_record(spec, task)
-    bad = sorted(k for k, v in metrics.items() if v.role != "info" and not math.isfinite(v.value))
+    bad = task.insane_metrics(metrics)
     record.update(
         status="diverged" if bad else "ok",
-        error=f"diverged: non-finite {', '.join(bad)} (the unlearned model broke down)" if bad else None,
-        method_config=dataclasses.asdict(cfg),
+        error=f"diverged: {'; '.join(bad)} (the unlearned model broke down)" if bad else None,
         metrics={k: v.to_dict() for k, v in sorted(metrics.items())},
         oracle=oracle,
-        train=train_info,
         timing={"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2, "total_s": t3 - t0},
         artifacts=relative_artifacts(bundle.extras.get("artifacts", {}), spec.get("run_dir")),
     )

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import abc
 import copy
+import fnmatch
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
@@ -50,6 +52,8 @@ class ModelBundle:
     # hooks
     ref_sampler: Callable[[Tensor, torch.Generator], Tensor] | None = None  # cond [B] -> x0 samples of ref(.|cond)
     posterior: Callable[[Tensor, Tensor, list[int]], Tensor] | None = None  # (x_t, t, concepts) -> P(c_i|x_t) [B, m]
+    # (x0, concepts) -> log q(x0|c_i) - log q(x0|null) [B, m] (exact on the mixtures, a diffusion classifier on images)
+    log_ratio: Callable[[Tensor, list[int]], Tensor] | None = None
     sample_steps: int = 50
     guidance: float = 1.0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -123,6 +127,13 @@ class Task(abc.ABC):
         forget_sets: named forget sets; ``options["forget"]`` picks one (default: the first).
         method_defaults: ``{method: {field: value}}`` overriding a method's defaults on this task (learning rates,
             dual step sizes, estimate sizes fitted to the task's scale); users override them with ``--set``.
+        sane_ranges: ``{metric name or fnmatch pattern: (low, high)}`` (None: unbounded): where a metric can lie for a
+            model that still works (a KL cap in nats, rates in [0, 1]). A trial with a metric outside it is
+            ``diverged``, never a point on a front.
+        loss_explosion: a training loss term whose batch mean exceeds this many times max(1, its median over the first
+            10 steps) has exploded: the trial stops there and is ``diverged``.
+        scored_prompt: concept tasks: ``"erased"`` (each erased prompt's output is scored) or ``"null"`` (the null
+            prompt's output is, as on the mixtures; methods that only train erased prompts refuse such a task).
 
     ``bundle.extras`` keys the methods read: ``constrain_on`` (``"null"``: the unlearned distribution p of a concept
     constraint is the null prompt's output, as on the mixtures; default ``"erased"``: each erased prompt's output),
@@ -138,6 +149,9 @@ class Task(abc.ABC):
     default_steps: ClassVar[int] = 200
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # per-method settings that fit this task's scale
     default_options: ClassVar[dict[str, Any]] = {}
+    sane_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
+    loss_explosion: ClassVar[float] = 1e4
+    scored_prompt: ClassVar[str] = "erased"
 
     def __init__(self, options: dict[str, Any] | None = None, cache_dir: str | None = None):
         from unlearnbench.cache import default_cache_dir
@@ -172,6 +186,23 @@ class Task(abc.ABC):
             raise ValueError(f"grid {grid_name!r} of task {self.name} has no values for method {method!r}; "
                              f"it has: {', '.join(by_method)}")
         return list(by_method[method])
+
+    def insane_metrics(self, metrics: dict[str, "MetricValue"]) -> list[str]:
+        """``"name=value outside [lo, hi]"`` for every metric that is non-finite or leaves its sane range."""
+        bad = []
+        for name, m in sorted(metrics.items()):
+            if m.value is None:
+                continue
+            if not math.isfinite(m.value):
+                if m.role != "info":
+                    bad.append(f"{name}={m.value} (not finite)")
+                continue
+            for pattern, (lo, hi) in self.sane_ranges.items():
+                if fnmatch.fnmatchcase(name, pattern) and ((lo is not None and m.value < lo) or
+                                                           (hi is not None and m.value > hi)):
+                    bad.append(f"{name}={m.value:.4g} outside [{lo}, {hi}]")
+                    break
+        return bad
 
     def oracle(self) -> Any:
         """Exact optimal fronts where the task has them (None otherwise)."""

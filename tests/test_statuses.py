@@ -1,0 +1,54 @@
+"""Trial statuses: a metric outside the task's sane range or an exploding loss is ``diverged`` (never a front point);
+constrained methods record how settled their duals are."""
+from __future__ import annotations
+
+import torch
+
+from unlearnbench.methods import METHODS
+from unlearnbench.methods.base import make_config
+from unlearnbench.runner import convergence, train
+from unlearnbench.tasks.base import MetricValue
+from unlearnbench.tasks.gmm import GMMConceptTask, GMMDataTask
+
+
+def test_sane_ranges_flag_blown_up_metrics():
+    task = GMMDataTask.__new__(GMMDataTask)  # insane_metrics reads class attributes only
+    ok = {"forget_kl_min": MetricValue(2.7, 0.1, 250, "unlearning", True),
+          "kl_pretrained": MetricValue(0.1, 0.01, 1000, "retention", False)}
+    assert task.insane_metrics(ok) == []
+    blown = dict(ok, forget_kl_min=MetricValue(8.3e32, None, 250, "unlearning", True))
+    assert task.insane_metrics(blown) == ["forget_kl_min=8.3e+32 outside [-1.0, 50.0]"]
+    nan = dict(ok, kl_pretrained=MetricValue(float("nan"), None, 1000, "retention", False))
+    assert "not finite" in task.insane_metrics(nan)[0]
+    concept = GMMConceptTask.__new__(GMMConceptTask)
+    assert concept.insane_metrics({"forgotten_mass": MetricValue(1.3, None, 10, "unlearning", False)})
+
+
+def test_exploding_loss_stops_training_as_diverged(data_bundle):
+    cls = METHODS.get("siss")
+    cfg = make_config(cls.Config, {"batch_size": 16, "steps": 200, "scaling_norm": 0.0, "superfactor": 400.0,
+                                   "lr": 0.05, "grad_clip": 0.0}, "siss")
+    info = train(cls(cfg, data_bundle, torch.Generator().manual_seed(0)), loss_explosion=100.0)
+    assert info["diverged"] is not None and ("loss term" in info["diverged"] or "objective" in info["diverged"])
+    assert info["history"][-1][0] < 199, "the loop stops at the explosion"
+
+
+def test_convergence_diagnostic_reads_the_last_fifth_of_the_duals():
+    class Cfg:
+        steps, converge_tol = 100, 0.1
+
+    settled = [[0, [0.0]], [50, [0.2]], [80, [0.3]], [90, [0.31]], [100, [0.305]]]
+    c = convergence(Cfg, settled, [0.5], True)
+    assert abs(c["dual_rel_change"] - 0.005 / 0.305) < 1e-9 and c["converged"] is True
+    moving = settled[:3] + [[100, [0.6]]]
+    assert convergence(Cfg, moving, [-1.0], False)["converged"] is False
+    assert convergence(Cfg, [[0, [0.0]], [100, [0.0]]], [2.0], True)["dual_rel_change"] == 0.0
+
+
+def test_constrained_trial_records_convergence(concept_bundle):
+    cls = METHODS.get("rkl")
+    cfg = make_config(cls.Config, {"batch_size": 16, "steps": 10, "n_estimate": 16, "dual_every": 2}, "rkl")
+    info = train(cls(cfg, concept_bundle, torch.Generator().manual_seed(0)))
+    conv = info["convergence"]
+    assert set(conv) == {"dual_rel_change", "converged", "final_slack", "constraints_met"}
+    assert conv["converged"] in (True, False) and len(conv["final_slack"]) == 2 and info["diverged"] is None
