@@ -84,6 +84,11 @@ class Method(abc.ABC):
         self._params = select_trainable(self.net, cfg.trainable, cfg.lora_rank)
 
     # -- the contract -------------------------------------------------------------------------------
+    @classmethod
+    def unsupported_reason(cls, task) -> str | None:
+        """Why this method cannot run on ``task`` (checked when the sweep is planned), or None."""
+        return None
+
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         return self._params
 

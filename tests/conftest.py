@@ -42,6 +42,12 @@ class ExactMixtureEps(nn.Module):
         score = -(r[..., None] * diff).sum(1) / var
         return -s * score
 
+    def log_ratio(self, x0, concepts):
+        """Exact ``log q(x0|c_i) - log q(x0|null)``; [B, m]."""
+        comp = -(x0[:, None, :] - self.means[None]).pow(2).sum(-1) / (2 * self.std ** 2)  # shared normaliser cancels
+        mix = torch.logsumexp(torch.log(self.weights)[None] + comp, -1)
+        return comp[:, [c - 1 for c in concepts]] - mix[:, None]
+
     def posterior(self, x, t, concepts):
         a, s = self.schedule.coeffs(t, x)
         var = a ** 2 * self.std ** 2 + s ** 2
@@ -78,7 +84,7 @@ def make_bundle(kind: str = "concept", seed: int = 0) -> ModelBundle:
     common = dict(net=net, ref=ref, schedule=sched, data_shape=(2,), null_cond=0, sample_steps=10)
     if kind == "concept":
         return ModelBundle(kind="concept", forget_concepts=[2, 3], retain_concepts=[1], ref_sampler=sampler,
-                           posterior=ref.posterior, extras={"constrain_on": "null"}, **common)
+                           posterior=ref.posterior, log_ratio=ref.log_ratio, extras={"constrain_on": "null"}, **common)
     train = sampler(torch.zeros(40, dtype=torch.long), torch.Generator().manual_seed(1))
     return ModelBundle(kind="data", train_data=train, forget_data=train[:2], retain_data=train[2:], data_noise=0.3,
                        ref_sampler=sampler, **common)
@@ -87,6 +93,14 @@ def make_bundle(kind: str = "concept", seed: int = 0) -> ModelBundle:
 @pytest.fixture
 def concept_bundle():
     return make_bundle("concept")
+
+
+@pytest.fixture
+def erased_bundle():
+    """The concept bundle with each erased prompt's own output scored (as on digits), for methods such as SalUn."""
+    b = make_bundle("concept")
+    b.extras = {}
+    return b
 
 
 @pytest.fixture

@@ -151,6 +151,9 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
             fits = [n for n in METHODS.names() if task_cls.kind in METHODS.get(n).kinds]
             raise ConfigError(f"method {m!r} does not apply to {task_cls.kind} task {task_name!r}; "
                               f"methods for it: {', '.join(fits)}")
+        reason = METHODS.get(m).unsupported_reason(task_obj)
+        if reason:
+            raise ConfigError(reason)
     method_overrides = cfg.get("methods") or {}
     for m in method_overrides:
         if m not in method_names and m not in METHODS:
