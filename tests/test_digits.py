@@ -181,3 +181,23 @@ def test_default_pretrained_model_quality():
     """The default config: classifier >= 97% held-out, guided samples >= 90% (trains ~6 min when the cache is cold)."""
     r = digits.pretrain("digits-concept", progress=False)
     assert r["classifier_heldout_acc"] >= 0.97 and r["guided_sample_acc"] >= 0.9
+
+
+@pytest.mark.parametrize("method", ["rkl", "rkl-is", "lik", "lik-is", "rkl-fixed", "esd", "salun", "fkl", "siss"])
+def test_every_method_trains_on_the_digits_bundle(concept, data, method):
+    """Two steps of each method with the task's own defaults, on the tiny digits models (cross-attention ESD-x included)."""
+    from unlearnbench.methods import METHODS
+    from unlearnbench.runner import build_method_config, train
+
+    cls = METHODS.get(method)
+    task, bundle = data if "data" in cls.kinds and "concept" not in cls.kinds else concept
+    bundle = task.build(0)
+    over = {"steps": 2, "batch_size": 4}
+    if hasattr(cls.Config, "n_estimate"):
+        over.update(n_estimate=4, dual_every=1)
+    if method == "salun":
+        over["mask_samples"] = 4
+    info = train(cls(build_method_config(task, method, over, None), bundle, torch.Generator().manual_seed(0)))
+    assert info["diverged"] is None and info["history"]
+    if method == "fkl":
+        assert bundle.extras["forget_weights"] == pytest.approx([100 / 1637, 60 / 1637])  # copies / (1437 + 200)

@@ -12,7 +12,8 @@ FIELDS = {"schema_version", "run_id", "trial_id", "created_at", "status", "error
           "grid", "seed", "metrics", "oracle", "train", "timing", "config_hash", "env", "artifacts"}
 
 
-@pytest.mark.parametrize("task,methods", [("gmm-concept", "rkl,esd,lik,salun"), ("gmm-data", "fkl,siss,salun")])
+@pytest.mark.parametrize("task,methods", [("gmm-concept", "rkl,rkl-is,lik,lik-is,rkl-fixed,esd"),
+                                                ("gmm-data", "fkl,siss")])
 def test_gmm_sweep_all_methods(tmp_path, task, methods):
     out = tmp_path / task
     r = cli(["run", "--task", task, "--methods", methods, "--grid", "smoke", "--steps", "20", "--executor", "serial",
@@ -27,11 +28,12 @@ def test_gmm_sweep_all_methods(tmp_path, task, methods):
         for name, m in rec["metrics"].items():
             assert {"value", "stderr", "role", "higher_is_better"} <= set(m), name
         assert rec["oracle"]["fronts"], "exact fronts reported for every trial"
-        if rec["method"] in ("rkl", "lik", "fkl"):
+        if rec["method"] in ("rkl", "rkl-is", "lik", "lik-is", "fkl"):
             duals = rec["train"]["duals"]
             assert duals[0][0] == 0 and all(len(d[1]) == 2 for d in duals)
             assert all(x >= 0 for _, d in duals for x in d)
             assert rec["train"]["constraints_met"] in (True, False)
+            assert rec["train"]["convergence"]["converged"] in (True, False)
         else:
             assert rec["train"]["final_duals"] is None
     rows = list(csv.DictReader(open(out / "summary.csv")))
