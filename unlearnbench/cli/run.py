@@ -90,8 +90,6 @@ def _resume_args(args) -> None:
 
 
 def run(args) -> int:
-    import json
-
     from unlearnbench.config import ConfigError
 
     try:
@@ -109,20 +107,36 @@ def run(args) -> int:
             print(f"{t['trial_id']:32s} {t['method']:6s} {g['param']}={g['value']:g} seed={t['seed']}")
         print(f"{len(plan.trials)} trials, task {plan.task}, run dir {plan.run_dir}")
         return 0
+    from unlearnbench.rundir import RunDirBusy, RunDirLock, refuse_existing
+
+    try:  # refused before anything is written: the directory stays byte-identical
+        refuse_existing(plan.run_dir, resume=bool(args.resume))
+        lock = RunDirLock(plan.run_dir).acquire()
+    except (FileExistsError, RunDirBusy) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write the run directory {plan.run_dir}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    with lock:
+        return _sweep(args, plan)
+
+
+def _sweep(args, plan) -> int:
+    """Run the plan in its (locked) run directory, then print the table and build the run's leaderboard."""
+    from unlearnbench.rundir import write_args
     from unlearnbench.sweep import format_table, run_sweep
 
-    os.makedirs(plan.run_dir, exist_ok=True)
     saved = {k: getattr(args, k) for k in ("task", "methods", "grid", "seeds", "config", "sets", "steps", "cache_dir")}
     saved["task"] = plan.task
-    with open(os.path.join(plan.run_dir, "args.json"), "w") as f:
-        json.dump(saved, f, indent=1)
+    write_args(plan.run_dir, saved)
     print(f"{len(plan.trials)} trials of {plan.task} -> {plan.run_dir}", flush=True)
     try:
         records = run_sweep(plan, executor=args.executor, resume=bool(args.resume), address=args.address,
                             num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
                             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                             echo=lambda s: print(s, flush=True))
-    except (FileExistsError, RuntimeError) as e:
+    except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
