@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, fractions allowed (default 0)")
+    p.add_argument("--tune-callback", action="append", default=None, metavar="NAME",
+                   help="a Ray Tune logger callback: tensorboard, mlflow or wandb (its package must be installed; "
+                        "it writes under DIR/ray_results); repeatable")
     p.add_argument("--max-concurrent", type=int, default=None, help="bound on concurrently running trials")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit")
     p.add_argument("--no-leaderboard", action="store_true", help="skip the per-run leaderboard under DIR/leaderboard")
@@ -89,6 +92,16 @@ def _resume_args(args) -> None:
     args.out = args.resume
 
 
+def _check_resources(args) -> None:
+    """Resource flags, Tune callbacks and the cluster address, refused before any work (issue 8/9 cluster parts)."""
+    from unlearnbench.cluster import check_resources, check_tune_callbacks, probe_address
+
+    check_resources(args.cpus_per_trial, args.gpus_per_trial, args.num_cpus, local=args.address is None)
+    check_tune_callbacks(args.tune_callback)
+    if args.address is not None and args.executor == "ray":
+        probe_address(args.address)
+
+
 def run(args) -> int:
     from unlearnbench.config import ConfigError
 
@@ -99,6 +112,11 @@ def run(args) -> int:
         run_dir = args.out or os.path.join("runs", f"{task}-{dt.datetime.now():%Y%m%d-%H%M%S}")
         plan = _plan(args, run_dir)
     except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        _check_resources(args)
+    except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -135,7 +153,7 @@ def _sweep(args, plan) -> int:
         records = run_sweep(plan, executor=args.executor, resume=bool(args.resume), address=args.address,
                             num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
                             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                            echo=lambda s: print(s, flush=True))
+                            echo=lambda s: print(s, flush=True), tune_callbacks=args.tune_callback)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
