@@ -122,8 +122,10 @@ def test_flat_metrics_are_numbers_only():
                                  "lambda": {"0": 0.5, "1": 1.0}, "trial_s": 2.0, "grid_value": 3.0}
 
 
-def test_killed_worker_is_retried_then_ok_and_callbacks_see_metrics(plugin, tmp_path):
+def test_killed_worker_is_retried_then_ok_and_callbacks_see_metrics(plugin, tmp_path, monkeypatch):
     out = tmp_path / "kill"
+    scratch = Path(tempfile.mkdtemp(prefix="ubk-", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(scratch))
     proc = popen([*TOY, "--methods", "esd", "--num-cpus", "1", "--set", "task.sleep=4", "--out", str(out),
                   "--tune-callback", "tensorboard"], plugin, cwd=str(tmp_path))
     victim, deadline = None, time.time() + 180
@@ -146,6 +148,22 @@ def test_killed_worker_is_retried_then_ok_and_callbacks_see_metrics(plugin, tmp_
     assert victim not in {r["metrics"]["pid"]["value"] for r in recs}
     tags = tensorboard_tags(out / "ray_results")
     assert {"ray/tune/metrics/mass", "ray/tune/metrics/drift", "ray/tune/trial_ok"} <= tags, tags
+    assert list(scratch.iterdir()) == [], "Ray's session files and Tune's scratch folders are removed at the end"
+    scratch.rmdir()
+
+
+def test_worker_that_always_dies_is_recorded_failed_with_its_error(plugin, tmp_path):
+    out = tmp_path / "dies"
+    r = cli([*TOY, "--methods", "esd", "--seeds", "0,1", "--num-cpus", "2", "--set", "task.die_seed=1",
+             "--out", str(out)], plugin_path=plugin, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.count("retrying (1/2)") == 2 and r.stdout.count("retrying (2/2)") == 2, r.stdout
+    recs = {x["trial_id"]: x for x in read_records([out])}
+    assert sorted(x["status"] for x in recs.values()) == ["failed", "failed", "ok", "ok"]
+    for x in recs.values():
+        if x["status"] == "failed":
+            assert x["seed"] == 1 and x["error"].startswith("Ray trial error (after 3 attempt(s)):"), x["error"]
+            assert "died" in x["traceback"] and "/tmp/" not in x["error"], x["traceback"]
 
 
 @pytest.fixture

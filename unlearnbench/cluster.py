@@ -141,7 +141,8 @@ def ray_session(address: str | None, num_cpus: int | None, gpus_per_trial: float
     local instance, Tune's trial folders) that is removed at the end."""
     import ray
 
-    scratch = tempfile.mkdtemp(prefix="ub-ray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    # short (Ray's socket paths must stay < 108 chars): /tmp, or RAY_TMPDIR where the user moved Ray's files
+    scratch = tempfile.mkdtemp(prefix="ub-ray-", dir=os.environ.get("RAY_TMPDIR") or "/tmp")
     kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="warning")
     if address is None:
         kw.update(num_cpus=num_cpus or os.cpu_count(), _temp_dir=os.path.join(scratch, "ray"))
