@@ -105,10 +105,13 @@ def test_torn_tail_then_resume_keeps_every_record(plugin, tmp_path):
     assert cli([*base, "--out", str(out)], plugin_path=plugin).returncode == 0
     path = out / "records.jsonl"
     first, second = path.read_text().splitlines()
-    path.write_text(first + "\n" + second[: len(second) // 2])  # the second trial's line torn by a killed writer
+    # valid JSON that is not a record, then the second trial's line torn by a killed writer
+    path.write_text(first + '\n{"note": "not a record"}\n' + second[: len(second) // 2])
     r = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)
     assert r.returncode == 0, r.stderr
     assert "1 trial(s) already done, 1 to run" in r.stdout
+    assert "records.jsonl:2: skipped, missing task.name, trial_id, status, method, seed" in r.stderr
+    assert "records.jsonl:3: skipped, not JSON" in r.stderr and "records.jsonl: torn line 3 (" in r.stderr
     got = read_records([out])
     assert len(got) == 2 and {g["status"] for g in got} == {"ok"} and json.loads(first) == {
         k: v for k, v in got[0].items() if k != "_dir"}
