@@ -1,8 +1,9 @@
-"""Trial records: one JSON object per trial, appended to ``records.jsonl`` atomically (one write of one line).
+"""Trial records: one JSON object per trial, appended to ``records.jsonl`` whole or not
+at all (a torn tail is repaired first; unreadable lines are reported and kept aside, never silently dropped).
 
 Schema (``SCHEMA_VERSION`` 1)::
 
-    schema_version, run_id, trial_id, created_at, status ("ok"|"failed"), error,
+    schema_version, run_id, trial_id, created_at, status ("ok"|"diverged"|"failed"), error, traceback (failed),
     task {name, kind, forget_set, options}, method, method_config {...}, grid {name, param, value}, seed,
     metrics {name: {value, stderr, n, role, higher_is_better}},
     oracle {fronts: {name: {unlearning_metric, retention_metric, level, front_value, gap, lambda_star, curve}},
@@ -15,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import json
+import logging
 import math
 import os
 import platform
@@ -22,6 +24,8 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RECORDS = "records.jsonl"
@@ -40,35 +44,108 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+REJECTED = "records.rejected"  # torn or unreadable bytes moved out of the records file, kept for inspection
+REQUIRED = ("trial_id", "status", "method", "seed")  # plus task.name; records may carry any other fields
+
+
+class RecordWriteError(RuntimeError):
+    """A record could not be written (full disk, read-only file system); the records file is left as it was."""
+
+
 def append_record(run_dir: str | os.PathLike, record: dict) -> None:
-    """Append one record as a single line; an exclusive lock keeps concurrent trials from interleaving."""
+    """Append one record as one newline-terminated line, whole or not at all.
+
+    Under an exclusive lock (concurrent trials never interleave): a torn tail left by a killed or starved writer is
+    first moved to ``records.rejected`` (so the new line is not glued onto it), then the line is written and
+    fsync-ed; if the write fails the file is truncated back to its previous length and ``RecordWriteError`` names
+    the trial, the file and the cause.
+    """
     path = Path(run_dir) / RECORDS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_clean(record), sort_keys=True) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    line = (json.dumps(_clean(record), sort_keys=True) + "\n").encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab", buffering=0) as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                _repair_tail(path, f)
+                _write_whole(f, line)
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError as e:
+        raise RecordWriteError(f"could not write the record of trial {record.get('trial_id')!r} to {path}: "
+                               f"{e.strerror or e} (finished records are kept; free space, then --resume)") from e
 
 
-def read_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
-    """Records from run dirs or jsonl files; a torn last line (killed writer) is skipped. Each record gets ``_dir``,
-    the folder of its file, against which relative artifact paths resolve (not part of the stored record)."""
+def _write_whole(f, data: bytes) -> None:
+    """Write and fsync ``data`` at the end of ``f``; on failure cut the file back so no partial line stays."""
+    fd = f.fileno()
+    size = os.fstat(fd).st_size
+    try:
+        view = memoryview(data)
+        while view:  # a short write (nearly full disk) is continued, and fails on the next call
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError:
+        os.ftruncate(fd, size)
+        raise
+
+
+def _repair_tail(path: Path, f) -> None:
+    """If the file does not end in a newline, move the bytes after its last newline to ``records.rejected``."""
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        return
+    with open(path, "rb") as r:
+        r.seek(max(0, size - 1))
+        if r.read(1) == b"\n":
+            return
+        r.seek(0)
+        data = r.read(size)
+    keep = data.rfind(b"\n") + 1
+    lineno = data.count(b"\n", 0, keep) + 1
+    note = f"# {now_iso()} torn line {lineno} of {path.name} ({size - keep} bytes) moved here before an append\n"
+    with open(path.parent / REJECTED, "ab") as rej:
+        rej.write(note.encode() + data[keep:] + b"\n")
+        rej.flush()
+        os.fsync(rej.fileno())
+    os.ftruncate(f.fileno(), keep)
+    logger.warning("%s: torn line %d (%d bytes) moved to %s", path, lineno, size - keep, REJECTED)
+
+
+def record_problem(rec: Any) -> str | None:
+    """Why a parsed JSON line is not a record (None if it is one): it needs task.name, trial_id, status, method,
+    seed. Records may carry any further fields, so nothing else is checked."""
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not an object"
+    missing = [k for k in REQUIRED if k not in rec]
+    if not isinstance(rec.get("task"), dict) or not rec["task"].get("name"):
+        missing.insert(0, "task.name")
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+def read_records(paths: Iterable[str | os.PathLike], problems: list[str] | None = None) -> list[dict]:
+    """Records from run dirs or jsonl files. Unreadable lines (a torn tail, JSON that is not a record) are skipped
+    with a warning naming file and line number, and listed in ``problems`` when given; the file is not changed.
+    Each record gets ``_dir``, the folder of its file, against which relative artifact paths resolve (not part of
+    the stored record)."""
     out: list[dict] = []
     for p in paths:
         p = Path(p)
         files = [p] if p.is_file() else sorted(p.rglob(RECORDS))
         for f in files:
-            for line in f.read_text(encoding="utf-8").splitlines():
+            for lineno, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
+                    why = record_problem(rec)
+                except json.JSONDecodeError as e:
+                    why = f"not JSON ({e.msg})"
+                if why:
+                    msg = f"{f}:{lineno}: skipped, {why}"
+                    logger.warning("%s", msg)
+                    if problems is not None:
+                        problems.append(msg)
                     continue
                 rec["_dir"] = str(f.parent.resolve())
                 out.append(rec)

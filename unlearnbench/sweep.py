@@ -1,22 +1,30 @@
-"""Execute a sweep plan: trials as Ray Tune trials (local Ray by default, a cluster with ``address``) or one after
-another in this process (``executor="serial"``: debugging, and the baseline for Ray's overhead). Every finished trial is
+"""Execute a sweep plan: trials as Ray Tune trials (local Ray by default, a cluster with ``address``; see
+:mod:`unlearnbench.raytune`) or one after another in this process (``executor="serial"``: debugging, and the baseline for Ray's overhead). Every finished trial is
 appended to ``records.jsonl`` at once, so a killed sweep loses nothing finished and ``resume`` re-runs only the rest."""
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, NamedTuple
 
+from unlearnbench.cache import atomic_write_bytes
 from unlearnbench.config import SweepPlan
 from unlearnbench.records import RECORDS, append_record, iter_latest, read_records
 from unlearnbench.runner import execute_trial, set_default_env, summary_row
 
 logger = logging.getLogger(__name__)
+
+
+class TuneOptions(NamedTuple):
+    """Where and how Ray Tune runs the trials."""
+    address: str | None = None
+    num_cpus: int | None = None
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    max_concurrent: int | None = None
+    callbacks: list[str] | None = None
 
 
 FINISHED = ("ok", "diverged")  # diverged: a deterministic outcome (the method broke the model), not re-run on resume
@@ -55,9 +63,16 @@ def prepare_task(plan: SweepPlan) -> None:
 
 def run_sweep(plan: SweepPlan, executor: str = "ray", resume: bool = False, address: str | None = None,
               num_cpus: int | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-              max_concurrent: int | None = None, echo: Callable[[str], None] = print) -> list[dict]:
-    """Run the plan's trials not yet finished ok; returns the latest record of every trial in the run dir."""
+              max_concurrent: int | None = None, echo: Callable[[str], None] = print,
+              tune_callbacks: list[str] | None = None) -> list[dict]:
+    """Run the plan's trials not yet finished ok; returns the latest record of every trial in the run dir.
+
+    Raises ``RecordWriteError`` (the sweep stops; finished records are kept) when a record cannot be written, and
+    ``ClusterError`` when the cluster cannot be reached or cannot hold one trial."""
+    from unlearnbench.cluster import check_resources
+
     set_default_env()
+    check_resources(cpus_per_trial, gpus_per_trial, num_cpus, local=address is None)
     run_dir = Path(plan.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / RECORDS).exists() and not resume:
@@ -67,21 +82,23 @@ def run_sweep(plan: SweepPlan, executor: str = "ray", resume: bool = False, addr
                                   f"use --resume to continue it or --out to start a new run")
     skip = finished_ok(str(run_dir)) if resume else set()
     todo = [t for t in plan.trials if t["trial_id"] not in skip]
-    (run_dir / "plan.json").write_text(json.dumps({"task": plan.task, "task_options": plan.task_options,
-                                                   "trials": plan.trials}, indent=1, sort_keys=True))
+    atomic_write_bytes(run_dir / "plan.json", json.dumps({"task": plan.task, "task_options": plan.task_options,
+                                                          "trials": plan.trials}, indent=1, sort_keys=True).encode())
     if skip:
         echo(f"resuming {run_dir}: {len(skip)} trial(s) already done, {len(todo)} to run")
-    if todo:
+    for t in todo:
+        t["threads"] = max(1, int(cpus_per_trial))
+        t["gpus"] = gpus_per_trial
+    if todo and executor == "serial":
         prepare_task(plan)
-        for t in todo:
-            t["threads"] = max(1, int(cpus_per_trial))
-            t["gpus"] = gpus_per_trial
-        if executor == "serial":
-            _run_serial(todo, str(run_dir), echo)
-        elif executor == "ray":
-            _run_ray(todo, plan, address, num_cpus, cpus_per_trial, gpus_per_trial, max_concurrent, echo)
-        else:
-            raise ValueError(f"executor {executor!r}; valid: ray, serial")
+        _run_serial(todo, str(run_dir), echo)
+    elif todo and executor == "ray":
+        from unlearnbench.raytune import run_tune
+
+        run_tune(todo, plan, TuneOptions(address, num_cpus, cpus_per_trial, gpus_per_trial, max_concurrent,
+                                         tune_callbacks), echo)
+    elif todo:
+        raise ValueError(f"executor {executor!r}; valid: ray, serial")
     records = sorted(iter_latest(read_records([run_dir / RECORDS])), key=lambda r: r["trial_id"])
     wanted = {t["trial_id"] for t in plan.trials}
     records = [r for r in records if r["trial_id"] in wanted]
@@ -96,94 +113,12 @@ def _run_serial(todo: list[dict], run_dir: str, echo) -> None:
         echo(progress_line(i, len(todo), rec))
 
 
-def _ray_trainable(config: dict) -> None:
-    """Ray Tune function trainable: run one trial, write its record (local runs), report it."""
-    from ray import tune
-
-    spec = config["spec"]
-    rec = execute_trial(spec)
-    if config.get("worker_writes"):
-        append_record(config["run_dir"], rec)
-    tune.report({"ok": int(rec["status"] == "ok"), "record": json.dumps(rec, default=str)})
-
-
-def _trial_name(trial) -> str:
-    return trial.config["spec"]["trial_id"]
-
-
-def _run_ray(todo, plan, address, num_cpus, cpus_per_trial, gpus_per_trial, max_concurrent, echo) -> None:
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
-    import ray
-    from ray import tune
-
-    local = address is None
-    total = len(todo)
-    state = {"done": 0, "written": set()}
-
-    class Progress(tune.Callback):
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            rec = json.loads(result["record"])
-            if not local:  # on a cluster the driver owns the records file
-                append_record(plan.run_dir, rec)
-            state["written"].add(rec["trial_id"])
-            state["done"] += 1
-            echo(progress_line(state["done"], total, rec))
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            spec = trial.config["spec"]
-            if spec["trial_id"] in state["written"]:
-                return
-            from unlearnbench.runner import base_record
-
-            rec = base_record(spec)
-            rec["error"] = f"Ray trial error: {getattr(trial, 'error_file', None) or 'worker died'}"
-            append_record(plan.run_dir, rec)
-            state["done"] += 1
-            echo(progress_line(state["done"], total, rec))
-
-    tmp = tempfile.mkdtemp(prefix="ub-ray-", dir="/tmp")
-    init_kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="warning")
-    if local:
-        init_kw.update(num_cpus=num_cpus or os.cpu_count(), _temp_dir=tmp)
-        if gpus_per_trial:
-            import torch
-
-            init_kw["num_gpus"] = torch.cuda.device_count()
-    else:
-        init_kw["address"] = address
-    t0 = time.perf_counter()
-    ray.init(**init_kw)
-    logger.info("ray.init took %.1fs", time.perf_counter() - t0)
-    # records are ours; Tune's own result files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS), so is its warning about them
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    try:
-        resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-        cluster = ray.cluster_resources()
-        if gpus_per_trial and cluster.get("GPU", 0) < gpus_per_trial:
-            raise RuntimeError(f"--gpus-per-trial {gpus_per_trial} but the Ray cluster has {cluster.get('GPU', 0)} GPUs")
-        if cluster.get("CPU", 0) < cpus_per_trial:
-            raise RuntimeError(f"--cpus-per-trial {cpus_per_trial} but the Ray cluster has {cluster.get('CPU', 0)} CPUs")
-        tuner = tune.Tuner(
-            tune.with_resources(_ray_trainable, resources),
-            param_space={"spec": tune.grid_search(todo), "run_dir": plan.run_dir, "worker_writes": local},
-            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent,
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(name=plan.run_id, storage_path=os.path.join(plan.run_dir, "ray_results"),
-                                      verbose=0, callbacks=[Progress()]),
-        )
-        tuner.fit()
-    finally:
-        ray.shutdown()
-
-
 def write_summary(run_dir: str, records: list[dict]) -> Path:
     import pandas as pd
 
     path = Path(run_dir) / "summary.csv"
     df = pd.DataFrame([summary_row(r) for r in records])
-    df.to_csv(path, index=False, float_format="%.6g")
+    atomic_write_bytes(path, df.to_csv(index=False, float_format="%.6g").encode())
     return path
 
 

@@ -44,7 +44,8 @@ class Net(nn.Module):
 
 
 class ToyTask(Task):
-    """Toy concept task for plugin and sweep tests (options: sleep seconds, fail_seed)."""
+    """Toy concept task for plugin and sweep tests (options: sleep seconds, fail_seed, die_seed: the
+    worker process exits abruptly, as if killed)."""
 
     name = "toy"
     kind = "concept"
@@ -54,6 +55,8 @@ class ToyTask(Task):
     default_steps = 5
 
     def build(self, seed, device="cpu"):
+        if self.options.get("die_seed") is not None and int(self.options["die_seed"]) == seed:
+            os._exit(9)
         if self.options.get("fail_seed") is not None and int(self.options["fail_seed"]) == seed:
             raise RuntimeError(f"injected failure for seed {seed}")
         torch.manual_seed(1234)

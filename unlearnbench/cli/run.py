@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, fractions allowed (default 0)")
+    p.add_argument("--tune-callback", action="append", default=None, metavar="NAME",
+                   help="a Ray Tune logger callback: tensorboard, mlflow or wandb (its package must be installed; "
+                        "it writes under DIR/ray_results); repeatable")
     p.add_argument("--max-concurrent", type=int, default=None, help="bound on concurrently running trials")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit")
     p.add_argument("--no-leaderboard", action="store_true", help="skip the per-run leaderboard under DIR/leaderboard")
@@ -89,9 +92,17 @@ def _resume_args(args) -> None:
     args.out = args.resume
 
 
-def run(args) -> int:
-    import json
+def _check_resources(args) -> None:
+    """Resource flags, Tune callbacks and the cluster address, refused before any work (issue 8/9 cluster parts)."""
+    from unlearnbench.cluster import check_resources, check_tune_callbacks, probe_address
 
+    check_resources(args.cpus_per_trial, args.gpus_per_trial, args.num_cpus, local=args.address is None)
+    check_tune_callbacks(args.tune_callback)
+    if args.address is not None and args.executor == "ray":
+        probe_address(args.address)
+
+
+def run(args) -> int:
     from unlearnbench.config import ConfigError
 
     try:
@@ -103,26 +114,47 @@ def run(args) -> int:
     except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        _check_resources(args)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.dry_run:
         for t in plan.trials:
             g = t["grid"]
             print(f"{t['trial_id']:32s} {t['method']:6s} {g['param']}={g['value']:g} seed={t['seed']}")
         print(f"{len(plan.trials)} trials, task {plan.task}, run dir {plan.run_dir}")
         return 0
+    from unlearnbench.rundir import RunDirBusy, RunDirLock, refuse_existing
+
+    try:  # refused before anything is written: the directory stays byte-identical
+        refuse_existing(plan.run_dir, resume=bool(args.resume))
+        lock = RunDirLock(plan.run_dir).acquire()
+    except (FileExistsError, RunDirBusy) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write the run directory {plan.run_dir}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    with lock:
+        return _sweep(args, plan)
+
+
+def _sweep(args, plan) -> int:
+    """Run the plan in its (locked) run directory, then print the table and build the run's leaderboard."""
+    from unlearnbench.rundir import write_args
     from unlearnbench.sweep import format_table, run_sweep
 
-    os.makedirs(plan.run_dir, exist_ok=True)
     saved = {k: getattr(args, k) for k in ("task", "methods", "grid", "seeds", "config", "sets", "steps", "cache_dir")}
     saved["task"] = plan.task
-    with open(os.path.join(plan.run_dir, "args.json"), "w") as f:
-        json.dump(saved, f, indent=1)
+    write_args(plan.run_dir, saved)
     print(f"{len(plan.trials)} trials of {plan.task} -> {plan.run_dir}", flush=True)
     try:
         records = run_sweep(plan, executor=args.executor, resume=bool(args.resume), address=args.address,
                             num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
                             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                            echo=lambda s: print(s, flush=True))
-    except (FileExistsError, RuntimeError) as e:
+                            echo=lambda s: print(s, flush=True), tune_callbacks=args.tune_callback)
+    except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()

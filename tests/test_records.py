@@ -1,0 +1,145 @@
+"""Records you can trust: whole-line appends after a torn tail, unreadable lines reported with their line numbers,
+a failed write (full file system) loses nothing, a refused run changes nothing, a second writer is refused."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import cli, install_fake_plugin
+from unlearnbench.records import REJECTED, RecordWriteError, append_record, read_records
+from unlearnbench.rundir import LOCK, RunDirLock
+
+
+def rec(i: int, **extra) -> dict:
+    return {"task": {"name": "toy"}, "trial_id": f"t{i}", "status": "ok", "method": "esd", "seed": 0, **extra}
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory):
+    return install_fake_plugin(tmp_path_factory.mktemp("site"))
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_append_after_torn_tail_keeps_every_record(tmp_path):
+    append_record(tmp_path, rec(0))
+    with open(tmp_path / "records.jsonl", "a") as f:
+        f.write('{"task": {"name": "toy"}, "trial_id": "t1", "sta')  # a writer killed mid-line
+    append_record(tmp_path, rec(2))
+    assert [r["trial_id"] for r in read_records([tmp_path])] == ["t0", "t2"]
+    assert (tmp_path / "records.jsonl").read_bytes().endswith(b"\n")
+    rejected = (tmp_path / REJECTED).read_text()
+    assert "torn line 2 of records.jsonl" in rejected and '"trial_id": "t1", "sta' in rejected
+
+
+def test_unreadable_lines_are_reported_with_line_numbers(tmp_path, caplog):
+    path = tmp_path / "records.jsonl"
+    lines = [json.dumps(rec(0)), "not json", json.dumps([1, 2]), json.dumps({"trial_id": "x", "status": "ok"}),
+             json.dumps(rec(4, extra_field={"any": 1}))]
+    path.write_text("\n".join(lines) + "\n")
+    problems: list[str] = []
+    got = read_records([tmp_path], problems)
+    assert [r["trial_id"] for r in got] == ["t0", "t4"], "records may carry any further fields"
+    assert problems[0].endswith("records.jsonl:2: skipped, not JSON (Expecting value)")
+    assert problems[1].endswith(":3: skipped, a JSON list, not an object")
+    assert problems[2].endswith(":4: skipped, missing task.name, method, seed")
+    assert "records.jsonl:2" in caplog.text
+    assert path.read_text() == "\n".join(lines) + "\n", "reading never changes the file"
+
+
+def _limit_file_size(limit: int):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_failed_write_leaves_the_file_as_it_was(tmp_path):
+    append_record(tmp_path, rec(0))
+    size = (tmp_path / "records.jsonl").stat().st_size
+    code = ("import sys; from unlearnbench.records import append_record, RecordWriteError\n"
+            "try:\n    append_record(sys.argv[1], {'task': {'name': 'toy'}, 'trial_id': 'big', 'status': 'ok',"
+            " 'method': 'esd', 'seed': 0, 'pad': 'x' * 5000})\n"
+            "except RecordWriteError as e:\n    print(e); sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                       preexec_fn=_limit_file_size(size + 1000))
+    assert r.returncode == 3, r.stderr
+    assert "could not write the record of trial 'big'" in r.stdout and "too large" in r.stdout
+    assert (tmp_path / "records.jsonl").stat().st_size == size, "no partial line left behind"
+    assert RecordWriteError.__mro__[1] is RuntimeError
+
+
+def test_full_disk_stops_the_sweep_and_resume_keeps_everything(plugin, tmp_path):
+    out = tmp_path / "run"
+    base = ["run", "--task", "toy", "--methods", "esd,mymethod", "--grid", "eps", "--executor", "serial",
+            "--no-leaderboard"]
+    probe = tmp_path / "probe"
+    assert cli([*base, "--out", str(probe)], plugin_path=plugin).returncode == 0
+    sizes = [len(line) + 1 for line in (probe / "records.jsonl").read_text().splitlines()]
+    limit = sizes[0] + sizes[1] + sizes[2] // 2  # room for two records, not three
+    env = dict(HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(plugin))
+    r = subprocess.run([sys.executable, "-m", "unlearnbench", *base, "--out", str(out)], capture_output=True,
+                       text=True, env={**os.environ, **env}, preexec_fn=_limit_file_size(limit))
+    assert r.returncode == 2 and "error: could not write the record of trial" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    kept = read_records([out])
+    assert len(kept) == 2 and (out / "records.jsonl").read_bytes().endswith(b"\n")
+    r2 = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)
+    assert r2.returncode == 0, r2.stderr
+    after = read_records([out])
+    assert len(after) == 4 and after[:2] == kept
+
+
+def test_torn_tail_then_resume_keeps_every_record(plugin, tmp_path):
+    out = tmp_path / "torn"
+    base = ["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--executor", "serial", "--no-leaderboard"]
+    assert cli([*base, "--out", str(out)], plugin_path=plugin).returncode == 0
+    path = out / "records.jsonl"
+    first, second = path.read_text().splitlines()
+    # valid JSON that is not a record, then the second trial's line torn by a killed writer
+    path.write_text(first + '\n{"note": "not a record"}\n' + second[: len(second) // 2])
+    r = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)
+    assert r.returncode == 0, r.stderr
+    assert "1 trial(s) already done, 1 to run" in r.stdout
+    assert "records.jsonl:2: skipped, missing task.name, trial_id, status, method, seed" in r.stderr
+    assert "records.jsonl:3: skipped, not JSON" in r.stderr and "records.jsonl: torn line 3 (" in r.stderr
+    got = read_records([out])
+    assert len(got) == 2 and {g["status"] for g in got} == {"ok"} and json.loads(first) == {
+        k: v for k, v in got[0].items() if k != "_dir"}
+    assert second[: len(second) // 2] in (out / REJECTED).read_text()
+
+
+def test_refused_run_leaves_the_directory_byte_identical(plugin, tmp_path):
+    out = tmp_path / "mine"
+    base = ["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--executor", "serial", "--no-leaderboard",
+            "--out", str(out)]
+    assert cli(base, plugin_path=plugin).returncode == 0
+    before = snapshot(out)
+    r = cli([*base, "--set", "methods.esd.lr=0.5", "--seeds", "3"], plugin_path=plugin)
+    assert r.returncode == 2 and "already holds a sweep" in r.stderr and "--resume" in r.stderr
+    assert snapshot(out) == before
+    assert not (out / LOCK).exists(), "the lock leaves with its owner"
+
+
+def test_second_writer_is_refused(plugin, tmp_path):
+    out = tmp_path / "busy"
+    base = ["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--executor", "serial", "--no-leaderboard"]
+    assert cli([*base, "--out", str(out)], plugin_path=plugin).returncode == 0
+    before = snapshot(out)
+    with RunDirLock(out) as lock:  # this process owns the run directory
+        r = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"is being written by pid {os.getpid()} on host" in r.stderr
+        assert lock.fd is not None
+    assert {k: v for k, v in snapshot(out).items() if k != LOCK} == before
+    r = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)
+    assert r.returncode == 0, "free again once released"

@@ -1,0 +1,176 @@
+"""Ray Tune glue: every trial is a Tune trial that reports flat numeric metrics (so ``ResultGrid`` tables and Tune's
+logger callbacks see them) together with its record; the records file stays the source of truth.
+
+* A local sweep's worker appends its record itself the moment the trial ends (a killed driver loses nothing
+  finished); on a cluster the driver appends what the workers report.
+* A trial whose worker process died is retried (``FailureConfig``) before it is recorded as failed, with the error
+  text and traceback Ray kept for it. Python exceptions inside a trial are results (a failed record), not retried.
+* A record that cannot be written (full disk) stops the whole sweep with that message; nothing finished is lost.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from unlearnbench.records import RecordWriteError, append_record
+
+if TYPE_CHECKING:
+    from unlearnbench.config import SweepPlan
+    from unlearnbench.sweep import TuneOptions
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRIES = 2  # a worker that died (OOM kill, lost node) is restarted this often before the trial is failed
+
+
+def flat_metrics(rec: dict) -> dict[str, Any]:
+    """What Tune sees of a record: status flags, finite metric values, duals and timings, all numbers."""
+    out: dict[str, Any] = {"trial_ok": int(rec.get("status") == "ok"), "trial_diverged":
+                           int(rec.get("status") == "diverged")}
+    metrics = {name: m.get("value") for name, m in (rec.get("metrics") or {}).items() if isinstance(m, dict)}
+    out["metrics"] = {k: float(v) for k, v in metrics.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    duals = (rec.get("train") or {}).get("final_duals") or []
+    out["lambda"] = {str(i): float(d) for i, d in enumerate(duals) if d is not None}
+    out["trial_s"] = float((rec.get("timing") or {}).get("total_s") or 0.0)
+    value = (rec.get("grid") or {}).get("value")
+    if isinstance(value, (int, float)):
+        out["grid_value"] = float(value)
+    return out
+
+
+def trainable(config: dict) -> None:
+    """Run one trial and report it; a local worker writes the record first (a failed write is passed on to the
+    driver, which stops the sweep)."""
+    from ray import tune
+
+    from unlearnbench.runner import execute_trial
+
+    rec = execute_trial(config["spec"])
+    report = flat_metrics(rec)
+    if config.get("worker_writes"):
+        try:
+            append_record(config["run_dir"], rec)
+        except RecordWriteError as e:
+            report["write_error"] = str(e)
+    report["record"] = json.dumps(rec, default=str)
+    tune.report(report)
+
+
+def _trial_name(trial) -> str:
+    return trial.config["spec"]["trial_id"]
+
+
+def error_text(trial) -> tuple[str, str | None]:
+    """(one-line error, full text) of a trial Ray gave up on, read from Ray's error file before it is removed."""
+    text = None
+    try:
+        text = trial.get_error()
+    except Exception:  # noqa: BLE001 - the message below still says what happened
+        text = None
+    if not text:
+        return "Ray trial error: the worker process died", None
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip() and not ln.startswith("Failure #")]
+    last = next((ln.strip() for ln in reversed(lines) if not ln.startswith(" ")), "worker died")
+    return f"Ray trial error (after {trial.num_failures} attempt(s)): {last}", "\n".join(lines[-60:])
+
+
+def _callback_classes():
+    from ray import tune
+
+    class Recorder(tune.Callback):
+        """Writes records (cluster mode, failed trials), prints one progress line per trial, notes a write failure."""
+
+        def __init__(self, plan: SweepPlan, total: int, local: bool, echo: Callable[[str], None]):
+            self.plan, self.total, self.local, self.echo = plan, total, local, echo
+            self.done, self.written, self.abort = 0, set(), None
+
+        def _write(self, rec: dict) -> None:
+            try:
+                append_record(self.plan.run_dir, rec)
+            except RecordWriteError as e:
+                self.abort = self.abort or str(e)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            from unlearnbench.sweep import progress_line
+
+            rec = json.loads(result["record"])
+            if not self.local or result.get("write_error"):  # on a cluster the driver owns the records file
+                self._write(rec)
+            self.written.add(rec["trial_id"])
+            self.done += 1
+            self.echo(progress_line(self.done, self.total, rec))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.echo(f"      {_trial_name(trial)}: worker lost ({error_text(trial)[0]}); retrying "
+                      f"({trial.num_failures}/{MAX_RETRIES})")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            from unlearnbench.runner import base_record
+            from unlearnbench.sweep import progress_line
+
+            spec = trial.config["spec"]
+            if spec["trial_id"] in self.written:
+                return
+            rec = base_record(spec)
+            rec["error"], rec["traceback"] = error_text(trial)
+            self._write(rec)
+            self.done += 1
+            self.echo(progress_line(self.done, self.total, rec))
+
+    class StopOnWriteError(tune.stopper.Stopper):
+        """Ends the whole experiment once a record could not be written (the next ones would fail the same way)."""
+
+        def __init__(self, recorder: Recorder):
+            self.recorder = recorder
+
+        def __call__(self, trial_id, result) -> bool:
+            return self.recorder.abort is not None
+
+        def stop_all(self) -> bool:
+            return self.recorder.abort is not None
+
+    return Recorder, StopOnWriteError
+
+
+def run_tune(todo: list[dict], plan: SweepPlan, opts: TuneOptions, echo: Callable[[str], None]):
+    """The trials as one Tune experiment; returns Tune's ``ResultGrid``. Raises ``RecordWriteError`` when a record
+    could not be written (the sweep stopped there) and ``ClusterError`` when the cluster cannot run a trial."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON copies of what records hold
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
+    import ray
+    from ray import tune
+
+    from unlearnbench.cluster import (check_cluster_resources, ray_session, scratch_storage,
+                                      tune_callbacks)
+    from unlearnbench.sweep import prepare_task
+
+    local = opts.address is None
+    t0 = time.perf_counter()
+    with ray_session(opts.address, opts.num_cpus, opts.gpus_per_trial) as scratch:
+        logger.info("ray.init took %.1fs", time.perf_counter() - t0)
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+        check_cluster_resources(ray.cluster_resources(), opts.cpus_per_trial, opts.gpus_per_trial)
+        prepare_task(plan)  # once, in the driver, after the cluster is known to fit a trial
+        recorder_cls, stopper_cls = _callback_classes()
+        recorder = recorder_cls(plan, len(todo), local, echo)
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}),
+            param_space={"spec": tune.grid_search(todo), "run_dir": plan.run_dir, "worker_writes": local},
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=opts.max_concurrent,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(
+                name=plan.run_id, storage_path=scratch_storage(scratch, plan.run_dir, opts.callbacks), verbose=0,
+                callbacks=[recorder, *tune_callbacks(opts.callbacks)],
+                failure_config=tune.FailureConfig(max_failures=MAX_RETRIES),
+                stop=stopper_cls(recorder)),
+        )
+        grid = tuner.fit()
+    if recorder.abort:
+        raise RecordWriteError(recorder.abort)
+    return grid
