@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
@@ -123,6 +124,11 @@ class Task(abc.ABC):
         forget_sets: named forget sets; ``options["forget"]`` picks one (default: the first).
         method_defaults: ``{method: {field: value}}`` overriding a method's defaults on this task (learning rates,
             dual step sizes, estimate sizes fitted to the task's scale); users override them with ``--set``.
+        default_options / option_types: the options ``--set task.X=...`` accepts, typed by their default (or by
+            ``option_types`` where there is none); anything else is refused before work starts.
+        emits: ``{metric: (role, higher_is_better, description) or None}``, the metrics ``evaluate`` returns (``{i}``
+            stands for an index); ``None`` takes the entry from the metrics registry. ``unlearnbench ls metrics``
+            reads it.
 
     ``bundle.extras`` keys the methods read: ``constrain_on`` (``"null"``: the unlearned distribution p of a concept
     constraint is the null prompt's output, as on the mixtures; default ``"erased"``: each erased prompt's output),
@@ -138,15 +144,65 @@ class Task(abc.ABC):
     default_steps: ClassVar[int] = 200
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # per-method settings that fit this task's scale
     default_options: ClassVar[dict[str, Any]] = {}
+    option_types: ClassVar[dict[str, type]] = {}  # options without a default: name -> type
+    emits: ClassVar[dict[str, tuple[str, bool, str] | None]] = {}
 
     def __init__(self, options: dict[str, Any] | None = None, cache_dir: str | None = None):
         from unlearnbench.cache import default_cache_dir
 
-        self.options = {**self.default_options, **(options or {})}
+        self.options = {**self.default_options, **self.check_options(options)}
         self.cache_dir = cache_dir or default_cache_dir()
-        forget = self.options.get("forget")
-        if self.forget_sets and forget is not None and forget not in self.forget_sets:
-            raise ValueError(f"task {self.name}: unknown forget set {forget!r}; valid: {', '.join(self.forget_sets)}")
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any] | None) -> dict[str, Any]:
+        """``options`` with each value checked against its option's type and range; ``ValueError`` names what is valid."""
+        from unlearnbench.settings import coerce
+
+        if options is None:
+            return {}
+        if not isinstance(options, dict):
+            raise ValueError(f"task {cls.name}: options must be a mapping option -> value, got {options!r}")
+        valid = ["forget", *cls.default_options, *(k for k in cls.option_types if k not in cls.default_options)]
+        unknown = sorted(set(map(str, options)) - set(valid))
+        if unknown:
+            raise ValueError(f"task {cls.name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        out = {}
+        for k, v in options.items():
+            if k == "forget":
+                if cls.forget_sets and v is not None and v not in cls.forget_sets:
+                    raise ValueError(f"task {cls.name}: unknown forget set {v!r}; valid: {', '.join(cls.forget_sets)}")
+                out[k] = v
+                continue
+            default = cls.default_options.get(k)
+            tp = cls.option_types.get(k) or (type(default) if default is not None else None)
+            positive = isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0
+            out[k] = v if tp is None else coerce(f"task.{k}", v, tp | None, {"positive": positive}, default)
+        return out
+
+    @classmethod
+    def metric_specs(cls) -> dict[str, tuple[str, bool, str]]:
+        """What ``evaluate`` emits: ``{name: (role, higher_is_better, description)}`` (``{i}`` names are patterns)."""
+        from unlearnbench.metrics import METRICS
+
+        out = {}
+        for name, spec in cls.emits.items():
+            if spec is None:
+                known = name if "{" not in name else next(
+                    (n for n in METRICS.names() if re.fullmatch(name.replace("{i}", r"\d+"), n)), name)
+                s = METRICS.get(known)
+                spec = (s.role, s.higher_is_better, s.doc)
+            out[name] = spec
+        return out
+
+    @classmethod
+    def grid_names(cls, method: str | None = None) -> list[str]:
+        """The task's own grid names, plus the ones ``method`` declares for this task's kind."""
+        names = list(cls.grids)
+        if method is not None:
+            from unlearnbench.methods import METHODS
+
+            names += [g for g in METHODS.get(method).declared_grid_names(cls.kind) if g not in names]
+        return names
 
     @property
     def forget_name(self) -> str:
@@ -164,14 +220,19 @@ class Task(abc.ABC):
         """Score ``bundle.net`` against the pretrained model; keys are metric names."""
 
     def grid(self, grid_name: str, method: str) -> list[float]:
-        try:
-            by_method = self.grids[grid_name]
-        except KeyError:
-            raise ValueError(f"task {self.name} has no grid {grid_name!r}; valid: {', '.join(self.grids)}") from None
-        if method not in by_method:
-            raise ValueError(f"grid {grid_name!r} of task {self.name} has no values for method {method!r}; "
-                             f"it has: {', '.join(by_method)}")
-        return list(by_method[method])
+        """Values of ``grid_name`` for ``method``: the task's own, else the method's declared defaults for this kind."""
+        from unlearnbench.methods import METHODS
+
+        own = self.grids.get(grid_name, {})
+        if method in own:
+            return list(own[method])
+        declared = METHODS.get(method).declared_grid(self.kind, grid_name)
+        if declared is not None:
+            return declared
+        if grid_name not in self.grid_names(method):
+            raise ValueError(f"task {self.name} has no grid {grid_name!r}; valid: {', '.join(self.grid_names(method))}")
+        raise ValueError(f"grid {grid_name!r} of task {self.name} has no values for method {method!r}; "
+                         f"it has: {', '.join(own)} (a method declares its own with default_grids)")
 
     def oracle(self) -> Any:
         """Exact optimal fronts where the task has them (None otherwise)."""
