@@ -187,10 +187,11 @@ class Task(abc.ABC):
         out = {}
         for name, spec in cls.emits.items():
             if spec is None:
-                known = name if "{" not in name else next(
-                    (n for n in METRICS.names() if re.fullmatch(name.replace("{i}", r"\d+"), n)), name)
+                known = next((n for n in METRICS.names() if metric_matches(name, n)), name)
                 s = METRICS.get(known)
-                spec = (s.role, s.higher_is_better, s.doc)
+                index = known[len(name.split("{")[0]):].split("_")[0] if known != name else ""
+                doc = re.sub(rf"\b{index}\b", "i", s.doc) if index else s.doc  # "concept 3" -> "concept i"
+                spec = (s.role, s.higher_is_better, doc)
             out[name] = spec
         return out
 
@@ -243,6 +244,11 @@ class Task(abc.ABC):
         default = next(iter(self.forget_sets), None)
         return {"name": self.name, "kind": self.kind, "forget_set": self.forget_name,
                 "forget_default": self.forget_name == default if default else True, "options": self.options}
+
+
+def metric_matches(pattern: str, name: str) -> bool:
+    """Whether a metric ``name`` is an instance of an ``emits`` entry (``{i}`` stands for an index)."""
+    return re.fullmatch(re.escape(pattern).replace(re.escape("{i}"), r"\d+"), name) is not None
 
 
 def frozen_copy(net: nn.Module) -> nn.Module:

@@ -364,7 +364,7 @@ class DigitsConceptTask(_DigitsTask):
     axes = [("acc_forget", "acc_kept"), ("acc_forget", "kid_kept")]
     emits = {"acc_forget": ("unlearning", False, "classifier accuracy on samples of the erased prompts"),
              "acc_kept": ("retention", True, "classifier accuracy on samples of the kept prompts"),
-             "acc_forget_d{i}": ("info", False, "classifier accuracy on samples of erased digit {i}"),
+             "acc_forget_d{i}": ("info", False, "classifier accuracy on samples of erased digit i"),
              "acc_forget_d{i}_pretrained": ("info", False, "the same for the pretrained model"),
              "kid_kept": ("retention", False, "KID (classifier features) of kept-prompt samples to pretrained ones"),
              "kl_proxy_kept": ("retention", False, "ELBO-gap proxy of KL(p_theta || q) on kept prompts (nats)")}
