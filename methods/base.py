@@ -36,9 +36,9 @@ class MethodConfig:
             raise ValueError(f"trainable={self.trainable!r}; valid: {', '.join(TRAINABLE_CHOICES)}")
         for name in ("lr", "batch_size"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+                raise ValueError(f"{name}={getattr(self, name)!r} is out of range; valid: a number > 0")
         if self.steps is not None and self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
+            raise ValueError(f"steps={self.steps!r} is out of range; valid: an integer >= 0")
 
 
 def make_config(cls: type[MethodConfig], values: dict[str, Any], method: str) -> MethodConfig:

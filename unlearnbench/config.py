@@ -73,7 +73,8 @@ def load_yaml(path: str) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path!r} must hold a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config file {path!r} must hold a mapping (sections methods, task, grids; or a grid "
+                          f"file's values:), got {type(data).__name__}")
     return data
 
 
@@ -230,7 +231,8 @@ def resolve_methods(methods: str | list[str], task_cls: type, grid: str) -> list
     if methods == "all" or methods == ["all"]:
         fits = applicable_methods(task_cls, grid)
         if not fits:
-            raise ConfigError(f"no method applies to {task_cls.kind} task {task_cls.name!r} with grid {grid!r}")
+            raise ConfigError(f"no method applies to {task_cls.kind} task {task_cls.name!r} with grid {grid!r}; "
+                              f"valid grids: {', '.join(task_cls.grids)}")
         return fits
     try:
         names = parse_list(methods, METHODS)
