@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,55 +17,17 @@ from unlearnbench.config import plan_trials
 from unlearnbench.methods import METHODS, Method
 from unlearnbench.tasks import TASKS
 
-# The README's recipe, verbatim in spirit: a method module and a pyproject exposing it through the entry point group.
-PLUGIN_MODULE = '''
-from dataclasses import dataclass, field
-
-import torch
-
-from unlearnbench.diffusion import per_sample_mse
-from unlearnbench.methods import Method, MethodConfig
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@dataclass
-class MineConfig(MethodConfig):
-    strength: float = field(default=1.0, metadata={"help": "how far the erased prompt is pushed"})
-    target: str = field(default="null", metadata={"help": "what the erased prompt imitates",
-                                                  "choices": ("null", "kept")})
+def readme_block(first_line: str) -> str:
+    """The fenced code block of the README whose first line is ``first_line`` (the plugin recipe, used verbatim)."""
+    blocks = re.findall(r"^( *)```\w*\n(.*?)^\1```", README.read_text(), flags=re.S | re.M)
+    return next(textwrap.dedent(body) for _, body in blocks if body.strip().startswith(first_line))
 
 
-class Mine(Method):
-    """Regress the erased prompt onto the pretrained null (or a kept) prompt, scaled by strength."""
-
-    name = "mine"
-    kinds = ("concept",)
-    Config = MineConfig
-    grid_params = {"eps": "strength"}
-    default_grids = {"concept": {"eps": [0.5, 2.0]}}
-
-    def losses(self):
-        b = self.bundle
-        c = self.pick(b.forget_concepts, self.cfg.batch_size)
-        x_t, t, _ = self.noised_ref(c)
-        other = self.pick(b.retain_concepts, c.shape[0]) if self.cfg.target == "kept" else torch.full_like(c, b.null_cond)
-        with torch.no_grad():
-            target = b.ref(x_t, t, other) * self.cfg.strength
-        return {"loss": per_sample_mse(self.net(x_t, t, c), target)}
-'''
-
-PYPROJECT = '''
-[build-system]
-requires = ["setuptools>=64"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "unlearnbench-mine"
-version = "0.1"
-dependencies = ["unlearnbench"]
-
-[project.entry-points."unlearnbench.methods"]
-mine = "unlearnbench_mine:Mine"
-'''
+PLUGIN_MODULE = readme_block("# unlearnbench_mine.py")
+PYPROJECT = readme_block("# pyproject.toml")
 
 TINY_GMM = ["--set", "task.distill_steps=30", "--set", "task.eval_samples=64", "--set", "task.eval_steps=10",
             "--set", "task.sample_steps=10"]
