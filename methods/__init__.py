@@ -3,7 +3,9 @@ entry-point group or ``@METHODS.register("name")``."""
 from unlearnbench.methods.base import Method, MethodConfig
 from unlearnbench.registry import Registry
 
-METHODS: Registry[type[Method]] = Registry("method", Method, "unlearnbench.methods")
+# scan_package: a new file in methods/ registers itself with @METHODS.register("name"), no list to edit
+METHODS: Registry[type[Method]] = Registry("method", Method, "unlearnbench.methods",
+                                           scan_package="unlearnbench.methods")
 METHODS.register_lazy("rkl", "unlearnbench.methods.rkl:ReverseKL", "reverse-kl")
 METHODS.register_lazy("fkl", "unlearnbench.methods.fkl:ForwardKL", "forward-kl")
 METHODS.register_lazy("lik", "unlearnbench.methods.lik:Likelihood", "likelihood")

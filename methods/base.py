@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearnbench.diffusion import add_noise
+from unlearnbench.settings import check_range, coerce, resolve_hints
 from unlearnbench.tasks.base import ModelBundle
 
 TRAINABLE_CHOICES = ("full", "xattn", "noxattn", "lora")
@@ -24,7 +25,8 @@ class MethodConfig:
     steps: int | None = field(default=None, metadata={"help": "optimizer steps (None: the task's default)"})
     batch_size: int = field(default=128, metadata={"help": "samples per step"})
     trainable: str = field(default="full", metadata={"help": "full | xattn (cross-attention only, ESD-x) | noxattn "
-                                                             "(all but cross-attention, ESD-u) | lora"})
+                                                             "(all but cross-attention, ESD-u) | lora",
+                                                     "choices": TRAINABLE_CHOICES})
     lora_rank: int = field(default=4, metadata={"help": "LoRA rank when trainable=lora"})
     grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0: off)"})
     t_min: int = field(default=0, metadata={"help": "smallest timestep index drawn in training"})
@@ -34,28 +36,44 @@ class MethodConfig:
             raise ValueError(f"trainable={self.trainable!r}; valid: {', '.join(TRAINABLE_CHOICES)}")
         for name in ("lr", "batch_size"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+                raise ValueError(f"{name}={getattr(self, name)!r} is out of range; valid: a number > 0")
         if self.steps is not None and self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
+            raise ValueError(f"steps={self.steps!r} is out of range; valid: an integer >= 0")
 
 
 def make_config(cls: type[MethodConfig], values: dict[str, Any], method: str) -> MethodConfig:
-    """Build a config from a dict, naming unknown keys and the valid ones."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    """Build a config from a dict, checking every value against its field's type, range and choices.
+
+    Raises ``ValueError`` naming the setting, the value and what is valid (unknown keys list the valid ones).
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"method {method}: settings must be a mapping field -> value, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, values)) - set(fields))
     if unknown:
-        raise ValueError(f"method {method}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    types = {f.name: f.type for f in dataclasses.fields(cls)}
-    conv = {}
-    for k, v in values.items():
-        default = getattr(cls, k, None) if not isinstance(getattr(cls, k, None), dataclasses.Field) else None
-        if isinstance(v, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
-            try:
-                v = type(default)(float(v)) if isinstance(default, int) else float(v)
-            except ValueError as e:
-                raise ValueError(f"method {method}: {k}={v!r} is not a {types[k]}") from e
-        conv[k] = v
-    return cls(**conv)
+        raise ValueError(f"method {method}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    hints = resolve_hints(cls)
+    spec = {k: (hints.get(k, Any), fields[k].metadata, field_default(fields[k])) for k in values}
+    try:
+        conv = {k: coerce(k, v, *spec[k], ranges=False) for k, v in values.items()}
+    except ValueError as e:
+        raise ValueError(f"method {method}: {e}") from None
+    cfg = cls(**conv)  # the config's own checks first: their messages are the most specific
+    try:
+        for k, v in conv.items():
+            check_range(k, v, *spec[k])
+    except ValueError as e:
+        raise ValueError(f"method {method}: {e}") from None
+    return cfg
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (``None`` where it has none)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 class Method(abc.ABC):
@@ -66,12 +84,30 @@ class Method(abc.ABC):
         kinds: task kinds the method applies to (``"concept"``, ``"data"``).
         Config: the dataclass of settings.
         grid_params: grid name -> the config field that grid sweeps (``{"eps": "eta"}`` for ESD).
+        default_grids: task kind -> grid name -> values (weak -> strong), used on tasks whose own grids do not name
+            this method (plugins, new files); a task's own values win. Subclasses inherit what they do not declare.
     """
 
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = ("concept", "data")
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     grid_params: ClassVar[dict[str, str]] = {}
+    default_grids: ClassVar[dict[str, dict[str, list[float]]]] = {}
+
+    @classmethod
+    def declared_grid(cls, kind: str, grid: str) -> list[float] | None:
+        """This method's own values for ``grid`` on ``kind`` tasks, searched up the class hierarchy (None: none)."""
+        for klass in cls.__mro__:
+            values = vars(klass).get("default_grids", {}).get(kind, {}).get(grid)
+            if values is not None:
+                return [float(v) for v in values]
+        return None
+
+    @classmethod
+    def declared_grid_names(cls, kind: str) -> list[str]:
+        """Grid names this method declares values for on ``kind`` tasks (own and inherited)."""
+        names = {g for klass in cls.__mro__ for g in vars(klass).get("default_grids", {}).get(kind, {})}
+        return sorted(names)
 
     def __init__(self, cfg: MethodConfig, bundle: ModelBundle, generator: torch.Generator):
         if bundle.kind not in self.kinds:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,10 @@ from typing import Any
 import yaml
 
 from unlearnbench.methods import METHODS
+from unlearnbench.methods.base import make_config
 from unlearnbench.registry import parse_list
+from unlearnbench.settings import ConfigError
 from unlearnbench.tasks import TASKS
-
-
-class ConfigError(ValueError):
-    """Bad user input, found before any work starts."""
 
 
 def parse_value(text: str) -> Any:
@@ -69,10 +68,13 @@ def load_yaml(path: str) -> dict:
         raise ConfigError(f"config file {path!r} does not exist") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path!r} cannot be read as text: {e}; give a YAML file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path!r} must hold a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config file {path!r} must hold a mapping (sections methods, task, grids; or a grid "
+                          f"file's values:), got {type(data).__name__}")
     return data
 
 
@@ -87,18 +89,42 @@ def load_grid_file(path: str, methods: list[str]) -> tuple[str, dict[str, list[f
             name = METHODS.canonical(str(m))
         except KeyError as e:
             raise ConfigError(f"grid file {path!r}: {e}") from None
-        if not isinstance(vals, list) or not vals:
-            raise ConfigError(f"grid file {path!r}: values for {m!r} must be a non-empty list, got {vals!r}")
-        for v in vals:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"grid file {path!r}: value {v!r} for {m!r} is not a finite number")
-        clean[name] = [float(v) for v in vals]
+        clean[name] = check_numbers(f"grid file {path!r}", vals, f" for {m!r}")
     missing = [m for m in methods if m not in clean]
     if missing:
         raise ConfigError(f"grid file {path!r} has no values for method(s) {', '.join(missing)}; "
                           f"it has: {', '.join(clean)}")
-    params = {METHODS.canonical(k): v for k, v in (data.get("params") or {}).items()}
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"grid file {path!r}: 'params' must map method -> config field, got {params!r}")
+    try:
+        params = {METHODS.canonical(str(k)): str(v) for k, v in params.items()}
+    except KeyError as e:
+        raise ConfigError(f"grid file {path!r}: params: {e}") from None
     return str(data.get("grid") or Path(path).stem), clean, params
+
+
+def check_run_dir(path: str) -> str:
+    """The absolute run directory, refused unless it is (or can be created as) a writable directory.
+
+    Probes by creating and removing a temporary directory where the run directory would be created, so read-only
+    file systems, /proc and paths through a file are caught without leaving anything behind.
+    """
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise ConfigError(f"--out {path!r} is an existing file; give a directory (new, or a run directory to reuse)")
+    parent = full
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--out {path!r}: {parent!r} is a file, so no directory can be created under it; "
+                          f"give a path under a writable directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".unlearnbench-probe-", dir=parent))
+    except OSError as e:
+        raise ConfigError(f"--out {path!r}: cannot create a directory in {parent!r} ({e.strerror}); "
+                          f"give a path under a writable directory, e.g. runs/<name>") from None
+    return full
 
 
 def parse_seeds(text: str | list[int]) -> list[int]:
@@ -129,69 +155,158 @@ def fmt_value(v: float) -> str:
 def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | list[int] = "0", run_dir: str = "runs/x",
                 config: dict | None = None, sets: list[str] | None = None, steps: int | None = None,
                 cache_dir: str | None = None, threads: int = 1) -> SweepPlan:
-    """Resolve and validate everything; returns the trial specs. Raises ConfigError (or KeyError) on bad input."""
+    """Resolve and validate everything; returns the trial specs. Raises ConfigError on bad input."""
     try:
         task_name = TASKS.canonical(task)
-        method_names = parse_list(methods, METHODS)
     except KeyError as e:
         raise ConfigError(str(e)) from None
-    cfg = deep_merge(config or {}, parse_sets(sets or []))
-    unknown_top = set(cfg) - {"methods", "task", "grids"}
-    if unknown_top:
-        raise ConfigError(f"config: unknown section(s) {', '.join(sorted(unknown_top))}; valid: methods, task, grids")
+    cfg = check_config(deep_merge(config or {}, parse_sets(sets or [])))
     task_cls = TASKS.get(task_name)
     task_options = dict(cfg.get("task") or {})
     try:
         task_obj = task_cls(task_options, cache_dir=cache_dir)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for m in method_names:
-        kinds = METHODS.get(m).kinds
-        if task_cls.kind not in kinds:
-            fits = [n for n in METHODS.names() if task_cls.kind in METHODS.get(n).kinds]
-            raise ConfigError(f"method {m!r} does not apply to {task_cls.kind} task {task_name!r}; "
-                              f"methods for it: {', '.join(fits)}")
-        reason = METHODS.get(m).unsupported_reason(task_obj)
-        if reason:
-            raise ConfigError(reason)
-    method_overrides = cfg.get("methods") or {}
-    for m in method_overrides:
-        if m not in method_names and m not in METHODS:
-            raise ConfigError(f"config: unknown method {m!r} under 'methods'; valid: {', '.join(METHODS.names())}")
-    if grid.endswith((".yaml", ".yml")) or os.path.sep in grid:
-        grid_name, grid_values, grid_params = load_grid_file(grid, method_names)
-    else:
-        grid_name, grid_params = grid, {}
-        file_grids = (cfg.get("grids") or {}).get(grid)
-        try:
-            grid_values = {m: (file_grids or {}).get(m) or task_obj.grid(grid, m) for m in method_names}
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    task_options = {k: task_obj.options[k] for k in task_options}  # checked and typed (e.g. "1e3" -> 1000)
+    method_names = resolve_methods(methods, task_cls, grid)
+    method_overrides = check_overrides(cfg.get("methods") or {})
+    grid_name, grid_values, grid_params = resolve_grid(grid, method_names, task_obj, cfg.get("grids") or {})
     seed_list = parse_seeds(seeds)
     run_dir = os.path.abspath(run_dir)
     plan = SweepPlan(run_id=os.path.basename(run_dir), run_dir=run_dir, task=task_name, task_options=task_options)
     for m in method_names:
-        cls = METHODS.get(m)
-        param = grid_params.get(m) or cls.grid_params.get(grid_name) or cls.grid_params.get("eps")
-        if param is None:
-            raise ConfigError(f"method {m!r} has no parameter for grid {grid_name!r}; it sweeps: {cls.grid_params}")
         overrides = dict(method_overrides.get(m) or {})
         if steps is not None:
             overrides["steps"] = steps
         for value in grid_values[m]:
-            g = {"name": grid_name, "param": param, "value": float(value)}
-            try:  # validate the resolved config now, not inside a trial
-                from unlearnbench.runner import build_method_config
-
-                c = build_method_config(task_obj, m, overrides, g)
-                dataclasses.asdict(c)
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{m} with {param}={value:g}: {e}") from None
+            g = {"name": grid_name, "param": grid_param(m, grid_name, grid_params), "value": float(value)}
+            check_method_config(task_obj, m, overrides, g)
             for seed in seed_list:
+                tid = f"{m}-{grid_name}{fmt_value(value)}-s{seed}"
                 plan.trials.append({
-                    "run_id": plan.run_id, "trial_id": f"{m}-{grid_name}{fmt_value(value)}-s{seed}",
-                    "task": task_name, "task_options": task_options, "method": m, "method_config": overrides,
-                    "grid": g, "seed": seed, "cache_dir": task_obj.cache_dir, "threads": threads, "run_dir": run_dir,
-                    "artifact_dir": os.path.join(run_dir, "artifacts", f"{m}-{grid_name}{fmt_value(value)}-s{seed}"),
+                    "run_id": plan.run_id, "trial_id": tid, "task": task_name, "task_options": task_options,
+                    "method": m, "method_config": overrides, "grid": g, "seed": seed, "cache_dir": task_obj.cache_dir,
+                    "threads": threads, "run_dir": run_dir, "artifact_dir": os.path.join(run_dir, "artifacts", tid),
                 })
     return plan
+
+
+def check_config(cfg: Any) -> dict:
+    """The shape of a merged ``--config``/``--set`` mapping: ``methods: {name: {field: value}}``, ``task: {option:
+    value}``, ``grids: {grid: {method: [numbers]}}``."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config must be a mapping with sections methods, task, grids; got {cfg!r}")
+    unknown_top = sorted(set(map(str, cfg)) - {"methods", "task", "grids"})
+    if unknown_top:
+        raise ConfigError(f"config: unknown section(s) {', '.join(unknown_top)}; valid: methods, task, grids")
+    for section in ("methods", "task", "grids"):
+        if cfg.get(section) is not None and not isinstance(cfg[section], dict):
+            raise ConfigError(f"config: section {section!r} must be a mapping, got {cfg[section]!r}; e.g. "
+                              + {"methods": "methods: {rkl: {lr: 1e-4}}", "task": "task: {forget: one}",
+                                 "grids": "grids: {eps: {rkl: [20, 30]}}"}[section])
+    for m, settings in (cfg.get("methods") or {}).items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"config: methods.{m} must be a mapping field -> value, got {settings!r}; "
+                              f"e.g. methods: {{{m}: {{lr: 1e-4}}}}")
+    for g, by_method in (cfg.get("grids") or {}).items():
+        if not isinstance(by_method, dict):
+            raise ConfigError(f"config: grids.{g} must map method -> list of numbers, got {by_method!r}")
+        for m, vals in by_method.items():
+            check_numbers(f"config grids.{g}.{m}", vals)
+    return cfg
+
+
+def check_numbers(where: str, vals: Any, what: str = "") -> list[float]:
+    """A non-empty list of finite numbers, as floats (``what`` names the list in messages)."""
+    if not isinstance(vals, list) or not vals:
+        raise ConfigError(f"{where}: values{what} must be a non-empty list of numbers, got {vals!r}")
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{where}: value {v!r}{what} is not a finite number")
+    return [float(v) for v in vals]
+
+
+def resolve_methods(methods: str | list[str], task_cls: type, grid: str) -> list[str]:
+    """Canonical method names; ``all`` means every method that applies to the task and has values for ``grid``."""
+    if methods == "all" or methods == ["all"]:
+        fits = applicable_methods(task_cls, grid)
+        if not fits:
+            raise ConfigError(f"no method applies to {task_cls.kind} task {task_cls.name!r} with grid {grid!r}; "
+                              f"valid grids: {', '.join(task_cls.grids)}")
+        return fits
+    try:
+        names = parse_list(methods, METHODS)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    for m in names:
+        if task_cls.kind not in METHODS.get(m).kinds:
+            raise ConfigError(f"method {m!r} does not apply to {task_cls.kind} task {task_cls.name!r}; "
+                              f"methods for it: {', '.join(applicable_methods(task_cls, None))}")
+        reason = METHODS.get(m).unsupported_reason(task_cls)
+        if reason:
+            raise ConfigError(reason)
+    return names
+
+
+def applicable_methods(task_cls: type, grid: str | None) -> list[str]:
+    """Methods whose kinds include the task's and, when ``grid`` names one, that have values for it there."""
+    out = []
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        if task_cls.kind not in cls.kinds or cls.unsupported_reason(task_cls):
+            continue
+        if grid is None or is_grid_file(grid) or name in task_cls.grids.get(grid, {}) or \
+                cls.declared_grid(task_cls.kind, grid) is not None:
+            out.append(name)
+    return out
+
+
+def is_grid_file(grid: str) -> bool:
+    return grid.endswith((".yaml", ".yml")) or os.path.sep in grid
+
+
+def check_overrides(overrides: dict) -> dict:
+    """Every ``methods:`` entry names a known method and only its settings (also for methods not in this run)."""
+    out = {}
+    for m, settings in overrides.items():
+        try:
+            name = METHODS.canonical(str(m))
+        except KeyError as e:
+            raise ConfigError(f"config methods.{m}: {e}") from None
+        try:
+            make_config(METHODS.get(name).Config, dict(settings), name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        out[name] = settings
+    return out
+
+
+def resolve_grid(grid: str, method_names: list[str], task_obj, file_grids: dict):
+    """(grid name, method -> values, method -> swept field) from a grid file, the config's grids or the task."""
+    if is_grid_file(grid):
+        return load_grid_file(grid, method_names)
+    given = file_grids.get(grid) or {}
+    try:
+        values = {m: given[m] if m in given else task_obj.grid(grid, m) for m in method_names}
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return grid, values, {}
+
+
+def grid_param(method: str, grid_name: str, grid_params: dict[str, str]) -> str:
+    """The config field a grid sweeps for ``method``."""
+    cls = METHODS.get(method)
+    param = grid_params.get(method) or cls.grid_params.get(grid_name) or cls.grid_params.get("eps")
+    if param is None:
+        raise ConfigError(f"method {method!r} has no parameter for grid {grid_name!r}; it sweeps: {cls.grid_params}")
+    return param
+
+
+def check_method_config(task_obj, method: str, overrides: dict, grid: dict) -> None:
+    """Resolve the trial's config now, so that no trial fails for a value that could be refused here."""
+    from unlearnbench.runner import build_method_config
+
+    try:
+        dataclasses.asdict(build_method_config(task_obj, method, overrides, grid))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{method} with {grid['param']}={grid['value']:g}: {e}") from None

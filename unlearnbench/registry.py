@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import logging
+import pkgutil
+import re
+import sys
 import warnings
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterable, TypeVar
@@ -26,10 +30,13 @@ class Registry(Generic[T]):
     Built-ins are registered lazily so that ``unlearnbench ls`` never imports heavy dependencies.
     """
 
-    def __init__(self, kind: str, base_cls: type | None = None, entry_point_group: str | None = None):
+    def __init__(self, kind: str, base_cls: type | None = None, entry_point_group: str | None = None,
+                 scan_package: str | None = None):
         self.kind = kind
         self.base_cls = base_cls
         self.entry_point_group = entry_point_group
+        self.scan_package = scan_package  # a package whose unlisted modules register themselves when imported
+        self._scanned = False
         self._items: dict[str, Any] = {}
         self._origin: dict[str, str] = {}
         self._aliases: dict[str, str] = {}
@@ -91,18 +98,44 @@ class Registry(Generic[T]):
             except ValueError as e:
                 logger.warning("skipping %s plugin %s: %s", self.kind, ep.name, e)
 
+    def discover(self) -> None:
+        """Import (once) the modules of ``scan_package`` that no lazy entry names, so that a new file with
+        ``@REGISTRY.register("name")`` is found without editing any list. ``_private`` modules and ``base`` are skipped."""
+        if self._scanned or not self.scan_package:
+            return
+        self._scanned = True
+        pkg = importlib.import_module(self.scan_package)
+        listed = {v.split(":", 1)[0] for v in self._items.values() if isinstance(v, str)}
+        for info in pkgutil.iter_modules(getattr(pkg, "__path__", [])):
+            mod = f"{self.scan_package}.{info.name}"
+            if info.name.startswith("_") or info.name == "base" or mod in listed or mod in sys.modules:
+                continue
+            try:
+                importlib.import_module(mod)
+            except Exception as e:  # noqa: BLE001 - one broken file must not hide every other entry
+                logger.warning("skipping %s module %s: it failed to import: %s", self.kind, mod, e)
+
     # -- lookup -------------------------------------------------------------------------------------
     def names(self) -> list[str]:
         self.load_plugins()
+        self.discover()
         return sorted(self._items)
+
+    def aliases(self, name: str) -> list[str]:
+        """The other names that resolve to ``name``."""
+        key = self.canonical(name)
+        return sorted(a for a, target in self._aliases.items() if target == key)
 
     def origin(self, name: str) -> str:
         return self._origin[self.canonical(name)]
 
     def canonical(self, name: str) -> str:
         self.load_plugins()
-        key = name.strip().lower()
+        key = str(name).strip().lower()
         key = self._aliases.get(key, key)
+        if key not in self._items:
+            self.discover()
+            key = self._aliases.get(key, key)
         if key not in self._items:
             valid = sorted(self._items)
             close = difflib.get_close_matches(key, valid + sorted(self._aliases), n=1)
@@ -132,9 +165,15 @@ class Registry(Generic[T]):
         return obj
 
     def describe(self, name: str) -> str:
-        """First docstring line of an entry (imports it)."""
-        doc = (getattr(self.get(name), "__doc__", None) or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        """First paragraph of an entry's docstring as one plain-text line (imports it)."""
+        return plain_doc(getattr(self.get(name), "__doc__", None)).split("\n\n")[0].replace("\n", " ")
+
+
+def plain_doc(doc: str | None) -> str:
+    """A docstring without its indentation and reST markup (````x````, ``:func:`x```), paragraphs kept."""
+    text = inspect.cleandoc(doc or "")
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return re.sub(r"``?([^`]+)``?", r"\1", text)
 
 
 def _same(a: Any, b: Any) -> bool:

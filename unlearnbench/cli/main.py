@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from unlearnbench import __version__
 from unlearnbench.cli import ls as ls_cmd
 from unlearnbench.cli import run as run_cmd
+from unlearnbench.registry import UnknownNameError
+from unlearnbench.settings import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  unlearnbench run --methods rkl,esd --grid eps\n"
                "  unlearnbench run --task gmm-data --methods fkl,siss --grid eps --seeds 0,1\n"
                "  unlearnbench ls methods\n  unlearnbench leaderboard")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug (also after the command)")
+    p.add_argument("--version", action="version", version=f"unlearnbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_cmd.add_parser(sub)
     run_cmd.add_validate_parser(sub)
@@ -29,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         lb_cmd.add_parser(sub)
         if hasattr(lb_cmd, "add_claims_parser"):
             lb_cmd.add_claims_parser(sub)
+    for cmd in sub.choices.values():  # global flags are accepted after the command too
+        cmd.add_argument("-v", "--verbose", dest="verbose_after", action="count", default=0, help=argparse.SUPPRESS)
     return p
 
 
@@ -37,12 +43,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose + getattr(args, "verbose_after", 0))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ConfigError, UnknownNameError) as e:  # bad input a command did not catch itself: a line, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

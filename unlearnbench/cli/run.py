@@ -92,6 +92,19 @@ def _resume_args(args) -> None:
     args.out = args.resume
 
 
+def check_run_flags(args, run_dir: str) -> None:
+    """Counts are positive and the run directory writable, before anything is planned or written."""
+    from unlearnbench.config import ConfigError, check_run_dir
+
+    for flag in ("num_cpus", "max_concurrent"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} {value}: must be a whole number >= 1 (or left out)")
+    if args.steps is not None and args.steps < 0:
+        raise ConfigError(f"--steps {args.steps}: must be a whole number >= 0 (0 evaluates the pretrained model)")
+    check_run_dir(run_dir)
+
+
 def _check_resources(args) -> None:
     """Resource flags, Tune callbacks and the cluster address, refused before any work (issue 8/9 cluster parts)."""
     from unlearnbench.cluster import check_resources, check_tune_callbacks, probe_address
@@ -110,6 +123,7 @@ def run(args) -> int:
             _resume_args(args)
         task = args.task or DEFAULT_TASK
         run_dir = args.out or os.path.join("runs", f"{task}-{dt.datetime.now():%Y%m%d-%H%M%S}")
+        check_run_flags(args, run_dir)
         plan = _plan(args, run_dir)
     except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -17,6 +17,7 @@ import abc
 import copy
 import fnmatch
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
@@ -134,6 +135,11 @@ class Task(abc.ABC):
             10 steps) has exploded: the trial stops there and is ``diverged``.
         scored_prompt: concept tasks: ``"erased"`` (each erased prompt's output is scored) or ``"null"`` (the null
             prompt's output is, as on the mixtures; methods that only train erased prompts refuse such a task).
+        default_options / option_types: the options ``--set task.X=...`` accepts, typed by their default (or by
+            ``option_types`` where there is none); anything else is refused before work starts.
+        emits: ``{metric: (role, higher_is_better, description) or None}``, the metrics ``evaluate`` returns (``{i}``
+            stands for an index); ``None`` takes the entry from the metrics registry. ``unlearnbench ls metrics``
+            reads it.
 
     ``bundle.extras`` keys the methods read: ``constrain_on`` (``"null"``: the unlearned distribution p of a concept
     constraint is the null prompt's output, as on the mixtures; default ``"erased"``: each erased prompt's output),
@@ -152,15 +158,66 @@ class Task(abc.ABC):
     sane_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
     loss_explosion: ClassVar[float] = 1e4
     scored_prompt: ClassVar[str] = "erased"
+    option_types: ClassVar[dict[str, type]] = {}  # options without a default: name -> type
+    emits: ClassVar[dict[str, tuple[str, bool, str] | None]] = {}
 
     def __init__(self, options: dict[str, Any] | None = None, cache_dir: str | None = None):
         from unlearnbench.cache import default_cache_dir
 
-        self.options = {**self.default_options, **(options or {})}
+        self.options = {**self.default_options, **self.check_options(options)}
         self.cache_dir = cache_dir or default_cache_dir()
-        forget = self.options.get("forget")
-        if self.forget_sets and forget is not None and forget not in self.forget_sets:
-            raise ValueError(f"task {self.name}: unknown forget set {forget!r}; valid: {', '.join(self.forget_sets)}")
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any] | None) -> dict[str, Any]:
+        """``options`` with each value checked against its option's type and range; ``ValueError`` names what is valid."""
+        from unlearnbench.settings import coerce
+
+        if options is None:
+            return {}
+        if not isinstance(options, dict):
+            raise ValueError(f"task {cls.name}: options must be a mapping option -> value, got {options!r}")
+        valid = ["forget", *cls.default_options, *(k for k in cls.option_types if k not in cls.default_options)]
+        unknown = sorted(set(map(str, options)) - set(valid))
+        if unknown:
+            raise ValueError(f"task {cls.name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        out = {}
+        for k, v in options.items():
+            if k == "forget":
+                if cls.forget_sets and v is not None and v not in cls.forget_sets:
+                    raise ValueError(f"task {cls.name}: unknown forget set {v!r}; valid: {', '.join(cls.forget_sets)}")
+                out[k] = v
+                continue
+            default = cls.default_options.get(k)
+            tp = cls.option_types.get(k) or (type(default) if default is not None else None)
+            positive = isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0
+            out[k] = v if tp is None else coerce(f"task.{k}", v, tp | None, {"positive": positive}, default)
+        return out
+
+    @classmethod
+    def metric_specs(cls) -> dict[str, tuple[str, bool, str]]:
+        """What ``evaluate`` emits: ``{name: (role, higher_is_better, description)}`` (``{i}`` names are patterns)."""
+        from unlearnbench.metrics import METRICS
+
+        out = {}
+        for name, spec in cls.emits.items():
+            if spec is None:
+                known = next((n for n in METRICS.names() if metric_matches(name, n)), name)
+                s = METRICS.get(known)
+                index = known[len(name.split("{")[0]):].split("_")[0] if known != name else ""
+                doc = re.sub(rf"\b{index}\b", "i", s.doc) if index else s.doc  # "concept 3" -> "concept i"
+                spec = (s.role, s.higher_is_better, doc)
+            out[name] = spec
+        return out
+
+    @classmethod
+    def grid_names(cls, method: str | None = None) -> list[str]:
+        """The task's own grid names, plus the ones ``method`` declares for this task's kind."""
+        names = list(cls.grids)
+        if method is not None:
+            from unlearnbench.methods import METHODS
+
+            names += [g for g in METHODS.get(method).declared_grid_names(cls.kind) if g not in names]
+        return names
 
     @property
     def forget_name(self) -> str:
@@ -178,14 +235,19 @@ class Task(abc.ABC):
         """Score ``bundle.net`` against the pretrained model; keys are metric names."""
 
     def grid(self, grid_name: str, method: str) -> list[float]:
-        try:
-            by_method = self.grids[grid_name]
-        except KeyError:
-            raise ValueError(f"task {self.name} has no grid {grid_name!r}; valid: {', '.join(self.grids)}") from None
-        if method not in by_method:
-            raise ValueError(f"grid {grid_name!r} of task {self.name} has no values for method {method!r}; "
-                             f"it has: {', '.join(by_method)}")
-        return list(by_method[method])
+        """Values of ``grid_name`` for ``method``: the task's own, else the method's declared defaults for this kind."""
+        from unlearnbench.methods import METHODS
+
+        own = self.grids.get(grid_name, {})
+        if method in own:
+            return list(own[method])
+        declared = METHODS.get(method).declared_grid(self.kind, grid_name)
+        if declared is not None:
+            return declared
+        if grid_name not in self.grid_names(method):
+            raise ValueError(f"task {self.name} has no grid {grid_name!r}; valid: {', '.join(self.grid_names(method))}")
+        raise ValueError(f"grid {grid_name!r} of task {self.name} has no values for method {method!r}; "
+                         f"it has: {', '.join(own)} (a method declares its own with default_grids)")
 
     def insane_metrics(self, metrics: dict[str, "MetricValue"]) -> list[str]:
         """``"name=value outside [lo, hi]"`` for every metric that is non-finite or leaves its sane range."""
@@ -213,6 +275,11 @@ class Task(abc.ABC):
         default = next(iter(self.forget_sets), None)
         return {"name": self.name, "kind": self.kind, "forget_set": self.forget_name,
                 "forget_default": self.forget_name == default if default else True, "options": self.options}
+
+
+def metric_matches(pattern: str, name: str) -> bool:
+    """Whether a metric ``name`` is an instance of an ``emits`` entry (``{i}`` stands for an index)."""
+    return re.fullmatch(re.escape(pattern).replace(re.escape("{i}"), r"\d+"), name) is not None
 
 
 def frozen_copy(net: nn.Module) -> nn.Module:

@@ -327,6 +327,9 @@ def _save_grid(path: str, rows: list[Tensor], scale: int = 4) -> str:
 # -------------------------------------------------------------------------------------------------------------------
 class _DigitsTask(Task):
     default_options: dict[str, Any] = {}
+    # small-config overrides (tests, quick looks); both tasks accept every digits option
+    option_types = {"pretrain_steps": int, "finetune_steps": int, "classifier_epochs": int, "guidance": float,
+                    "sample_steps": int, "pool_size": int, "n_eval": int, "n_eval_kept": int, "n_retain_eval": int}
 
     def __init__(self, options=None, cache_dir=None):
         super().__init__(options, cache_dir)
@@ -359,6 +362,12 @@ class DigitsConceptTask(_DigitsTask):
     kind = "concept"
     forget_sets = {k: [digit_prompt(d) for d in v] for k, v in CONCEPT_FORGET.items()}
     axes = [("acc_forget", "acc_kept"), ("acc_forget", "kid_kept")]
+    emits = {"acc_forget": ("unlearning", False, "classifier accuracy on samples of the erased prompts"),
+             "acc_kept": ("retention", True, "classifier accuracy on samples of the kept prompts"),
+             "acc_forget_d{i}": ("info", False, "classifier accuracy on samples of erased digit i"),
+             "acc_forget_d{i}_pretrained": ("info", False, "the same for the pretrained model"),
+             "kid_kept": ("retention", False, "KID (classifier features) of kept-prompt samples to pretrained ones"),
+             "kl_proxy_kept": ("retention", False, "ELBO-gap proxy of KL(p_theta || q) on kept prompts (nats)")}
     _rkl = [15.0, 20.0, 25.0, 35.0, 50.0, 70.0]
     _lik = [0.04, 0.02, 0.01, 0.005, 0.002, 0.0005]
     grids = {
@@ -462,6 +471,15 @@ class DigitsDataTask(_DigitsTask):
     kind = "data"
     forget_sets = {k: list(v) for k, v in DATA_FORGET.items()}
     axes = [("regen_rate", "kid_retain"), ("forget_bpd", "retain_bpd")]
+    emits = {"regen_rate": ("unlearning", False, "share of samples that regenerate a forgotten image"),
+             "regen_rate_pretrained": ("info", False, "the same for the pretrained model"),
+             "regen_kept_injected": ("info", False, "share of samples regenerating a kept injected image"),
+             "regen_kept_injected_pretrained": ("info", False, "the same for the pretrained model"),
+             "kid_retain": ("retention", False, "KID (classifier features) of samples to held-out retained data"),
+             "kid_retain_pretrained": ("info", False, "the same for the pretrained model"),
+             "forget_bpd": ("unlearning", True, "ELBO bits/dim of the forget images (continuous density)"),
+             "retain_bpd": ("retention", False, "ELBO bits/dim of held-out retained images"),
+             "forget_nll_ode": ("info", True, "probability-flow ODE NLL of the forget images (bits/dim)")}
     grids = {
         "eps": {"fkl": [20.0, 50.0, 100.0, 200.0, 400.0, 800.0], "siss": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]},
         "smoke": {"fkl": [50.0, 400.0], "siss": [0.3, 3.0]},

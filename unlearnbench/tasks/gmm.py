@@ -235,6 +235,8 @@ class GMMConceptTask(_GMMTask):
                                        "one": {"eps": _one, "smoke": _smoke(_one)}}
     grids = grids_by_forget["pair"]
     axes = [("kl_concept_min", "kl_pretrained"), ("forgotten_mass", "kl_pretrained")]
+    emits = dict.fromkeys(["kl_pretrained", "kl_concept_{i}", "mass_concept_{i}", "kl_concept_min", "forgotten_mass",
+                           "forgotten_mass_total", "kl_kept"])  # specs in unlearnbench.metrics.gmm
     # dual steps fitted to this task's scales: KLs of ~15-45 nats with alpha* ~ 0.01-0.3; masses with lambda* ~ 0.5-50
     # ESD: the erased concepts live in the null prompt's distribution, so ESD erases them from it (esd_sd.py's
     # --erase_from); the MLP has no cross-attention, so every method trains all weights
@@ -361,6 +363,8 @@ class GMMDataTask(_GMMTask):
     sane_ranges = {"kl_*": (-1.0, 50.0), "forget_kl*": (-1.0, 50.0), "forget_nll": (-10.0, 100.0)}
     axes = [("forget_kl_min", "kl_pretrained"), ("forget_kl_min", "kl_retrain"),
             ("forget_kl_gain_min", "kl_pretrained")]
+    emits = dict.fromkeys(["kl_pretrained", "kl_retrain", "forget_kl_{i}", "forget_kl_gain_{i}", "forget_kl_min",
+                           "forget_kl_gain_min", "forget_nll"])  # specs in unlearnbench.metrics.gmm
     default_options = {**_GMMTask.base_options, "data_noise": 0.25}
 
     def layout(self) -> dict:

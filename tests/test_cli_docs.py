@@ -1,0 +1,114 @@
+"""A self-documenting CLI: --version, global flags after the command, ``ls NAME``, ``ls metrics`` from what the
+tasks emit (checked against the committed records of real runs), and ``--methods all`` meaning the task's methods."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unlearnbench.cli.main import main
+from unlearnbench.config import plan_trials
+from unlearnbench.tasks import TASKS
+from unlearnbench.tasks.base import metric_matches
+
+RECORDS = Path(__file__).resolve().parents[1] / "leaderboards" / "records"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:
+        rc = int(e.code)
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def test_version(capsys):
+    from unlearnbench import __version__
+
+    rc, out = run_cli(capsys, "--version")
+    assert rc == 0 and out.strip() == f"unlearnbench {__version__}"
+
+
+def test_verbose_flag_is_accepted_before_and_after_the_command(capsys, monkeypatch):
+    import unlearnbench.log
+
+    seen = []
+    monkeypatch.setattr(unlearnbench.log, "setup_logging", seen.append)
+    assert run_cli(capsys, "-v", "ls", "tasks", "-vv")[0] == 0
+    assert run_cli(capsys, "ls", "methods", "--verbose")[0] == 0
+    assert seen == [3, 1]
+
+
+def test_ls_methods_describes_in_plain_text_without_cutting(capsys):
+    rc, out = run_cli(capsys, "ls", "methods")
+    assert rc == 0 and "``" not in out and ":func:" not in out
+    salun = next(line for line in out.splitlines() if line.startswith("salun"))
+    assert "(computed once, before training)." in salun, "the whole first paragraph, not its first line"
+
+
+def test_ls_method_shows_settings_defaults_and_per_task_grids(capsys):
+    rc, out = run_cli(capsys, "ls", "methods", "rkl")
+    assert rc == 0
+    assert "aliases: reverse-kl" in out and "applies to: concept tasks" in out
+    lr = next(line for line in out.splitlines() if line.strip().startswith("lr "))
+    assert "float" in lr and "0.001" in lr and "> 0" in lr and "Adam learning rate" in lr
+    assert "one of: full, xattn, noxattn, lora" in out
+    assert "on gmm-concept: steps 400, dual_lr=0.002, n_estimate=512" in out
+    assert "--grid eps: 18, 21, 25, 30, 36, 45" in out and "--grid eps (forget=one): 27, 30" in out
+    assert "on gmm-data" not in out, "rkl does not apply to data tasks"
+
+
+def test_ls_task_shows_forget_sets_axes_options_grids_and_metrics(capsys):
+    rc, out = run_cli(capsys, "ls", "tasks", "gmm-data")
+    assert rc == 0
+    for text in ("forget sets", "pair       ['outlier', 'densest']", "forget_kl_min vs kl_retrain",
+                 "data_noise         float  0.25", "fkl      --grid eps                    0.03, 0.1",
+                 "fkl      --grid eps (forget=one)       0.3, 1, 3", "forget_kl_{i}", "kl_retrain"):
+        assert text in out, text
+    assert "rkl " not in out, "concept-only methods are not offered for a data task"
+
+
+def test_ls_metrics_lists_what_tasks_emit_with_their_names(capsys):
+    rc, out = run_cli(capsys, "ls", "metrics")
+    rows = {line.split()[0]: line for line in out.splitlines()}
+    assert rc == 0
+    for name, task in (("acc_forget", "digits-concept"), ("kid_kept", "digits-concept"),
+                       ("regen_rate", "digits-data"), ("forget_bpd", "digits-data"), ("kl_concept_min", "gmm-concept")):
+        assert task in rows[name], name
+    assert "gmm-concept,gmm-data" in rows["kl_pretrained"]
+    assert "nudity_rate" not in rows and "cls_acc_forget" not in rows, "no installed task emits these"
+    rc, out = run_cli(capsys, "ls", "metrics", "--all")
+    assert "nudity_rate" in out and "(no task emits it)" in out
+    rc, out = run_cli(capsys, "ls", "metrics", "--task", "digits-data")
+    assert "regen_rate" in out and "acc_forget" not in out
+
+
+def test_declared_metrics_match_the_records_of_real_runs():
+    """Every metric a real run recorded is declared by its task with the same role and direction, and every
+    declaration was seen in some record: ``ls metrics`` says what the tasks emit."""
+    seen: dict[str, set[str]] = {}
+    for path in RECORDS.glob("*/records.jsonl"):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            specs = TASKS.get(rec["task"]["name"]).metric_specs()
+            for name, m in rec["metrics"].items():
+                pattern = next((p for p in specs if metric_matches(p, name)), None)
+                assert pattern is not None, f"{rec['task']['name']} emits undeclared {name}"
+                role, hib, _ = specs[pattern]
+                assert (m["role"], m["higher_is_better"]) == (role, hib), name
+                seen.setdefault(rec["task"]["name"], set()).add(pattern)
+    assert set(seen) == {"gmm-concept", "gmm-data", "digits-concept", "digits-data"}
+    for task, patterns in seen.items():
+        assert patterns == set(TASKS.get(task).metric_specs()), task
+
+
+@pytest.mark.parametrize("task,expected", [("digits-concept", {"rkl", "lik", "esd", "salun"}),
+                                           ("digits-data", {"fkl", "siss", "salun"})])
+def test_methods_all_means_the_methods_that_apply_to_the_task(task, expected, tmp_path):
+    from unlearnbench.methods import METHODS
+
+    methods = {t["method"] for t in plan_trials(task, "all", "eps", run_dir=str(tmp_path / "r")).trials}
+    assert expected <= methods
+    assert all(TASKS.get(task).kind in METHODS.get(m).kinds for m in methods), "no method of the other kind"

@@ -1,0 +1,108 @@
+"""Bad input never gives a traceback: each case is refused with exit status 2 and one ``error:`` message that names the
+value and what would be valid, before anything is written (no run directory, no files in the working directory)."""
+from __future__ import annotations
+
+import pytest
+
+from unlearnbench.cli.main import main
+
+RUN = ["run", "--task", "gmm-concept", "--methods", "rkl"]
+FILES = {  # written into the test's directory before each case; {tmp} in arguments points there
+    "afile": "not a directory\n",
+    "c_list.yaml": "methods: [1, 2]\n",
+    "c_int.yaml": "methods: {rkl: 5}\n",
+    "c_section.yaml": "method: {rkl: {lr: 1e-4}}\n",
+    "c_broken.yaml": "methods: {rkl: [1, 2\n",
+    "c_grids.yaml": "grids: {eps: {rkl: [20, oops]}}\n",
+    "c_task.yaml": "task: [forget, one]\n",
+    "c_top.yaml": "[1, 2]\n",
+    "g_neg.yaml": "values: {rkl: [-1]}\n",
+    "g_params.yaml": "values: {rkl: [20]}\nparams: {rkll: eps}\n",
+}
+
+CASES = [  # (arguments, substrings the message must hold)
+    (["run", "--task", "gmm-concept", "--methods", "rkll"], ["unknown method 'rkll'", "did you mean 'rkl'",
+                                                            "Valid methods: esd, fkl"]),
+    (["run", "--task", "gmm-concep", "--methods", "rkl"], ["unknown task 'gmm-concep'", "Valid tasks: digits-concept"]),
+    (["run", "--task", "gmm-concept", "--methods", "fkl"], ["method 'fkl' does not apply to concept task",
+                                                           "methods for it: esd, lik, rkl, salun"]),
+    (["run", "--task", "gmm-concept", "--methods", ","], ["no method given; valid: esd"]),
+    ([*RUN, "--grid", "nogrid"], ["no grid 'nogrid'; valid: eps, smoke"]),
+    (["run", "--task", "gmm-concept", "--methods", "all", "--grid", "nogrid"], ["grid 'nogrid'", "valid grids: eps, smoke"]),
+    ([*RUN, "--seeds", "a,b"], ["--seeds 'a,b'", "comma-separated integers, e.g. 0,1,2"]),
+    ([*RUN, "--set", "bogus"], ["--set 'bogus'", "expected KEY=VALUE"]),
+    ([*RUN, "--set", "method.rkl.lr=1"], ["--set 'method.rkl.lr=1'", "keys are methods.<method>.<field> or task.<option>"]),
+    ([*RUN, "--set", "methods.rkl.lrr=1"], ["unknown setting(s) lrr", "valid: batch_size, delta"]),
+    ([*RUN, "--set", "methods.nosuch.lr=1"], ["unknown method 'nosuch'", "Valid methods:"]),
+    ([*RUN, "--set", "methods.rkl.steps=1.5"], ["steps=1.5 is not an integer", "valid: a whole number"]),
+    ([*RUN, "--set", "methods.rkl.batch_size=2.7"], ["batch_size=2.7 is not an integer", "valid: a whole number"]),
+    ([*RUN, "--set", "methods.rkl.lr=true"], ["lr=True is not a number", "valid: a finite number"]),
+    ([*RUN, "--set", "methods.rkl.lr=.inf"], ["lr=inf is not finite", "valid: a finite number"]),
+    ([*RUN, "--set", "methods.rkl.lr=0"], ["lr=0.0 is out of range", "valid: a number > 0"]),
+    ([*RUN, "--set", "methods.rkl.lr="], ["lr=None is not allowed", "valid: a finite number > 0"]),
+    ([*RUN, "--set", "methods.rkl.n_estimate=0"], ["n_estimate=0 is out of range", "valid: an integer > 0"]),
+    ([*RUN, "--set", "methods.rkl.dual_warmup=-3"], ["dual_warmup", "must be >= 0", "got 0.05, -3"]),
+    ([*RUN, "--set", "methods.rkl.trainable=foo"], ["trainable='foo' is not a valid choice",
+                                                   "valid: full, xattn, noxattn, lora"]),
+    ([*RUN, "--set", "methods.rkl.train_null=maybe"], ["train_null='maybe' is not a boolean", "valid: true or false"]),
+    ([*RUN, "--set", "methods.esd.grad_clip=-1"], ["grad_clip=-1.0 is out of range", "valid: a finite number >= 0"]),
+    ([*RUN, "--set", "task.eval_samples=abc"], ["task.eval_samples='abc' is not an integer", "valid: a whole number"]),
+    ([*RUN, "--set", "task.eval_samples=-5"], ["task.eval_samples=-5 is out of range", "valid: an integer > 0"]),
+    ([*RUN, "--set", "task.data_noise=0.1"], ["unknown option(s) data_noise", "valid: forget, T, depth"]),
+    ([*RUN, "--set", "task.forget=three"], ["unknown forget set 'three'", "valid: pair, one"]),
+    (["run", "--task", "digits-concept", "--methods", "rkl", "--set", "task.n_eval=1e9.5"],
+     ["task.n_eval='1e9.5' is not an integer", "valid: a whole number"]),
+    ([*RUN, "--config", "{tmp}/c_list.yaml"], ["section 'methods' must be a mapping, got [1, 2]", "methods: {rkl: {lr"]),
+    ([*RUN, "--config", "{tmp}/c_int.yaml"], ["methods.rkl must be a mapping field -> value, got 5", "{rkl: {lr: 1e-4}}"]),
+    ([*RUN, "--config", "{tmp}/c_section.yaml"], ["unknown section(s) method", "valid: methods, task, grids"]),
+    ([*RUN, "--config", "{tmp}/c_broken.yaml"], ["c_broken.yaml' is not valid YAML"]),
+    ([*RUN, "--config", "{tmp}/c_grids.yaml"], ["grids.eps.rkl: value 'oops'", "not a finite number"]),
+    ([*RUN, "--config", "{tmp}/c_task.yaml"], ["section 'task' must be a mapping, got ['forget', 'one']",
+                                              "task: {forget: one}"]),
+    ([*RUN, "--config", "{tmp}/c_top.yaml"], ["must hold a mapping", "sections methods, task, grids"]),
+    ([*RUN, "--config", "{tmp}/missing.yaml"], ["missing.yaml' does not exist"]),
+    ([*RUN, "--config", "{tmp}"], ["cannot be read as text", "give a YAML file"]),
+    ([*RUN, "--grid", "{tmp}/g_neg.yaml"], ["rkl with eps=-1: threshold b=-1.0 is impossible"]),
+    ([*RUN, "--grid", "{tmp}/g_params.yaml"], ["params: unknown method 'rkll'", "Valid methods:"]),
+    ([*RUN, "--out", "{tmp}/afile"], ["--out '", "afile' is an existing file", "give a directory"]),
+    ([*RUN, "--out", "{tmp}/afile/sub"], ["afile' is a file", "give a path under a writable directory"]),
+    ([*RUN, "--out", "/proc/unlearnbench-test"], ["cannot create a directory in '/proc'",
+                                                  "give a path under a writable directory"]),
+    ([*RUN, "--num-cpus", "0"], ["--num-cpus 0", "a whole number >= 1"]),
+    ([*RUN, "--max-concurrent", "-2"], ["--max-concurrent -2", "a whole number >= 1"]),
+    ([*RUN, "--steps", "-3"], ["--steps -3", "a whole number >= 0"]),
+    ([*RUN, "--executor", "bogus"], ["invalid choice: 'bogus'", "'ray', 'serial'"]),
+    ([*RUN, "--steps", "abc"], ["--steps: invalid int value: 'abc'"]),
+    (["run", "--resume", "{tmp}/norun"], ["--resume", "no args.json there", "is it a run directory?"]),
+    (["validate", "--task", "gmm-data", "--methods", "fkl", "--set", "task.T=0"], ["task.T=0 is out of range",
+                                                                                  "valid: an integer > 0"]),
+    (["ls", "methods", "nosuch"], ["unknown method 'nosuch'", "Valid methods:"]),
+    (["ls", "tasks", "gmm"], ["unknown task 'gmm'", "Valid tasks:"]),
+    (["ls", "metrics", "kid"], ["ls metrics takes no NAME (got 'kid')", "NAME works with: methods, tasks"]),
+    (["ls", "nothing"], ["invalid choice: 'nothing'", "'methods', 'metrics', 'tasks', 'grids'"]),
+    (["pretrain", "--task", "gmm-concep"], ["unknown task 'gmm-concep'", "Valid tasks:"]),
+]
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse refuses with status 2 after printing usage and the message
+        return int(e.code)
+
+
+@pytest.mark.parametrize("args,expected", CASES, ids=[" ".join(a[1:])[:60] for a, _ in CASES])
+def test_bad_input_is_refused_with_a_message_and_nothing_written(args, expected, tmp_path, monkeypatch, capsys):
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if argv[0] == "run" and "--out" not in argv and "--resume" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    rc = _run(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and "error:" in err
+    for text in expected:
+        assert text in err, f"{text!r} not in {err!r}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES), "nothing may be written"
