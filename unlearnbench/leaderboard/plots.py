@@ -1,9 +1,9 @@
 """Leaderboard plots (matplotlib Agg through the object API: no pyplot, no global backend switch).
 
 One fixed colour per method on every page and plot (:func:`method_color`); entries of one method with different
-settings share its colour and differ in marker. Axes survive outliers: limits come from the bulk of the points
-(quartiles with a wide fence, always including the pretrained point) and a point beyond them is drawn as a
-triangle on the edge, labelled with its value.
+settings share its colour and differ in marker. Axes survive outliers: limits come from the points that are not
+worse than the task's fixed hypervolume reference, within a wide interquartile fence, always including the
+pretrained point; a point beyond them is drawn as a triangle on the edge (its value is in the points table).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from unlearnbench.leaderboard.stats import reference
 from unlearnbench.pareto import _to_float, pareto_front
 from unlearnbench.results import Axis, TaskData, fmt, grid_of, grid_sort_key, oracle_fronts
 
@@ -26,7 +27,7 @@ _EXTRA = ["#e377c2", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#84
           "#e6550d", "#31a354", "#756bb1"]
 PRETRAINED_COLOR = "#000000"
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
-FENCE = 3.0  # interquartile ranges beyond the quartiles before a point counts as off-scale
+FENCE = 10.0  # interquartile ranges beyond the quartiles before a point counts as off-scale (blown-up runs)
 
 
 def method_color(method: str) -> str:
@@ -61,19 +62,34 @@ def style():
                                                  "grid.alpha": 0.3, "font.size": 9}])
 
 
-def robust_limits(values: np.ndarray, keep: np.ndarray | None = None) -> tuple[float, float]:
-    """Axis limits covering the bulk of ``values`` (quartiles +- FENCE IQR) and every ``keep`` value, padded 6 %."""
+def robust_limits(values: np.ndarray, keep: np.ndarray | None = None, fence: bool = True) -> tuple[float, float]:
+    """Axis limits covering ``values`` (within quartiles +- FENCE IQR if ``fence``) and every ``keep`` value,
+    padded 6 %."""
     v = values[np.isfinite(values)]
-    if v.size == 0:
-        return 0.0, 1.0
-    q1, q3 = np.percentile(v, [25, 75])
-    iqr = q3 - q1 if q3 > q1 else max(float(np.ptp(v)), abs(float(q3)) * 0.1, 1e-12)
-    inside = v[(v >= q1 - FENCE * iqr) & (v <= q3 + FENCE * iqr)]
     if keep is not None:
-        inside = np.concatenate([inside, keep[np.isfinite(keep)]])
-    lo, hi = float(inside.min()), float(inside.max())
+        keep = keep[np.isfinite(keep)]
+    if v.size == 0 and (keep is None or keep.size == 0):
+        return 0.0, 1.0
+    if fence and v.size:
+        q1, q3 = np.percentile(v, [25, 75])
+        iqr = q3 - q1 if q3 > q1 else max(float(np.ptp(v)), abs(float(q3)) * 0.1, 1e-12)
+        v = v[(v >= q1 - FENCE * iqr) & (v <= q3 + FENCE * iqr)]
+    if keep is not None:
+        v = np.concatenate([v, keep])
+    lo, hi = float(v.min()), float(v.max())
     pad = 0.06 * (hi - lo) if hi > lo else max(abs(lo) * 0.1, 0.05)
     return lo - pad, hi + pad
+
+
+def limits(pts: np.ndarray, pre: tuple | None, curves: list, ref: tuple | None, maximize: tuple[bool, bool]):
+    """(xlim, ylim): from the useful points (see :func:`useful`; without a fixed reference, an IQR fence instead),
+    the pretrained point and the exact curves where they fall inside the points' unlearning range."""
+    pts = useful(pts, ref, maximize)
+    pre_arr = np.array([pre], dtype=float) if pre is not None else np.zeros((0, 2))
+    xlim = robust_limits(pts[:, 0], pre_arr[:, 0], fence=ref is None)
+    cy = [c[(c[:, 0] >= xlim[0]) & (c[:, 0] <= xlim[1]), 1] for _, c in curves]
+    keep_y = np.concatenate([pre_arr[:, 1], *cy])
+    return xlim, robust_limits(pts[:, 1], keep_y, fence=ref is None)
 
 
 def exact_curves(td: TaskData, axis: Axis) -> list[tuple[str, np.ndarray]]:
@@ -94,16 +110,26 @@ def _direction(hib: bool) -> str:
     return "↑ better" if hib else "↓ better"
 
 
-def _clip_marks(ax: Any, pts: np.ndarray, xlim: tuple, ylim: tuple, color: str) -> None:
-    """Off-scale points as triangles on the nearest edge, labelled with their value."""
+def _clip_marks(ax: Any, pts: np.ndarray, xlim: tuple, ylim: tuple, color: str) -> int:
+    """Off-scale points as triangles on the nearest edge; returns how many there were."""
+    n = 0
     for x, y in pts:
         cx, cy = min(max(x, xlim[0]), xlim[1]), min(max(y, ylim[0]), ylim[1])
         if (cx, cy) == (x, y):
             continue
         marker = "<" if x < xlim[0] else ">" if x > xlim[1] else "v" if y < ylim[0] else "^"
-        ax.plot([cx], [cy], marker=marker, color=color, ms=7, ls="none", clip_on=False, zorder=4)
-        ax.annotate(f"({fmt(x)}, {fmt(y)})", (cx, cy), textcoords="offset points", xytext=(-4, -10), fontsize=6,
-                    color=color, ha="right", annotation_clip=False)
+        ax.plot([cx], [cy], marker=marker, color=color, ms=8, ls="none", clip_on=False, zorder=4)
+        n += 1
+    return n
+
+
+def useful(pts: np.ndarray, ref: tuple[float, float] | None, maximize: tuple[bool, bool]) -> np.ndarray:
+    """The points not worse than a fixed hypervolume reference on either axis (all points without one)."""
+    if ref is None or pts.shape[0] == 0:
+        return pts
+    s = np.array([1.0 if m else -1.0 for m in maximize])
+    keep = np.all(pts * s >= np.asarray(ref) * s, axis=1)
+    return pts[keep] if keep.any() else pts
 
 
 def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
@@ -120,13 +146,12 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
         return False
     styles = entry_styles(td)
     allpts = np.concatenate([ps.mean for _, ps in series]) if series else np.zeros((0, 2))
-    pre_arr = np.array([pre]) if pre is not None else np.zeros((0, 2))
-    xlim = robust_limits(allpts[:, 0], pre_arr[:, 0])
-    ylim = robust_limits(allpts[:, 1], pre_arr[:, 1])
+    ref, ref_src = reference(td, axis)
+    xlim, ylim = limits(allpts, pre, curves, ref if ref_src == "fixed" else None, mx)
     with style():
         fig = Figure(figsize=(6.6, 4.6))
         ax = fig.add_subplot()
-        handles = []
+        handles, off = [], 0
         for entry, ps in series:
             c, mk = styles[entry]
             err = [np.nan_to_num(np.abs(ps.mean - ps.lo), nan=0.0), np.nan_to_num(np.abs(ps.hi - ps.mean), nan=0.0)]
@@ -137,7 +162,7 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
             ax.plot(front[:, 0], front[:, 1], "-", marker=mk, color=c, ms=5, lw=1.6, zorder=3)
             for (x, y), g in zip(ps.mean, ps.grid):
                 ax.annotate(fmt(g), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6.5, color=c)
-            _clip_marks(ax, ps.mean, xlim, ylim, c)
+            off += _clip_marks(ax, ps.mean, xlim, ylim, c)
             n = int(ps.n.max()) if ps.n.size else 0
             handles.append(Line2D([], [], color=c, marker=mk, ms=5, lw=1.6, label=f"{entry} ({n} seed{'s' * (n != 1)})"))
         for i, (form, arr) in enumerate(curves):
@@ -159,6 +184,9 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
         primary = " (primary)" if td.axes and tuple(axis) == tuple(td.axes[0]) else ""
         ax.set_title(f"{td.name}: {axis[1]} vs {axis[0]}{primary}\nseed means, {how}; labels = grid value",
                      fontsize=9)
+        if off:
+            handles.append(Line2D([], [], marker="^", color="grey", ls="none", ms=7,
+                                  label=f"{off} point(s) off-scale (values in the points table)"))
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
         save(fig, path)
     return True
