@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make run    create .venv if missing, install, run the default benchmark (digits, CPU)
+#   make run    create .venv if missing, install, run the default benchmark (digits, CPU, 2 seeds: intervals)
 #   make test   same set-up, then the test suite (offline)
 VENV   ?= .venv
 PYTHON ?= python3
@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml
 
 run: $(VENV)/.installed
 	$(UB) pretrain --task digits
-	$(UB) run --task digits-concept --methods rkl,esd --grid eps --out runs/digits-concept-$$(date +%Y%m%d-%H%M%S)
-	$(UB) run --task digits-data --methods fkl,siss --grid eps --out runs/digits-data-$$(date +%Y%m%d-%H%M%S)
+	$(UB) run --task digits-concept --methods rkl,esd --grid eps --seeds 0,1 --out runs/digits-concept-$$(date +%Y%m%d-%H%M%S)
+	$(UB) run --task digits-data --methods fkl,siss --grid eps --seeds 0,1 --out runs/digits-data-$$(date +%Y%m%d-%H%M%S)
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -m "not slow"

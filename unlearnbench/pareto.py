@@ -7,11 +7,13 @@ NaN coordinates mark a missing measurement: such points are on no front and domi
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["pareto_front", "hypervolume_2d", "interpolate_front", "aggregate_seeds", "grid_sort_key"]
+__all__ = ["pareto_front", "hypervolume_2d", "interpolate_front", "retention_at", "level_range", "aggregate_seeds",
+           "grid_sort_key", "mean_interval", "replicates", "percentile_interval"]
 
 
 def _as_points(points: Any) -> np.ndarray:
@@ -120,6 +122,51 @@ def interpolate_front(front_points: Any, levels: Any, maximize: Sequence[bool] |
     return out
 
 
+def retention_at(points: Any, levels: Any, maximize: Sequence[bool]) -> np.ndarray:
+    """Retention reachable at each unlearning level: "unlearning at least as strong as the level".
+
+    Inside the front's unlearning range the front is interpolated piecewise-linearly; on the weak side of its
+    weakest point the best retention of the front counts (a stronger unlearning also meets a weaker level); a level
+    stronger than every point is not reached (NaN).
+
+    Args:
+        points: [n, 2] (unlearning, retention) values (the front is extracted from them).
+        levels: [L] unlearning values.
+        maximize: per axis, whether larger values are better.
+
+    Returns:
+        [L] float retention values.
+    """
+    p = _as_points(points)
+    p = p[pareto_front(p, maximize)]
+    lv = np.atleast_1d(np.asarray(levels, dtype=float))
+    out = interpolate_front(p, lv)
+    if p.shape[0]:
+        su = 1.0 if maximize[0] else -1.0
+        weakest = p[np.argmin(su * p[:, 0])]
+        out[su * lv < su * weakest[0]] = weakest[1]
+    return out
+
+
+def level_range(fronts: Iterable[Any], maximize: Sequence[bool]) -> tuple[float, float] | None:
+    """Unlearning levels where every front has points: from the strongest of the fronts' weakest points to the
+    weakest of their strongest points, as (weak end, strong end) in raw units. When the ranges do not overlap,
+    the single level every front reaches (see :func:`retention_at`): the weakest strongest point. None without a
+    front."""
+    su = 1.0 if maximize[0] else -1.0
+    strongest, weakest = [], []
+    for f in fronts:
+        u = _as_points(f)[:, 0]
+        u = u[np.isfinite(u)]
+        if u.size:
+            strongest.append(float((su * u).max()))
+            weakest.append(float((su * u).min()))
+    if not strongest:
+        return None
+    strong = min(strongest)
+    return su * min(max(weakest), strong), su * strong
+
+
 def grid_sort_key(value: Any) -> tuple:
     """Sort key for grid values that may be numbers, strings or None (numbers first, in numeric order)."""
     if isinstance(value, bool) or value is None:
@@ -175,3 +222,72 @@ def _to_float(v: Any) -> float:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Intervals: 95 % over seeds (t or bootstrap), else from the within-trial evaluation stderr
+# ----------------------------------------------------------------------------------------------------------------
+Z95 = 1.959963984540054
+N_BOOT = 1000
+
+
+def mean_interval(values: Any, stderr: Any = None) -> tuple[float, float, float, int, str]:
+    """Mean and 95 % interval of one quantity measured once per seed.
+
+    With two or more finite values the interval is Student's t over seeds (source ``"seeds"``); with one, the
+    value ± 1.96 x its evaluation stderr (source ``"eval"``, or ``"none"`` without a stderr).
+
+    Returns:
+        ``(mean, lo, hi, n, source)``; NaNs and ``n = 0`` when there is no finite value.
+    """
+    from scipy.stats import t as student_t
+
+    v = np.asarray(values, dtype=float).ravel()
+    se = np.full(v.shape, np.nan) if stderr is None else np.asarray(stderr, dtype=float).ravel()
+    keep = np.isfinite(v)
+    v, se = v[keep], se[keep]
+    if v.size == 0:
+        return math.nan, math.nan, math.nan, 0, "none"
+    m = float(v.mean())
+    if v.size >= 2:
+        half = float(student_t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+        return m, m - half, m + half, int(v.size), "seeds"
+    if math.isfinite(se[0]):
+        return m, m - Z95 * float(se[0]), m + Z95 * float(se[0]), 1, "eval"
+    return m, math.nan, math.nan, 1, "none"
+
+
+def replicates(values: Any, stderr: Any, n_boot: int = N_BOOT, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Bootstrap replicates of seed-mean points.
+
+    Args:
+        values: [k, s, d] one value per point, seed and coordinate (NaN = missing).
+        stderr: [k, s, d] their evaluation stderr (used only with a single seed).
+
+    Returns:
+        ``([n_boot, k, d] replicated seed means, source)``: seeds resampled with replacement when there are two or
+        more (``"seeds"``); else each value drawn from a normal with its evaluation stderr (``"eval"``).
+    """
+    v = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    k, s, d = v.shape
+    if s >= 2:
+        idx = rng.integers(0, s, size=(n_boot, s))
+        with warnings.catch_warnings():  # an all-NaN resample (a point missing in the drawn seeds) stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            reps = np.nanmean(v[:, idx, :], axis=2)  # [k, n_boot, d]
+        return np.moveaxis(reps, 1, 0), "seeds"
+    se = np.nan_to_num(np.asarray(stderr, dtype=float), nan=0.0)
+    noise = rng.standard_normal((n_boot, k, d))
+    return v[None, :, 0, :] + noise * se[None, :, 0, :], "eval"
+
+
+def percentile_interval(samples: Any) -> tuple[float, float]:
+    """2.5 and 97.5 percentiles of the finite samples (NaN, NaN when fewer than 2)."""
+    x = np.asarray(samples, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return math.nan, math.nan
+    lo, hi = np.percentile(x, [2.5, 97.5])
+    return float(lo), float(hi)
+

@@ -227,6 +227,8 @@ def summary_row(record: dict[str, Any]) -> dict[str, Any]:
            "error": record.get("error")}
     for name, m in sorted(record.get("metrics", {}).items()):
         row[name] = m["value"]
+        row[f"{name}_stderr"] = m.get("stderr")  # the evaluation's own uncertainty, n samples
+        row[f"{name}_n"] = m.get("n")
     train = record.get("train") or {}
     if train.get("final_duals") is not None:
         row["duals"] = " ".join(f"{d:.4g}" for d in train["final_duals"])

@@ -34,9 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``leaderboard`` on the main parser's subparsers; sets ``func=run``."""
     p = subparsers.add_parser(
         "leaderboard", help="rebuild leaderboards (CSV, plots, index.html) from run records",
-        description="Rebuild per-task leaderboards from trial records: Pareto fronts per method, hypervolume, "
-                    "retention at fixed unlearning levels, constraint satisfaction, gap to exact fronts, cost and "
-                    "provenance; plots and one static index.html. Records only: nothing is re-run.",
+        description="Rebuild per-task leaderboards from trial records: Pareto fronts per method and settings, "
+                    "hypervolume and retention at matched unlearning levels with 95 %% intervals, convergence and "
+                    "constraint satisfaction, gap to exact fronts, cost and provenance; plots and one static "
+                    "index.html. Records only: nothing is re-run. Writes only the given tasks' files and deletes "
+                    "nothing, so one run can be added to a full leaderboard folder.",
         epilog=_LEADERBOARD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_runs_flag(p)
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
@@ -50,8 +52,9 @@ def add_claims_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p = subparsers.add_parser(
         "claims", help="check the paper's three claims on run records",
         description="Check the paper's claims (rkl dominates ESD on concept tasks, fkl dominates SISS on data "
-                    "tasks, lik preserves retained concepts better at matched unlearning) on trial records and "
-                    "print each verdict with the numbers behind it.",
+                    "tasks, lik preserves retained concepts better at matched unlearning) as paired tests at "
+                    "matched unlearning levels: each verdict with its levels, seeds and the 95 %% bootstrap "
+                    "interval of the retention difference; 'inconclusive' when the interval contains 0.",
         epilog=_CLAIMS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_runs_flag(p)
     p.set_defaults(func=run_claims)
@@ -92,9 +95,10 @@ def run(args: argparse.Namespace) -> int:
     result = build_leaderboard(runs, Path(args.out).resolve())
     for name, info in result["tasks"].items():
         ranking = ", ".join(m for m in info["ranking"]) or "-"
-        print(f"{name}: {info['n_ok']} ok, {info['n_failed']} failed; ranking {ranking} -> {info['csv']}")
+        print(f"{name}: {info['n_ok']} ok, {info['n_diverged']} diverged, {info['n_failed']} failed; "
+              f"ranking {ranking} -> {info['csv']}")
     if result["failed"]:
-        print(f"{len(result['failed'])} failed trial(s) listed in {result['index']}#failed")
+        print(f"{len(result['failed'])} diverged or failed trial(s) listed per task in {result['index']}")
     print(f"leaderboard: {result['index']}")
     return 0
 

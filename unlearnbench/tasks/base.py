@@ -117,6 +117,19 @@ class MetricValue:
                 "higher_is_better": self.higher_is_better}
 
 
+def add_pretrained(out: dict[str, MetricValue], name: str, value: MetricValue) -> None:
+    """Store the pretrained model's value of metric ``name`` as the info metric ``<name>_pretrained``: the
+    leaderboard draws it as the pretrained model's point on every front that uses ``name``. The companion is
+    registered (idempotently) next to a registered ``name``."""
+    from unlearnbench.metrics.base import METRICS, spec
+
+    companion = f"{name}_pretrained"
+    if name in METRICS and companion not in METRICS:
+        base = METRICS.get(name)
+        spec(companion, "info", base.higher_is_better, base.family, f"the pretrained model's {name} (front plots)")
+    out[companion] = MetricValue(value.value, value.stderr, value.n, "info", value.higher_is_better)
+
+
 class Task(abc.ABC):
     """A benchmark task. Subclasses are registered in ``unlearnbench.tasks.TASKS``.
 

@@ -43,7 +43,7 @@ from unlearnbench.metrics.base import spec
 from unlearnbench.models import (CLASSIFIER_DEFAULTS, NULL_PROMPT, PRETRAIN_DEFAULTS, UNET_DEFAULTS, CondUNet,
                                  DigitClassifier, digit_prompt, make_schedule, n_params, pretrain_unet, prompt_digit,
                                  split_digits, train_classifier)
-from unlearnbench.tasks.base import MetricValue, ModelBundle, Task, frozen_copy
+from unlearnbench.tasks.base import MetricValue, ModelBundle, Task, add_pretrained, frozen_copy
 
 logger = logging.getLogger(__name__)
 
@@ -306,19 +306,27 @@ def _mean_metric(v: Tensor, role: str, hib: bool) -> MetricValue:
     return MetricValue(float(v.mean()), se, n, role, hib)  # type: ignore[arg-type]
 
 
-def _save_grid(path: str, rows: list[Tensor], scale: int = 4) -> str:
-    """Rows of [n, 1, 8, 8] images in [-1, 1] -> one PNG (each image scaled up ``scale`` x, 1 px gaps)."""
-    from PIL import Image
+def _save_grid(path: str, rows: list[Tensor], labels: list[str], scale: int = 4) -> str:
+    """Rows of [n, 1, 8, 8] images in [-1, 1] -> one PNG: torchvision's ``make_grid`` (each image scaled up
+    ``scale`` x, 2 px gaps), a label left of each row."""
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
 
     n = max(r.shape[0] for r in rows)
-    s = 8 * scale + 1
-    canvas = torch.ones(len(rows) * s + 1, n * s + 1) * 0.5
-    for i, r in enumerate(rows):
-        for j, img in enumerate(r):
-            tile = ((img[0].clamp(-1, 1) + 1) / 2).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-            canvas[1 + i * s:1 + i * s + 8 * scale, 1 + j * s:1 + j * s + 8 * scale] = tile
+    tiles = []
+    for r in rows:
+        r = ((r.clamp(-1, 1) + 1) / 2).repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+        tiles.append(torch.cat([r, torch.ones(n - r.shape[0], *r.shape[1:])]) if r.shape[0] < n else r)
+    grid = make_grid(torch.cat(tiles), nrow=n, padding=2, pad_value=0.5)[0]  # [H, W]
+    label_w = 8 + 6 * max(len(s) for s in labels)  # PIL's default bitmap font: about 6 px per character
+    canvas = Image.new("L", (label_w + grid.shape[1], grid.shape[0]), 255)
+    canvas.paste(Image.fromarray((grid * 255).round().byte().numpy(), mode="L"), (label_w, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_h = 8 * scale + 2
+    for i, text in enumerate(labels):
+        draw.text((4, 2 + i * row_h + row_h // 2 - 6), text, fill=0)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray((canvas * 255).round().byte().numpy(), mode="L").save(path)
+    canvas.save(path)
     return path
 
 
@@ -445,10 +453,31 @@ class DigitsConceptTask(_DigitsTask):
         xk, ck = x[~isf].to(bundle.device), cond[~isf].to(bundle.device)
         kl = kl_proxy(bundle.schedule, xk, net, ref, ck, n_t=4, generator=torch.Generator().manual_seed(60_000 + seed))
         out["kl_proxy_kept"] = _mean_metric(kl.cpu(), "retention", False)
+        self._pretrained_point(out, forget, kept, seed)
         art = bundle.extras.get("artifact_dir")
         if art:
             bundle.extras.setdefault("artifacts", {})["samples"] = self._grid(bundle, os.path.join(art, "samples.png"))
         return out
+
+    def _pretrained_point(self, out: dict[str, MetricValue], forget: list[int], kept: list[int], seed: int) -> None:
+        """The pretrained model's values of the axis metrics, from the cached pool of its samples (no sampling):
+        accuracies of the pool, KID of one half of the pool's kept-prompt features to the other, and a KL proxy
+        of 0 (the pretrained model against itself)."""
+        from unlearnbench.metrics.kid_fid import kid
+
+        pool = self._base()["pool"]
+        n = int(pool["samples"].shape[1])
+        for name, prompts, role, hib in (("acc_forget", forget, "unlearning", False),
+                                         ("acc_kept", kept, "retention", True)):
+            a = float(pool["acc"][torch.tensor(prompts)].double().mean())
+            add_pretrained(out, name, MetricValue(a, math.sqrt(a * (1 - a) / (n * len(prompts))), n * len(prompts),
+                                                  role, hib))  # type: ignore[arg-type]
+        feats = pool["feats"][torch.tensor(kept)]
+        half = feats.shape[1] // 2
+        real, fake = feats[:, :half].flatten(0, 1), feats[:, half:].flatten(0, 1)
+        add_pretrained(out, "kid_kept", kid(real, fake, subsets=50, subset_size=min(fake.shape[0], 1000),
+                                            generator=torch.Generator().manual_seed(seed)))
+        add_pretrained(out, "kl_proxy_kept", MetricValue(0.0, 0.0, n * len(kept), "retention", False))
 
     def _grid(self, bundle: ModelBundle, path: str, per: int = 8) -> str:
         """Rows: for each erased prompt and two kept ones, pretrained then unlearned samples from the same noise."""
@@ -458,10 +487,12 @@ class DigitsConceptTask(_DigitsTask):
         x_T = torch.randn((cond.shape[0], 1, 8, 8), generator=g)
         a = sample_prompts(bundle.ref, bundle.schedule, cond, bundle.guidance, bundle.sample_steps, g, x_T=x_T)
         b = sample_prompts(bundle.net, bundle.schedule, cond, bundle.guidance, bundle.sample_steps, g, x_T=x_T)
-        rows = []
-        for i in range(len(prompts)):
+        rows, labels = [], []
+        for i, p in enumerate(prompts):
             rows += [a[i * per:(i + 1) * per], b[i * per:(i + 1) * per]]
-        return _save_grid(path, rows)
+            what = "erased" if p in bundle.forget_concepts else "kept"
+            labels += [f"digit {prompt_digit(p)} ({what}): pretrained", f"digit {prompt_digit(p)} ({what}): unlearned"]
+        return _save_grid(path, rows, labels)
 
 
 class DigitsDataTask(_DigitsTask):
@@ -492,6 +523,24 @@ class DigitsDataTask(_DigitsTask):
         "siss": {"lr": 1e-4, "batch_size": 64},
     }
     sane_ranges = {"regen_*": (0.0, 1.0), "kid_*": (-0.05, 2.0), "*_bpd": (-5.0, 20.0), "forget_nll_ode": (-5.0, 20.0)}
+
+    @staticmethod
+    def _bpd(bundle: ModelBundle, net, forget: Tensor, held: Tensor, seed: int) -> dict[str, MetricValue]:
+        """forget_bpd and retain_bpd of ``net``; own generators, so trials with the same seed share t and noise
+        draws (paired comparisons, and the pretrained model scored on the same draws)."""
+        from unlearnbench.metrics.likelihood import elbo_bpd
+
+        dev, reps = bundle.device, 16
+        g = torch.Generator().manual_seed(30_000 + seed)
+        fc = torch.full((forget.shape[0],), bundle.null_cond, device=dev)
+        fb = elbo_bpd(bundle.schedule, net, forget.to(dev).repeat(reps, 1, 1, 1), fc.repeat(reps), n_t=16,
+                      generator=g).view(reps, -1)
+        g = torch.Generator().manual_seed(40_000 + seed)
+        hc = torch.full((held.shape[0],), bundle.null_cond, device=dev)
+        hb = elbo_bpd(bundle.schedule, net, held.to(dev), hc, n_t=8, generator=g)
+        return {"forget_bpd": MetricValue(float(fb.mean()), float(fb.mean(1).std() / math.sqrt(reps)),
+                                          int(forget.shape[0]), "unlearning", True),
+                "retain_bpd": _mean_metric(hb.cpu(), "retention", False)}
 
     def _data_key(self) -> dict[str, Any]:
         return {"base": self.cfgs["unet"], "finetune": self.cfgs["finetune"], "inject": INJECT_COPIES,
@@ -574,7 +623,7 @@ class DigitsDataTask(_DigitsTask):
     @torch.no_grad()
     def evaluate(self, bundle: ModelBundle, seed: int) -> dict[str, MetricValue]:
         from unlearnbench.metrics.kid_fid import kid
-        from unlearnbench.metrics.likelihood import elbo_bpd, pf_ode_loglik, bits_per_dim
+        from unlearnbench.metrics.likelihood import bits_per_dim, pf_ode_loglik
         from unlearnbench.metrics.memorization import regeneration_rate
 
         st = self._base()
@@ -602,18 +651,11 @@ class DigitsDataTask(_DigitsTask):
         k = kid(real, pool["feats"], subsets=100, subset_size=min(m, pool["feats"].shape[0]),
                 generator=torch.Generator().manual_seed(seed))
         out["kid_retain_pretrained"] = MetricValue(k.value, k.stderr, k.n, "info", False)
-        # likelihoods: own generators, so trials with the same seed share t and noise draws (paired comparisons)
-        dev, reps = bundle.device, 16
-        g = torch.Generator().manual_seed(30_000 + seed)
+        out.update(self._bpd(bundle, net, forget, held, seed))
+        for name, v in self._bpd(bundle, ref, forget, held, seed).items():  # same draws: the pretrained point
+            add_pretrained(out, name, v)
+        dev = bundle.device
         fc = torch.full((forget.shape[0],), bundle.null_cond, device=dev)
-        fb = elbo_bpd(bundle.schedule, net, forget.to(dev).repeat(reps, 1, 1, 1), fc.repeat(reps), n_t=16,
-                      generator=g).view(reps, -1)
-        out["forget_bpd"] = MetricValue(float(fb.mean()), float(fb.mean(1).std() / math.sqrt(reps)),
-                                        int(forget.shape[0]), "unlearning", True)
-        g = torch.Generator().manual_seed(40_000 + seed)
-        hc = torch.full((held.shape[0],), bundle.null_cond, device=dev)
-        hb = elbo_bpd(bundle.schedule, net, held.to(dev), hc, n_t=8, generator=g)
-        out["retain_bpd"] = _mean_metric(hb.cpu(), "retention", False)
         g = torch.Generator().manual_seed(50_000 + seed)
         with torch.enable_grad():
             ll = pf_ode_loglik(bundle.schedule, net, forget.to(dev), fc, steps=40, divergence="hutchinson",
@@ -623,7 +665,9 @@ class DigitsDataTask(_DigitsTask):
         art = bundle.extras.get("artifact_dir")
         if art:
             rows = [forget, pool["samples"][:16], x[:16]]
-            bundle.extras.setdefault("artifacts", {})["samples"] = _save_grid(os.path.join(art, "samples.png"), rows)
+            labels = ["forget image(s)", "pretrained samples", "unlearned samples"]
+            bundle.extras.setdefault("artifacts", {})["samples"] = _save_grid(os.path.join(art, "samples.png"), rows,
+                                                                              labels)
         return out
 
 

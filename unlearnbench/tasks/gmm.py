@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from unlearnbench.cache import cached_torch
 from unlearnbench.diffusion import Schedule, add_noise
 from unlearnbench.metrics.gmm import ExactEps, GaussianMixture
-from unlearnbench.tasks.base import MetricValue, ModelBundle, Task
+from unlearnbench.tasks.base import MetricValue, ModelBundle, Task, add_pretrained
 
 logger = logging.getLogger(__name__)
 VERSION = 2  # bump when the distillation or the layouts change (part of every cache key)
@@ -311,6 +311,14 @@ class GMMConceptTask(_GMMTask):
             se = math.sqrt(sum(m.stderr ** 2 for m in kept)) / len(kept)
             mean = float(np.mean([m.value for m in kept]))
             out["kl_kept"] = MetricValue(mean, se, nk * len(kept), "retention", False)
+        # the pretrained model's point, by the same estimators on exact samples of q (where the exact fronts start)
+        xq = mix.sample(n, gen)
+        lq, cq, rq = mix.logpdf(xq), mix.component_logpdf(xq), mix.responsibilities(xq)
+        add_pretrained(out, "kl_pretrained", MetricValue(0.0, 0.0, n, "retention", False))
+        add_pretrained(out, "kl_concept_min", min((mc_value(lq - cq[:, k - 1], "unlearning", True)
+                                                   for k in self.erased), key=lambda m: m.value))
+        add_pretrained(out, "forgotten_mass", max((mc_value(rq[:, k - 1], "unlearning", False)
+                                                   for k in self.erased), key=lambda m: m.value))
         return out
 
     # -- oracle ---------------------------------------------------------------------------------------------------
@@ -422,6 +430,13 @@ class GMMDataTask(_GMMTask):
         out["forget_kl_gain_min"] = MetricValue(g.value, g.stderr, g.n, "unlearning", True)
         nll = -lp[-len(F):]
         out["forget_nll"] = MetricValue(float(nll.mean()), None, len(F), "unlearning", True)
+        # the pretrained model's point: the same estimators with the exact log q on the same samples
+        add_pretrained(out, "kl_pretrained", MetricValue(0.0, 0.0, n, "retention", False))
+        add_pretrained(out, "kl_retrain", mc_value(retrain.logpdf(xr) - mix.logpdf(xr), "retention", False))
+        pre = [mc_value(forget.component_logpdf(xu[i * nu:(i + 1) * nu])[:, i] - mix.logpdf(xu[i * nu:(i + 1) * nu]),
+                        "unlearning", True) for i in range(len(F))]
+        add_pretrained(out, "forget_kl_min", min(pre, key=lambda m: m.value))
+        add_pretrained(out, "forget_kl_gain_min", MetricValue(0.0, 0.0, nu, "unlearning", True))
         return out
 
     # -- oracle ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""HTML of the leaderboard page: per-task fragments and the page that assembles them.
+
+Each task writes two fragments (``parts/<task>.summary.html``, ``parts/<task>.detail.html``) and its claim
+comparisons (``parts/<task>.claims.json``); ``index.html`` and ``claims.txt`` are assembled from every fragment in
+the folder. So rebuilding one task rewrites that task's files and the assembled page, and leaves the other tasks'
+files as they were. Order on the page: summary tables, then per task its fronts, duals and samples, then claims.
+No script, no absolute path, nothing outside the folder is linked.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Sequence
+
+from unlearnbench.leaderboard.plots import method_color
+from unlearnbench.leaderboard.stats import common_levels
+from unlearnbench.leaderboard.tables import reference_notes
+from unlearnbench.results import TaskData, axis_label, fmt, grid_of
+
+CSS = """body{font-family:sans-serif;max-width:1250px;margin:1em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:12px;margin:0.5em 0}th,td{border:1px solid #ccc;padding:2px 5px;
+text-align:right;vertical-align:top}th{background:#f0f0f0}td.l,th.l{text-align:left}.scroll{overflow-x:auto}
+figure{display:inline-block;margin:0.4em;vertical-align:top}img.plot{max-width:100%}
+img.sample{image-rendering:pixelated;max-width:100%}figcaption{font-size:12px}
+.holds{color:#070;font-weight:bold}.fails{color:#a00;font-weight:bold}.inconclusive{color:#a60;font-weight:bold}
+.nodata{color:#777}.swatch{display:inline-block;width:0.8em;height:0.8em;margin-right:0.3em;border-radius:2px}
+.note{color:#555;font-size:13px}"""
+
+
+def e(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[str] = (), raw: bool = False) -> str:
+    """An HTML table; cells are escaped unless ``raw`` (already HTML)."""
+    def cls(h: str) -> str:
+        return ' class="l"' if h in left else ""
+
+    out = ['<div class="scroll"><table>', "<tr>" + "".join(f"<th{cls(h)}>{e(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td{cls(h)}>{v if raw else e(v)}</td>" for h, v in zip(header, row)) + "</tr>")
+    out.append("</table></div>")
+    return "\n".join(out)
+
+
+def _ci(v: dict, col: str) -> str:
+    if not fmt(v.get(col)):
+        return ""
+    lo, hi = fmt(v.get(f"{col}_lo")), fmt(v.get(f"{col}_hi"))
+    return f"{fmt(v.get(col))} [{lo}, {hi}]" if lo and hi else fmt(v.get(col))
+
+
+def _swatch(method: str) -> str:
+    return f'<span class="swatch" style="background:{method_color(method)}"></span>'
+
+
+def summary_fragment(td: TaskData, slug: str, rows: list[dict]) -> str:
+    """The task's ranking: hypervolume and retention at matched levels with 95 % intervals, trial counts."""
+    header = ["rank", "entry", "ok / diverged / failed", "seeds", "interval"]
+    cols: list[tuple[str, str]] = []
+    for axis in td.axes:
+        cols.append((f"hv[{axis_label(axis)}]", f"hypervolume {axis_label(axis)}"))
+    for axis in td.axes:
+        for lv in common_levels(td, axis)[0]:
+            c = f"{axis[1]}@{axis[0]}={fmt(lv)}"
+            cols.append((c, c))
+    header += [label for _, label in cols] + ["converged", "constraints met"]
+    body = []
+    for v in rows:
+        body.append([e(fmt(v.get("rank"))), _swatch(v["method"]) + e(v["entry"]),
+                     e(f"{v['n_ok']} / {v['n_diverged']} / {v['n_failed']}"), e(fmt(v["seeds"])), e(v["interval"])]
+                    + [e(_ci(v, c)) for c, _ in cols] + [e(v["converged"] or "-"), e(v["constraints_met"] or "-")])
+    notes = [f"{e(a)}: hypervolume reference {e(ref)}" for a, ref in reference_notes(td).items()]
+    for axis in td.axes:
+        levels, why = common_levels(td, axis)
+        notes.append(f"retention on {e(axis[1])} read at {e(axis[0])} = {e(', '.join(fmt(x) for x in levels) or '-')}"
+                     f" ({e(why)})")
+    return "\n".join([f'<h3 id="summary-{e(slug)}">{e(td.name)} <span class="note">(kind {e(td.kind or "?")}; '
+                      f'<a href="{e(slug)}.csv">{e(slug)}.csv</a>, <a href="{e(slug)}_points.csv">points</a>; '
+                      f'<a href="#task-{e(slug)}">fronts</a>)</span></h3>',
+                      table(header, body, left=("entry", "interval"), raw=True),
+                      '<p class="note">' + "<br>".join(notes) + "</p>"])
+
+
+def _trial_rows(trials: list[dict]) -> list[list[str]]:
+    return [[str(r["_entry"]), str(r.get("trial_id")), fmt(grid_of(r).get("value")), fmt(r.get("seed")),
+             str(r.get("run_id")), str(r.get("error") or "")] for r in trials]
+
+
+def detail_fragment(td: TaskData, slug: str, plots: list[tuple[str, str]], duals: list[tuple[str, str]],
+                    samples: list[tuple[str, str]], points: tuple[list[str], list[list[str]]]) -> str:
+    """The task's fronts, duals, samples, per-point table and its diverged and failed trials."""
+    out = [f'<section id="task-{e(slug)}">', f"<h2>{e(td.name)}</h2>", "<h3>Fronts</h3>"]
+    out += [f'<figure><img class="plot" src="{e(rel)}" alt="{e(cap)}"><figcaption>{e(cap)}</figcaption></figure>'
+            for rel, cap in plots] or ["<p>No valid points.</p>"]
+    if duals:
+        out.append("<h3>Dual variables</h3>")
+        out += [f'<figure><img class="plot" src="{e(rel)}" alt="{e(cap)}"></figure>' for rel, cap in duals]
+    if samples:
+        out.append('<h3>Samples</h3><p class="note">rows as labelled in each grid: pretrained, then unlearned from '
+                   "the same noise (first seed of each entry and grid value)</p><div>")
+        out += [f'<figure><a href="{e(rel)}"><img class="sample" src="{e(rel)}" alt="{e(cap)}"></a>'
+                f"<figcaption>{e(cap)}</figcaption></figure>" for rel, cap in samples]
+        out.append("</div>")
+    out.append("<details><summary>Points: entry x grid value, mean over seeds, 95 % interval half-width, "
+               "evaluation stderr, k/n for rates</summary>")
+    out.append(table(points[0], points[1], left=("entry", "method", "grid_param", "interval")))
+    out.append("</details>")
+    trial_header = ["entry", "trial_id", "grid value", "seed", "run_id", "error"]
+    for status, title, why in (("diverged", "Diverged", "a metric left its sane range or the loss exploded: a "
+                                "result, kept off the fronts"), ("failed", "Failed", "raised an error")):
+        trials = [r for r in td.invalid() if (r.get("status") == "diverged") == (status == "diverged")]
+        if trials:
+            out.append(f'<h3 id="{status}-{e(slug)}">{title} trials ({len(trials)})</h3><p class="note">{e(why)}</p>')
+            out.append(table(trial_header, _trial_rows(trials), left=trial_header))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def claims_fragment(claims: list) -> str:
+    out = ['<h2 id="claims">Claims</h2><p class="note">Paired comparisons at matched unlearning levels (each '
+           "method's front per seed, levels every compared front reaches); 95 % bootstrap interval over seeds of "
+           "the retention difference (positive = the claimed method retains more). A verdict only when the "
+           "interval excludes 0.</p>"]
+    rows = []
+    for c in claims:
+        css = "holds" if c.verdict == "holds" else "fails" if c.verdict == "fails" else \
+            "inconclusive" if c.verdict.startswith("inconclusive") else "nodata"
+        lines = "<br>".join(e(x) for x in c.evidence_lines()) or "-"
+        rows.append([e(c.statement), f'<span class="{css}">{e(c.verdict)}</span>', lines])
+    out.append(table(["claim", "verdict", "comparisons"], rows, left=("claim", "verdict", "comparisons"), raw=True))
+    return "\n".join(out)
+
+
+def index_page(names: list[str], summaries: list[str], details: list[str], claims: list, n_trials: int) -> str:
+    """The whole page from the task fragments (in task order) and the claims."""
+    nav = "".join(f'<li><a href="#summary-{e(n)}">{e(n)}</a></li>' for n in names)
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        "<title>unlearnbench leaderboard</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+        "<h1>unlearnbench leaderboard</h1>",
+        f'<p class="note">{n_trials} trials. Every number carries a 95 % interval: over seeds where there are two or '
+        "more (t for points, bootstrap for hypervolume and retention at a level), else from the single seed's "
+        "evaluation stderr (interval column: <i>eval</i>). Diverged and failed trials are listed per task and "
+        "never enter a front. Generated from the records alone by <code>unlearnbench leaderboard</code>; do not "
+        "edit.</p>",
+        f'<ul>{nav}<li><a href="#claims">Claims</a></li></ul>',
+        '<h2 id="summary">Summary</h2>', *summaries, *details, claims_fragment(claims), "</body>", "</html>", ""])

@@ -1,0 +1,246 @@
+"""Leaderboard plots (matplotlib Agg through the object API: no pyplot, no global backend switch).
+
+One fixed colour per method on every page and plot (:func:`method_color`); entries of one method with different
+settings share its colour and differ in marker. Axes survive outliers: limits come from the points that are not
+worse than the task's fixed hypervolume reference, within a wide interquartile fence, always including the
+pretrained point; a point beyond them is drawn as a triangle on the edge (its value is in the points table).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unlearnbench.leaderboard.stats import reference
+from unlearnbench.pareto import _to_float, pareto_front
+from unlearnbench.results import Axis, TaskData, fmt, grid_of, grid_sort_key, oracle_fronts
+
+METHOD_COLORS = {  # tab10/tab20 shades; close relatives share a hue
+    "rkl": "#1f77b4", "rkl-fixed": "#6baed6", "rkl-is": "#17becf",
+    "fkl": "#2ca02c", "lik": "#9467bd", "lik-is": "#c5b0d5",
+    "esd": "#d62728", "salun": "#ff7f0e", "siss": "#8c564b",
+}
+_EXTRA = ["#e377c2", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
+          "#e6550d", "#31a354", "#756bb1"]
+PRETRAINED_COLOR = "#000000"
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+FENCE = 10.0  # interquartile ranges beyond the quartiles before a point counts as off-scale (blown-up runs)
+
+
+def method_color(method: str) -> str:
+    """The method's fixed colour; an unknown (plugin) method gets one chosen by a hash of its name."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _EXTRA[int(hashlib.sha256(method.encode()).hexdigest(), 16) % len(_EXTRA)]
+
+
+def entry_styles(td: TaskData) -> dict[str, tuple[str, str]]:
+    """``entry -> (colour, marker)``: the method's colour; a marker per settings variant of that method."""
+    out, seen = {}, {}
+    for e in td.entries:
+        m = td.method_of(e)
+        out[e] = (method_color(m), MARKERS[seen.get(m, 0) % len(MARKERS)])
+        seen[m] = seen.get(m, 0) + 1
+    return out
+
+
+def save(fig: Any, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+
+
+def style():
+    import matplotlib.style
+
+    return matplotlib.style.context(["default", {"svg.hashsalt": "unlearnbench", "axes.grid": True,
+                                                 "grid.alpha": 0.3, "font.size": 9}])
+
+
+def robust_limits(values: np.ndarray, keep: np.ndarray | None = None, fence: bool = True) -> tuple[float, float]:
+    """Axis limits covering ``values`` (within quartiles +- FENCE IQR if ``fence``) and every ``keep`` value,
+    padded 6 %."""
+    v = values[np.isfinite(values)]
+    if keep is not None:
+        keep = keep[np.isfinite(keep)]
+    if v.size == 0 and (keep is None or keep.size == 0):
+        return 0.0, 1.0
+    if fence and v.size:
+        q1, q3 = np.percentile(v, [25, 75])
+        iqr = q3 - q1 if q3 > q1 else max(float(np.ptp(v)), abs(float(q3)) * 0.1, 1e-12)
+        v = v[(v >= q1 - FENCE * iqr) & (v <= q3 + FENCE * iqr)]
+    if keep is not None:
+        v = np.concatenate([v, keep])
+    lo, hi = float(v.min()), float(v.max())
+    pad = 0.06 * (hi - lo) if hi > lo else max(abs(lo) * 0.1, 0.05)
+    return lo - pad, hi + pad
+
+
+def limits(pts: np.ndarray, pre: tuple | None, curves: list, ref: tuple | None, maximize: tuple[bool, bool]):
+    """(xlim, ylim): from the useful points (see :func:`useful`; without a fixed reference, an IQR fence instead),
+    the pretrained point and the exact curves where they fall inside the points' unlearning range."""
+    pts = useful(pts, ref, maximize)
+    pre_arr = np.array([pre], dtype=float) if pre is not None else np.zeros((0, 2))
+    xlim = robust_limits(pts[:, 0], pre_arr[:, 0], fence=ref is None)
+    cy = [c[(c[:, 0] >= xlim[0]) & (c[:, 0] <= xlim[1]), 1] for _, c in curves]
+    keep_y = np.concatenate([pre_arr[:, 1], *cy])
+    return xlim, robust_limits(pts[:, 1], keep_y, fence=ref is None)
+
+
+def exact_curves(td: TaskData, axis: Axis) -> list[tuple[str, np.ndarray]]:
+    """Distinct exact-front curves recorded for this axis pair, as (formulation, [k, 2] points)."""
+    seen: dict[tuple, tuple[str, np.ndarray]] = {}
+    for r in td.trials:
+        if r.get("status") != "ok":
+            continue
+        for form, entry in oracle_fronts(r).items():
+            if (entry.get("unlearning_metric"), entry.get("retention_metric")) != tuple(axis) or not entry.get("curve"):
+                continue
+            arr = np.array([[_to_float(a) for a in pt[:2]] for pt in entry["curve"]], dtype=float).reshape(-1, 2)
+            seen.setdefault((form, arr.tobytes()), (form, arr))
+    return [seen[k] for k in sorted(seen)]
+
+
+def _direction(hib: bool) -> str:
+    return "↑ better" if hib else "↓ better"
+
+
+def _clip_marks(ax: Any, pts: np.ndarray, xlim: tuple, ylim: tuple, color: str) -> int:
+    """Off-scale points as triangles on the nearest edge; returns how many there were."""
+    n = 0
+    for x, y in pts:
+        cx, cy = min(max(x, xlim[0]), xlim[1]), min(max(y, ylim[0]), ylim[1])
+        if (cx, cy) == (x, y):
+            continue
+        marker = "<" if x < xlim[0] else ">" if x > xlim[1] else "v" if y < ylim[0] else "^"
+        ax.plot([cx], [cy], marker=marker, color=color, ms=8, ls="none", clip_on=False, zorder=4)
+        n += 1
+    return n
+
+
+def useful(pts: np.ndarray, ref: tuple[float, float] | None, maximize: tuple[bool, bool]) -> np.ndarray:
+    """The points not worse than a fixed hypervolume reference on either axis (all points without one)."""
+    if ref is None or pts.shape[0] == 0:
+        return pts
+    s = np.array([1.0 if m else -1.0 for m in maximize])
+    keep = np.all(pts * s >= np.asarray(ref) * s, axis=1)
+    return pts[keep] if keep.any() else pts
+
+
+def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
+    """Every entry's seed-mean points with 95 % intervals, its front, the pretrained point and exact fronts."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    mx = td.maximize(axis)
+    series = [(e, td.points(e, axis)) for e in td.entries]
+    series = [(e, ps) for e, ps in series if ps.mean.shape[0]]
+    curves = exact_curves(td, axis)
+    pre = td.pretrained(axis)
+    if not series and not curves:
+        return False
+    styles = entry_styles(td)
+    allpts = np.concatenate([ps.mean for _, ps in series]) if series else np.zeros((0, 2))
+    ref, ref_src = reference(td, axis)
+    xlim, ylim = limits(allpts, pre, curves, ref if ref_src == "fixed" else None, mx)
+    with style():
+        fig = Figure(figsize=(6.6, 4.6))
+        ax = fig.add_subplot()
+        handles, off = [], 0
+        for entry, ps in series:
+            c, mk = styles[entry]
+            err = [np.nan_to_num(np.abs(ps.mean - ps.lo), nan=0.0), np.nan_to_num(np.abs(ps.hi - ps.mean), nan=0.0)]
+            ax.errorbar(ps.mean[:, 0], ps.mean[:, 1], xerr=[err[0][:, 0], err[1][:, 0]],
+                        yerr=[err[0][:, 1], err[1][:, 1]], fmt=mk, ms=5, mfc="white", mec=c, ecolor=c,
+                        elinewidth=0.9, capsize=2.5, zorder=2)
+            front = ps.mean[pareto_front(ps.mean, mx)]
+            ax.plot(front[:, 0], front[:, 1], "-", marker=mk, color=c, ms=5, lw=1.6, zorder=3)
+            for (x, y), g in zip(ps.mean, ps.grid):
+                ax.annotate(fmt(g), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6.5, color=c)
+            off += _clip_marks(ax, ps.mean, xlim, ylim, c)
+            n = int(ps.n.max()) if ps.n.size else 0
+            handles.append(Line2D([], [], color=c, marker=mk, ms=5, lw=1.6, label=f"{entry} ({n} seed{'s' * (n != 1)})"))
+        for i, (form, arr) in enumerate(curves):
+            arr = arr[np.argsort(arr[:, 0], kind="stable")]
+            ls = ["--", ":", "-.", (0, (5, 1, 1, 1))][i % 4]
+            ax.plot(arr[:, 0], arr[:, 1], linestyle=ls, color="#555555", lw=1.1, zorder=1)
+            kind = "fixed-weight curve" if form.startswith(("esd", "equal")) else "optimal front"
+            handles.append(Line2D([], [], color="#555555", linestyle=ls, lw=1.1, label=f"exact {kind} ({form})"))
+        if pre is not None:
+            ax.plot([pre[0]], [pre[1]], marker="*", ms=13, color=PRETRAINED_COLOR, ls="none", zorder=5)
+            handles.append(Line2D([], [], marker="*", ms=11, color=PRETRAINED_COLOR, ls="none", label="pretrained"))
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        ax.set_xlabel(f"{axis[0]} ({_direction(mx[0])})")
+        ax.set_ylabel(f"{axis[1]} ({_direction(mx[1])})")
+        sources = {ps.source for _, ps in series}
+        how = "95 % t-intervals over seeds" if sources == {"seeds"} else \
+            "95 % intervals: over seeds, or from the evaluation stderr where one seed"
+        primary = " (primary)" if td.axes and tuple(axis) == tuple(td.axes[0]) else ""
+        ax.set_title(f"{td.name}: {axis[1]} vs {axis[0]}{primary}\nseed means, {how}; labels = grid value",
+                     fontsize=9)
+        if off:
+            handles.append(Line2D([], [], marker="^", color="grey", ls="none", ms=7,
+                                  label=f"{off} point(s) off-scale (values in the points table)"))
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+        save(fig, path)
+    return True
+
+
+def duals_of(r: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(steps [T], lambdas [T, m]) from train.duals = [[step, [lambda_i...]], ...]."""
+    entries = (r.get("train") or {}).get("duals") or []
+    steps, lams = [], []
+    for e in entries:
+        if isinstance(e, (list, tuple)) and len(e) >= 2:
+            steps.append(_to_float(e[0]))
+            lams.append([_to_float(v) for v in (e[1] if isinstance(e[1], (list, tuple)) else [e[1]])])
+    if not steps:
+        return np.zeros(0), np.zeros((0, 0))
+    arr = np.full((len(lams), max(len(x) for x in lams)), np.nan)
+    for i, x in enumerate(lams):
+        arr[i, : len(x)] = x
+    return np.array(steps), arr
+
+
+def plot_duals(td: TaskData, path: Path) -> bool:
+    """Dual variables against steps, one panel per constrained entry; colour = grid value, style = constraint."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    ok = [r for r in td.trials if r.get("status") == "ok" and duals_of(r)[0].size]
+    entries = sorted({r["_entry"] for r in ok})
+    if not entries:
+        return False
+    styles = ["-", "--", ":", "-."]
+    with style():
+        fig = Figure(figsize=(6.6, 2.7 * len(entries)))
+        for ax, entry in zip(fig.subplots(len(entries), 1, squeeze=False)[:, 0], entries):
+            recs = [r for r in ok if r["_entry"] == entry]
+            gvals = sorted({json.dumps(grid_of(r).get("value")) for r in recs}, key=lambda g: grid_sort_key(json.loads(g)))
+            gcol = {g: colormaps["viridis"](0.9 * i / max(1, len(gvals) - 1)) for i, g in enumerate(gvals)}
+            n_con = 0
+            for r in recs:
+                steps, lam = duals_of(r)
+                n_con = max(n_con, lam.shape[1])
+                for j in range(lam.shape[1]):
+                    ax.plot(steps, lam[:, j], color=gcol[json.dumps(grid_of(r).get("value"))],
+                            linestyle=styles[j % len(styles)], lw=1.1, alpha=0.85)
+            gname = next((grid_of(r).get("param") for r in recs if grid_of(r)), "grid")
+            handles = [Line2D([], [], color=gcol[g], lw=2, label=f"{gname}={fmt(json.loads(g))}") for g in gvals]
+            handles += [Line2D([], [], color="black", linestyle=styles[j % len(styles)], lw=1.1, label=f"λ_{j + 1}")
+                        for j in range(n_con)]
+            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+            ax.set_title(f"{td.name}: {entry} dual variables (all seeds)", fontsize=9, color=method_color(
+                td.method_of(entry)))
+            ax.set_ylabel("λ (dual variable)")
+            ax.set_xlabel("training step")
+        fig.tight_layout()
+        save(fig, path)
+    return True
