@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from unlearnbench.diffusion import EpsFn, Schedule, ddim_sample, guided
 from unlearnbench.metrics.base import spec
@@ -43,6 +43,39 @@ PAPER_OPTIONS: dict[str, Any] = {
     "kid_features": "auto", "inception_weights": None,
 }
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_WORKER: dict[str, Any] = {}  # one loaded model per process (Ray reuses its workers: one load per worker)
+
+
+def worker_load(key: tuple, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``load()``'s parts, loaded once per process and key (the previous model is dropped first); the returned dict
+    also holds per-worker caches (text embeddings, the model hash)."""
+    if _WORKER.get("key") != key:
+        _WORKER.clear()
+        free()
+        _WORKER.update(key=key, parts=load(), embeds={})
+    return _WORKER
+
+
+class EpsNet(nn.Module):
+    """``forward(x_t, t, cond) -> eps`` around a diffusers UNet, under autocast when set.
+
+    With ``embeds`` [P, L, D] (a UNet2DConditionModel), ``cond`` are prompt ids and the UNet reads their precomputed
+    text embeddings (a buffer, not saved with the weights); without (a UNet2DModel), ``cond`` is ignored. A learned
+    variance output (``out_channels = 2 * in_channels``) is cut to the noise prediction.
+    """
+
+    def __init__(self, unet: nn.Module, embeds: Tensor | None = None, autocast: torch.dtype | None = None):
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("embeds", embeds, persistent=False)
+        self.autocast = autocast
+        self.channels = int(unet.config.in_channels)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        kw = {} if self.embeds is None else {"encoder_hidden_states": self.embeds[cond]}
+        with torch.autocast(x_t.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            out = self.unet(x_t, t, **kw).sample
+        return out[:, :self.channels].float()
 
 
 def read_prompts(name_or_path: str) -> list[str]:
@@ -126,6 +159,48 @@ class PaperTask(Task):
         if self.eval_info:
             out["evaluation"] = self.eval_info
         return out
+
+    # -- sampling from fixed noise, pretrained samples cached --------------------------------------
+    # ``st`` (built by the subclass per device): schedule, shape (of x), size (image side), prompts (text of each
+    # id, "" for an unconditional model), ref (the frozen EpsNet), decode (x -> image in [-1, 1]), w (worker state
+    # with the model hash under "hash")
+    guidance: float = 1.0
+
+    def noise(self, st: dict[str, Any], n: int, seed: int) -> Tensor:
+        """Initial noise of images 0..n-1 (the same for every prompt, so images pair up across models)."""
+        return torch.randn((n, *st["shape"]), generator=torch.Generator().manual_seed(seed))
+
+    def sample(self, net: nn.Module, st: dict[str, Any], cond: Tensor, x_T: Tensor, device: torch.device,
+               decoded: bool) -> Tensor:
+        """Samples of ``net`` from ``x_T``: uint8 images when ``decoded`` (the images/s go to the record), else x."""
+        o = self.options
+        out, ips = generate(net, st["schedule"], cond, x_T, int(o["sample_steps"]), self.guidance, 0,
+                            int(o["gen_batch"]), st["decode"] if decoded else None, device)
+        if decoded:
+            self.eval_info.setdefault("cost", {})["images_per_s"] = ips
+        return out
+
+    def base_samples(self, st: dict[str, Any], ids: list[int], n: int, seed: int, decoded: bool,
+                     device: torch.device) -> Tensor:
+        """The pretrained model's samples of each prompt id, [len(ids), n, ...] (uint8 images if ``decoded``, else
+        x), generated once per (model hash, prompt, seeds, sampler, steps, guidance, size, precision) and cached."""
+        from unlearnbench.cache import cache_path, cached_torch
+
+        kind = f"{self.name}-base-{'images' if decoded else 'x'}"
+        if "hash" not in st["w"]:
+            from unlearnbench.pipelines import model_hash
+
+            st["w"]["hash"] = model_hash(self.model_dir, ())
+        info = self.sampler_info(device, guidance=self.guidance, size=st["size"])
+        keys = [{"model": st["w"]["hash"], "prompt": st["prompts"][i], "n": n, "seed": seed, **info} for i in ids]
+        missing = [i for i, k in zip(ids, keys) if not cache_path(self.cache_dir, kind, k).exists()]
+        made: dict[int, Tensor] = {}
+        if missing:
+            cond = torch.tensor(missing).repeat_interleave(n)
+            x_T = self.noise(st, n, seed).repeat(len(missing), *[1] * len(st["shape"]))
+            out = self.sample(st["ref"], st, cond, x_T, device, decoded)
+            made = dict(zip(missing, out.view(len(missing), n, *out.shape[1:])))
+        return torch.stack([cached_torch(self.cache_dir, kind, k, lambda i=i: made[i]) for i, k in zip(ids, keys)])
 
     # -- metric backends, one at a time ------------------------------------------------------------
     def clip_model(self, device: torch.device) -> tuple[Any, Any]:

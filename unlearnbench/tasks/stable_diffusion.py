@@ -3,7 +3,7 @@
 
 The prompts are a finite table (id 0 is the empty/null prompt, then the erased concepts, the nearby retained
 concepts, and the evaluation prompts), so their CLIP text embeddings are computed once per worker and the network
-keeps the bundle contract ``net(x_t, t, prompt_id)`` (:class:`PromptUNet`). ``x`` lives in the VAE's (scaled) latent
+keeps the bundle contract ``net(x_t, t, prompt_id)`` (:class:`~unlearnbench.tasks._paper.EpsNet`). ``x`` lives in the VAE's (scaled) latent
 space; ``sample_model`` / ``sample_ref`` return latents and evaluation decodes them with the VAE. ``sample_ref`` draws
 from a cached pool of the pretrained model's latents for the training prompts (``pool_size`` per prompt).
 
@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from unlearnbench.cache import cache_path, cached_torch
 from unlearnbench.diffusion import Schedule
-from unlearnbench.tasks._paper import PAPER_OPTIONS, PaperTask, batched, free, generate, mean_metric, read_prompts
+from unlearnbench.tasks._paper import (PAPER_OPTIONS, EpsNet, PaperTask, batched, free, generate, mean_metric,
+                                      read_prompts, worker_load)
 from unlearnbench.tasks.base import MetricValue, ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -50,38 +50,16 @@ FORGET_SETS: dict[str, dict[str, Any]] = {
     "objects": {"kind": "object", "erase": ["parachute", "church", "garbage truck"], "near": NEAR_OBJECTS},
     "styles": {"kind": "style", "erase": ["Van Gogh", "Thomas Kinkade", "Kelly McKernan"], "near": NEAR_STYLES},
 }
-_WORKER: dict[str, Any] = {}  # one loaded pipeline per process (Ray reuses its workers: one load per worker)
 
 
-class PromptUNet(nn.Module):
-    """``forward(x_t, t, prompt_id) -> eps``: a diffusers UNet2DConditionModel reading the precomputed text
-    embedding of each prompt id (``embeds`` [P, L, D], not saved with the weights), under autocast when set."""
-
-    def __init__(self, unet: nn.Module, embeds: Tensor, autocast: torch.dtype | None = None):
-        super().__init__()
-        self.unet = unet
-        self.register_buffer("embeds", embeds, persistent=False)
-        self.autocast = autocast
-
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        with torch.autocast(x_t.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
-            out = self.unet(x_t, t, encoder_hidden_states=self.embeds[cond]).sample
-        return out.float()
-
-
-def worker_pipeline(model_dir, device: torch.device) -> dict[str, Any]:
-    """The pipeline's parts on ``device``, loaded once per process (the previous model is dropped)."""
+def load_parts(model_dir, device: torch.device) -> dict[str, Any]:
+    """The pipeline's parts on ``device``."""
     from unlearnbench.pipelines import load_sd
 
-    key = (str(model_dir), str(device))
-    if _WORKER.get("key") != key:
-        _WORKER.clear()
-        free()
-        parts = load_sd(model_dir)
-        for k in ("unet", "text_encoder", "vae"):
-            parts[k].to(device)
-        _WORKER.update(key=key, parts=parts, embeds={})
-    return _WORKER
+    parts = load_sd(model_dir)
+    for k in ("unet", "text_encoder", "vae"):
+        parts[k].to(device)
+    return parts
 
 
 @torch.no_grad()
@@ -166,8 +144,13 @@ class SDConceptTask(PaperTask):
         return out
 
     # -- models and cached base samples ----------------------------------------------------------
+    @property
+    def guidance(self) -> float:
+        return float(self.options["guidance"])
+
     def _setup(self, device: torch.device) -> dict[str, Any]:
-        w = worker_pipeline(self.model_dir, device)
+        """The worker's pipeline and what sampling needs (the :class:`PaperTask` state contract)."""
+        w = worker_load((str(self.model_dir), str(device)), lambda: load_parts(self.model_dir, device))
         p = w["parts"]
         vae_scale = 2 ** (len(p["vae"].config.block_out_channels) - 1)
         size = int(self.options["resolution"] or p["unet"].config.sample_size * vae_scale)
@@ -175,45 +158,11 @@ class SDConceptTask(PaperTask):
             from unlearnbench.pipelines import model_hash
 
             w["hash"] = model_hash(self.model_dir, ("unet", "text_encoder", "vae", "scheduler", "tokenizer"))
-        return {"w": w, "embeds": text_embeddings(w, self.table["prompts"], device),
-                "latent": (p["unet"].config.in_channels, size // vae_scale, size // vae_scale), "size": size,
-                "schedule": Schedule.from_diffusers(p["scheduler"]), "scale": p["vae"].config.scaling_factor}
-
-    def decode(self, st: dict[str, Any]):
-        vae = st["w"]["parts"]["vae"]
-        return lambda z: vae.decode(z / st["scale"]).sample.float()
-
-    def noise(self, st: dict[str, Any], n: int, seed: int) -> Tensor:
-        """Initial noise of images 0..n-1 (the same for every prompt, so images pair up across models)."""
-        return torch.randn((n, *st["latent"]), generator=torch.Generator().manual_seed(seed))
-
-    def base_samples(self, st: dict[str, Any], ids: list[int], n: int, seed: int, decoded: bool,
-                     device: torch.device) -> Tensor:
-        """The pretrained model's samples of each prompt id, [len(ids), n, ...] (uint8 images if ``decoded``, else
-        latents), cached per (model hash, prompt, seeds, sampler, guidance, size, precision)."""
-        kind = "sd-base-images" if decoded else "sd-base-latents"
-        info = self.sampler_info(device, guidance=float(self.options["guidance"]), size=st["size"])
-        keys = [{"model": st["w"]["hash"], "prompt": self.table["prompts"][i], "n": n, "seed": seed, **info}
-                for i in ids]
-        missing = [i for i, k in zip(ids, keys) if not cache_path(self.cache_dir, kind, k).exists()]
-        made: dict[int, Tensor] = {}
-        if missing:
-            ref = PromptUNet(st["w"]["parts"]["unet"], st["embeds"], self.device_dtype(device))
-            x_T = self.noise(st, n, seed)
-            cond = torch.tensor(missing).repeat_interleave(n)
-            out = self._sample(ref, st, cond, x_T.repeat(len(missing), 1, 1, 1), device, decoded)
-            made = dict(zip(missing, out.view(len(missing), n, *out.shape[1:])))
-        return torch.stack([cached_torch(self.cache_dir, kind, k, lambda i=i: made[i]) for i, k in zip(ids, keys)])
-
-    def _sample(self, net: nn.Module, st: dict[str, Any], cond: Tensor, x_T: Tensor, device: torch.device,
-                decoded: bool) -> Tensor:
-        """Samples of ``net`` from ``x_T``: uint8 images when ``decoded`` (the images/s go to the record), else latents."""
-        o = self.options
-        out, ips = generate(net, st["schedule"], cond, x_T, int(o["sample_steps"]), float(o["guidance"]), 0,
-                            int(o["gen_batch"]), self.decode(st) if decoded else None, device)
-        if decoded:
-            self.eval_info.setdefault("cost", {})["images_per_s"] = ips
-        return out
+        embeds, vae, scale = text_embeddings(w, self.table["prompts"], device), p["vae"], p["vae"].config.scaling_factor
+        return {"w": w, "embeds": embeds, "shape": (p["unet"].config.in_channels, size // vae_scale, size // vae_scale),
+                "size": size, "schedule": Schedule.from_diffusers(p["scheduler"]), "prompts": self.table["prompts"],
+                "decode": lambda z: vae.decode(z / scale).sample.float(),
+                "ref": EpsNet(p["unet"], embeds, self.device_dtype(device)).eval()}
 
     def prepare(self) -> None:
         """Generate (or find cached) the pretrained model's latents and evaluation images in the driver."""
@@ -239,13 +188,13 @@ class SDConceptTask(PaperTask):
                                  device)
         prompts = t["prompts"]
         return ModelBundle(
-            net=PromptUNet(unet, st["embeds"], cast), ref=PromptUNet(base, st["embeds"], cast).eval(),
-            schedule=st["schedule"], kind="concept", data_shape=st["latent"], null_cond=0,
+            net=EpsNet(unet, st["embeds"], cast), ref=st["ref"],
+            schedule=st["schedule"], kind="concept", data_shape=st["shape"], null_cond=0,
             prediction_type=st["w"]["parts"]["scheduler"].config.prediction_type,
             forget_concepts=list(t["forget"]), retain_concepts=list(t["retain"]),
             concept_names={i: prompts[i] for i in [0] + t["forget"] + t["retain"]},
             ref_sampler=PoolSampler(pool, device), sample_steps=int(self.options["sample_steps"]),
-            guidance=float(self.options["guidance"]), device=device,
+            guidance=self.guidance, device=device,
             extras={"prompts": prompts, "constrain_on": "erased"})
 
     # -- evaluation --------------------------------------------------------------------------------
@@ -257,7 +206,7 @@ class SDConceptTask(PaperTask):
         base = self.base_samples(st, ids, n, int(self.options["eval_seed"]), True, device).flatten(0, 1)
         cond = torch.tensor(ids).repeat_interleave(n)
         x_T = self.noise(st, n, int(self.options["eval_seed"])).repeat(len(ids), 1, 1, 1)
-        imgs = self._sample(bundle.net.eval(), st, cond, x_T, device, True)
+        imgs = self.sample(bundle.net.eval(), st, cond, x_T, device, True)
         nf = len(t["forget_eval"]) * n
         prompts = [t["prompts"][int(i)] for i in cond]
         self.eval_info["sampler"] = self.sampler_info(device, guidance=float(self.options["guidance"]),
