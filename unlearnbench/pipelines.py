@@ -182,10 +182,12 @@ def _bytes_to_unicode() -> dict[int, str]:
 def write_clip_tokenizer(out_dir: Path) -> Path:
     """CLIP's real BPE tokenizer files (vocab.json, merges.txt; 49408 tokens) from the vocabulary open_clip ships."""
     import gzip
+    import importlib.util
 
-    import open_clip
-
-    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    spec = importlib.util.find_spec("open_clip")  # its data file, without importing it (torchvision, timm: slow)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("the CLIP tokenizer vocabulary ships with open_clip: pip install open_clip_torch")
+    bpe = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
     merges = [tuple(m.split()) for m in gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]]
     vocab = list(_bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]

@@ -55,12 +55,18 @@ def train(method, log_every: int = 50) -> dict[str, Any]:
     duals: list = [[0, method.duals.tolist()]] if constrained else []
     estimates: list = []
     history: list = []
+    accum = int(method.bundle.extras.get("grad_accum", 1))  # micro-batches per optimizer step (paper-scale tasks)
     for step in range(cfg.steps):
         method.step = step
-        losses = method.losses()
-        obj = method.backward(losses)
-        if not torch.isfinite(obj):
-            raise FloatingPointError(f"method {method.name}: objective became {obj.item()} at step {step}")
+        for _ in range(accum):
+            losses = method.losses()
+            obj = method.backward(losses)
+            if not torch.isfinite(obj):
+                raise FloatingPointError(f"method {method.name}: objective became {obj.item()} at step {step}")
+        if accum > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(accum)
         method.after_backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -111,6 +117,11 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         oracle = task.oracle_report(metrics, spec["method"], train_info.get("final_duals"))
     record = base_record(spec, task)
     bad = sorted(k for k, v in metrics.items() if v.role != "info" and not math.isfinite(v.value))
+    if spec.get("save_models") and not bad and spec.get("artifact_dir"):
+        from unlearnbench.saving import save_unlearned
+
+        saved = save_unlearned(bundle.net, os.path.join(spec["artifact_dir"], "model"))
+        bundle.extras.setdefault("artifacts", {}).update(saved)
     record.update(
         status="diverged" if bad else "ok",
         error=f"diverged: non-finite {', '.join(bad)} (the unlearned model broke down)" if bad else None,
@@ -118,7 +129,10 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         metrics={k: v.to_dict() for k, v in sorted(metrics.items())},
         oracle=oracle,
         train=train_info,
-        timing={"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2, "total_s": t3 - t0},
+        timing={"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2, "total_s": t3 - t0,
+                "gpu_s": (t3 - t0) * float(spec.get("gpus") or 1) if device.type == "cuda" else 0.0,
+                "train_images_per_s": cfg.steps * cfg.batch_size * int(bundle.extras.get("grad_accum", 1))
+                / max(t2 - t1, 1e-9)},
         artifacts=relative_artifacts(bundle.extras.get("artifacts", {}), spec.get("run_dir")),
     )
     return record
