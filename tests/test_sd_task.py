@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 
-from helpers import cli
 from paper_fixtures import CLIP_OPTIONS, FAST, records, sd_dir, write_config
 
 
@@ -77,15 +76,16 @@ def test_bundle_contract_in_latent_space(sd, tmp_path):
     assert len(list(m.trainable_parameters())) == len(names)
 
 
-def test_sd_concept_cli_rkl_esd_end_to_end(sd, tmp_path):
+def test_sd_concept_cli_rkl_esd_end_to_end(sd, tmp_path, capsys):
     cfg = write_config(tmp_path / "sd.yaml", {"forget": "nudity", "eval_prompts": 1, **CLIP_OPTIONS, **FAST},
                        {"rkl": [10.0], "esd": [2.0]})
     out, cache = tmp_path / "run", tmp_path / "cache"
-    r = cli(["run", "--task", "sd-concept", "--model", str(sd), "--methods", "rkl,esd", "--grid", "eps", "--config",
+    from unlearnbench.cli.main import main
+
+    rc = main(["run", "--task", "sd-concept", "--model", str(sd), "--methods", "rkl,esd", "--grid", "eps", "--config",
              str(cfg), "--steps", "2", "--set", "methods.rkl.n_estimate=2", "--set", "methods.rkl.dual_every=1",
-             "--executor", "serial", "--save-models", "--no-leaderboard", "--cache-dir", str(cache), "--out", str(out)],
-            timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+             "--executor", "serial", "--save-models", "--no-leaderboard", "--cache-dir", str(cache), "--out", str(out)])
+    assert rc == 0, capsys.readouterr()
     recs = records(out)
     assert len(recs) == 2 and all(rec["status"] == "ok" for rec in recs), [rec["error"] for rec in recs]
     for rec in recs:

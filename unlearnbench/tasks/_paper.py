@@ -109,6 +109,7 @@ class PaperTask(Task):
 
         self.model_dir = resolve_model(str(o["model"] or self.default_model), bool(o["allow_download"]))
         self.check_model()
+        self.check_inputs()
         self.features = self._choose_features()
         if self.needs_clip and not self.has_clip:
             raise ValueError(f"task {self.name}, forget set {self.forget_name!r} is scored by CLIP score: pass "
@@ -117,6 +118,9 @@ class PaperTask(Task):
 
     def check_model(self) -> None:
         """Raise ``ModelPathError`` when ``self.model_dir`` is not this task's kind of model."""
+
+    def check_inputs(self) -> None:
+        """Raise ``ValueError`` for unusable task-specific inputs (data folders, ...), before the metric backends."""
 
     @property
     def has_clip(self) -> bool:

@@ -94,13 +94,6 @@ class DDPMDataTask(PaperTask):
 
     def __init__(self, options: dict[str, Any] | None = None, cache_dir: str | None = None):
         super().__init__(options, cache_dir)
-        o = self.options
-        if not o["forget_dir"]:
-            raise ValueError("task ddpm-data needs the images to forget: --set task.forget_dir=FOLDER")
-        self.forget_files = image_files(o["forget_dir"], "forget_dir")
-        self.data_files = image_files(o["data_dir"], "data_dir")[: int(o["n_data"])] if o["data_dir"] else None
-        if int(o["grad_accum"]) < 1:
-            raise ValueError(f"task ddpm-data: grad_accum={o['grad_accum']} must be >= 1")
         kid_name = f"kid_retain_{self.features}" if self.features else "retain_bpd"
         self.axes = [("regen_rate", kid_name), ("forget_bpd", "retain_bpd")]
         if self.has_clip:
@@ -110,6 +103,15 @@ class DDPMDataTask(PaperTask):
         from unlearnbench.pipelines import ddpm_unet_folder
 
         ddpm_unet_folder(self.model_dir)
+
+    def check_inputs(self) -> None:
+        o = self.options
+        if not o["forget_dir"]:
+            raise ValueError("task ddpm-data needs the images to forget: --set task.forget_dir=FOLDER")
+        self.forget_files = image_files(o["forget_dir"], "forget_dir")
+        self.data_files = image_files(o["data_dir"], "data_dir")[: int(o["n_data"])] if o["data_dir"] else None
+        if int(o["grad_accum"]) < 1:
+            raise ValueError(f"task ddpm-data: grad_accum={o['grad_accum']} must be >= 1")
 
     def _setup(self, device: torch.device) -> dict[str, Any]:
         """The worker's UNet and what sampling needs (the :class:`PaperTask` state contract)."""
