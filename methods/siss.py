@@ -64,7 +64,8 @@ class SISS(DataBatches):
     ``clip_grad_norm_(..., 1.0)``; x from the ``nondeletion`` set) and ``config/*.yaml`` (lambd 0.5; scaling_norm 500
     CelebA-HQ, 750 SD, 5 MNIST). ``scaling_norm=0`` is the reference's commented fixed-weight form
     ``superfactor * K/(N-K)`` (in expectation the forward-KL Lagrangian with fixed weights, PAPER.md section 2).
-    Deviations: t uniform over the schedule as in ``delete_tshirt.py`` (``delete_celeb.py`` and ``delete_sd.py`` draw
+    Deviations: with gradient accumulation (paper-scale configs) each micro-batch's negative gradient is rescaled on
+    its own (the reference rescales the accumulated one); t uniform over the schedule as in ``delete_tshirt.py`` (``delete_celeb.py`` and ``delete_sd.py`` draw
     every t as 999); plain Adam from the runner (the reference: AdamW, betas 0.95/0.999, weight decay 1e-6).
     Sweep: ``--grid eps`` sets ``scaling_norm``.
     """
@@ -100,8 +101,8 @@ class SISS(DataBatches):
         g_x = self.grads(losses["keep"].mean(), params, retain_graph=True)
         g_a = self.grads(losses["forget"].mean(), params)
         scale = self.cfg.scaling_norm / (float(torch.sqrt(sum(g.pow(2).sum() for g in g_a))) + 1e-12)
-        for p, gx, ga in zip(params, g_x, g_a):
-            p.grad = gx - scale * ga
+        for p, gx, ga in zip(params, g_x, g_a):  # added, so that the runner's gradient accumulation sums micro-batches
+            p.grad = gx - scale * ga if p.grad is None else p.grad + gx - scale * ga
         return (losses["keep"].mean() - scale * losses["forget"].mean()).detach()
 
     @staticmethod

@@ -98,16 +98,22 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4) -> dict[str,
     history: list = []
     scale: dict[str, list[float]] = {}
     diverged = None
+    accum = int(method.bundle.extras.get("grad_accum", 1))  # micro-batches per optimizer step (paper-scale tasks)
     for step in range(cfg.steps):
         method.step = step
-        losses = method.losses()
-        obj = method.backward(losses)
         try:
-            check_losses(losses, obj, step, scale, loss_explosion)
+            for _ in range(accum):
+                losses = method.losses()
+                obj = method.backward(losses)
+                check_losses(losses, obj, step, scale, loss_explosion)
         except LossExploded as e:
             diverged = f"method {method.name}: {e}"
             history.append([step, {k: float(v.detach().float().mean()) for k, v in losses.items()}])
             break
+        if accum > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(accum)
         method.after_backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -165,12 +171,20 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     if hasattr(task, "oracle_report"):
         oracle = task.oracle_report(metrics, spec["method"], train_info.get("final_duals"))
     bad = task.insane_metrics(metrics)
+    if spec.get("save_models") and not bad and spec.get("artifact_dir"):
+        from unlearnbench.saving import save_unlearned
+
+        saved = save_unlearned(bundle.net, os.path.join(spec["artifact_dir"], "model"))
+        bundle.extras.setdefault("artifacts", {}).update(saved)
     record.update(
         status="diverged" if bad else "ok",
         error=f"diverged: {'; '.join(bad)} (the unlearned model broke down)" if bad else None,
         metrics={k: v.to_dict() for k, v in sorted(metrics.items())},
         oracle=oracle,
-        timing={"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2, "total_s": t3 - t0},
+        timing={"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2, "total_s": t3 - t0,
+                "gpu_s": (t3 - t0) * float(spec.get("gpus") or 1) if device.type == "cuda" else 0.0,
+                "train_images_per_s": cfg.steps * cfg.batch_size * int(bundle.extras.get("grad_accum", 1))
+                / max(t2 - t1, 1e-9)},
         artifacts=relative_artifacts(bundle.extras.get("artifacts", {}), spec.get("run_dir")),
     )
     return record

@@ -13,6 +13,8 @@ EPILOG = """examples:
   unlearnbench run --task gmm-concept --methods rkl,esd --grid eps --seeds 0,1
   unlearnbench run --task gmm-data --methods fkl,siss --grid my_grid.yaml --set methods.fkl.lr=3e-4
   unlearnbench run --task digits-concept --methods all --grid eps --address auto --gpus-per-trial 0.25
+  unlearnbench run --task sd-concept --model ~/models/sd-v1-4 --methods rkl,esd --grid eps --gpus-per-trial 1 --save-models
+  unlearnbench run --task ddpm-data --config scripts/paper/ddpm-data.yaml --methods fkl,siss --set task.forget_dir=forget/
   unlearnbench run --resume runs/gmm-concept-20261122-101500
 """
 
@@ -28,6 +30,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per trial (default: the task's)")
     p.add_argument("--cache-dir", default=None, help="cache of pretrained models and references "
                                                      "(default: $UNLEARNBENCH_CACHE or ~/.cache/unlearnbench)")
+    p.add_argument("--model", default=None, metavar="PATH", help="sd-concept / ddpm-data: a save_pretrained folder or a "
+                                                                 "HF repo id in the local cache (task.model)")
+    p.add_argument("--allow-download", action="store_true", help="let --model download a repo id missing from the cache")
 
 
 def add_parser(sub) -> None:
@@ -47,6 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-concurrent", type=int, default=None, help="bound on concurrently running trials")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit")
     p.add_argument("--no-leaderboard", action="store_true", help="skip the per-run leaderboard under DIR/leaderboard")
+    p.add_argument("--save-models", action="store_true", help="each ok trial saves its unlearned weights beside its "
+                                                              "record (LoRA adapters or a state dict)")
     p.set_defaults(func=run)
 
 
@@ -72,10 +79,26 @@ def _plan(args, run_dir: str):
 
     if not args.methods:
         raise ConfigError("--methods is required, e.g. --methods rkl,esd (see `unlearnbench ls methods`)")
-    config = load_yaml(args.config) if args.config else None
-    return plan_trials(args.task or DEFAULT_TASK, args.methods, args.grid, args.seeds, run_dir=run_dir, config=config,
+    config = load_yaml(args.config) if args.config else {}
+    config = _model_options(args, config)
+    plan = plan_trials(args.task or DEFAULT_TASK, args.methods, args.grid, args.seeds, run_dir=run_dir, config=config,
                        sets=args.sets, steps=args.steps, cache_dir=args.cache_dir,
                        threads=max(1, int(getattr(args, "cpus_per_trial", 1))))
+    for t in plan.trials:
+        t["save_models"] = bool(getattr(args, "save_models", False))
+    return plan
+
+
+def _model_options(args, config: dict) -> dict:
+    """--model / --allow-download as task options (absolute paths: trials may run elsewhere)."""
+    task = dict(config.get("task") or {})
+    if args.model:
+        task["model"] = os.path.abspath(os.path.expanduser(args.model)) if os.path.exists(
+            os.path.expanduser(args.model)) else args.model
+    if args.allow_download:
+        task["allow_download"] = True
+        os.environ["HF_HUB_OFFLINE"] = "0"
+    return {**config, "task": task} if task else config
 
 
 def _resume_args(args) -> None:
@@ -87,7 +110,7 @@ def _resume_args(args) -> None:
         raise FileNotFoundError(f"--resume {args.resume}: no args.json there; is it a run directory?")
     saved = json.load(open(path))
     for k, v in saved.items():
-        if getattr(args, k, None) in (None, [], "eps", "0") and v is not None:
+        if getattr(args, k, None) in (None, [], "eps", "0", False) and v is not None:
             setattr(args, k, v)
     args.out = args.resume
 
@@ -159,7 +182,8 @@ def _sweep(args, plan) -> int:
     from unlearnbench.rundir import write_args
     from unlearnbench.sweep import format_table, run_sweep
 
-    saved = {k: getattr(args, k) for k in ("task", "methods", "grid", "seeds", "config", "sets", "steps", "cache_dir")}
+    saved = {k: getattr(args, k) for k in ("task", "methods", "grid", "seeds", "config", "sets", "steps", "cache_dir",
+                                           "model", "allow_download", "save_models")}
     saved["task"] = plan.task
     write_args(plan.run_dir, saved)
     print(f"{len(plan.trials)} trials of {plan.task} -> {plan.run_dir}", flush=True)

@@ -7,5 +7,7 @@ TASKS.register_lazy("gmm-concept", "unlearnbench.tasks.gmm:GMMConceptTask")
 TASKS.register_lazy("gmm-data", "unlearnbench.tasks.gmm:GMMDataTask")
 TASKS.register_lazy("digits-concept", "unlearnbench.tasks.digits:DigitsConceptTask")
 TASKS.register_lazy("digits-data", "unlearnbench.tasks.digits:DigitsDataTask")
+TASKS.register_lazy("sd-concept", "unlearnbench.tasks.stable_diffusion:SDConceptTask")
+TASKS.register_lazy("ddpm-data", "unlearnbench.tasks.ddpm:DDPMDataTask")
 
 __all__ = ["TASKS", "Task", "ModelBundle", "MetricValue"]
