@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import sys
 
@@ -70,10 +71,30 @@ def test_key_covers_the_builders_code(tmp_path, monkeypatch):
         sys.modules.pop("ub_cache_builder", None)
 
 
-def test_version_covers_imported_project_modules(monkeypatch):
+def test_version_follows_the_code_the_builder_reaches(tmp_path, monkeypatch):
+    """A helper the builder calls is part of the key; an unrelated function in the same module is not (so editing a
+    task's evaluation code keeps its pretrained models), and project code it reaches counts too."""
+    mod = tmp_path / "ub_cache_reach.py"
+    body = ("from unlearnbench.diffusion import add_noise\n"
+            "def helper():\n    return add_noise\n"
+            "def unrelated():\n    return 0\n"
+            "def make():\n    def build():\n        return helper()\n    return build\n")
+    mod.write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        m = importlib.import_module("ub_cache_reach")
+        v1 = code_version(m.make())
+        mod.write_text(body.replace("return 0", "return 1  # unrelated edit"))
+        assert code_version(importlib.reload(m).make()) == v1
+        mod.write_text(body.replace("return add_noise", "return add_noise  # helper edit"))
+        assert code_version(importlib.reload(m).make()) != v1
+    finally:
+        sys.modules.pop("ub_cache_reach", None)
+    from unlearnbench import diffusion
     from unlearnbench.tasks import digits
 
     before = code_version(digits.load_unet)
-    real = sys.modules["unlearnbench.diffusion"].__file__
-    monkeypatch.setattr(sys.modules["unlearnbench.diffusion"], "__file__", real + "-missing")
-    assert code_version(digits.load_unet) != before, "digits imports diffusion: its source is part of the key"
+    monkeypatch.setattr(diffusion.add_noise, "__code__", (lambda schedule, x0, noise, t: x0).__code__)
+    monkeypatch.setattr(inspect, "getsource", lambda o, _real=inspect.getsource: (
+        "changed" if o is diffusion.add_noise else _real(o)))
+    assert code_version(digits.load_unet) != before, "pretraining reaches diffusion.add_noise: its source is in the key"

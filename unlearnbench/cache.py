@@ -3,6 +3,7 @@ configuration and of the code that built them; every load is checked against a s
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -47,25 +48,69 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def code_version(build: Callable) -> str:
-    """Hash of the source that built an artefact: the module defining ``build``, the modules of the functions it
-    closes over, and the unlearnbench modules those import (one level). Editing any of them gives a new cache key,
-    so an artefact built by older code is never loaded as if it were current."""
-    names: set[str] = {build.__module__}
-    for cell in build.__closure__ or ():
-        mod = getattr(cell.cell_contents, "__module__", None)
-        if callable(cell.cell_contents) and isinstance(mod, str):
-            names.add(mod)
-    for name in list(names):
-        for value in vars(sys.modules[name]).values() if name in sys.modules else ():
-            dep = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
-            if isinstance(dep, str) and dep.split(".")[0] == "unlearnbench" and dep != __name__:
-                names.add(dep)
-    digest = hashlib.sha256()
-    for name in sorted(names):
-        path = getattr(sys.modules.get(name), "__file__", None)
-        if path and os.path.exists(path):
-            digest.update(name.encode() + b"\0" + Path(path).read_bytes())
-    return digest.hexdigest()[:12]
+    """Hash of the source of ``build`` and of every function and class it reaches: through its closure and the global
+    names (and ``module.attr`` uses) of its code, transitively, within the builder's module and unlearnbench. Editing
+    any of them gives a new cache key, so an artefact built by older code is never loaded as if it were current, while
+    an edit elsewhere in the same module (evaluation code next to a pretraining routine) keeps the cache."""
+    roots = {"unlearnbench", getattr(build, "__module__", "") or ""}
+    parts: dict[str, str] = {}
+    seen, stack = set(), [build]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        try:
+            src = inspect.getsource(obj)
+        except (OSError, TypeError):
+            continue
+        parts[f"{obj.__module__}.{obj.__qualname__}"] = src
+        stack.extend(r for r in _references(obj) if (getattr(r, "__module__", None) or "").split(".")[0] in roots
+                     or getattr(r, "__module__", None) in roots)
+    blob = "\0".join(f"{k}\0{v}" for k, v in sorted(parts.items()))  # sorted: the same key in every process
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _references(obj: Any) -> list[Any]:
+    """Functions and classes the code of ``obj`` (a function, or a class's methods and bases) refers to."""
+    if isinstance(obj, type):
+        funcs = [f for v in vars(obj).values() for f in (getattr(v, "__func__", v), getattr(v, "fget", None))
+                 if inspect.isfunction(f)]
+        out: list[Any] = [b for b in obj.__bases__ if b is not object]
+    elif inspect.isfunction(obj):
+        funcs, out = [obj], []
+    else:
+        return []
+    for f in funcs:
+        out += [c.cell_contents for c in f.__closure__ or () if _is_code_object(_cell(c))]
+        names = _co_names(f.__code__)
+        for name in names:
+            v = f.__globals__.get(name)
+            if isinstance(v, types.ModuleType):
+                out += [getattr(v, n) for n in names if _is_code_object(getattr(v, n, None))]
+            elif _is_code_object(v):
+                out.append(v)
+    return out
+
+
+def _cell(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return None
+
+
+def _is_code_object(v: Any) -> bool:
+    return inspect.isfunction(v) or inspect.isclass(v)
+
+
+def _co_names(code: types.CodeType) -> set[str]:
+    """Global and attribute names used by ``code`` and the code objects nested in it."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _co_names(const)
+    return names
 
 
 class _Corrupt(Exception):
