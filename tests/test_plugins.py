@@ -122,7 +122,7 @@ def test_new_file_in_methods_is_discovered_without_editing_a_list(new_method_fil
     assert [t["grid"]["value"] for t in plan.trials] == [0.1, 0.2, 0.3]
     assert {t["grid"]["param"] for t in plan.trials} == {"eta"}, "grid_params inherited from ESD"
     every = plan_trials("gmm-concept", "all", "eps", run_dir=str(tmp_path / "r")).trials
-    assert {t["method"] for t in every} == {"esd", "lik", "rkl", "salun", "zz-new"}
+    assert {t["method"] for t in every} == {"esd", "lik", "lik-is", "rkl", "rkl-fixed", "rkl-is", "zz-new"}  # not salun: gmm-concept scores the null prompt
 
 
 def test_task_values_override_declared_defaults_and_subclasses_inherit():
