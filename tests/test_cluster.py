@@ -222,3 +222,21 @@ def test_cluster_sweep_with_token_auth(plugin, ray_head, tmp_path):
     assert numbers(tmp_path / "cluster") == numbers(tmp_path / "local"), "same seeds, same numbers"
     assert not (tmp_path / "cluster" / "ray_results").exists(), "no stray Tune folders without a callback"
     assert json.loads((tmp_path / "cluster" / "args.json").read_text())["task"] == "toy"
+
+
+def test_unwritable_record_stops_the_whole_tune_experiment(tmp_path):
+    from types import SimpleNamespace
+
+    from unlearnbench.raytune import _callback_classes
+
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the run directory should be")
+    lines: list[str] = []
+    recorder_cls, stopper_cls = _callback_classes()
+    recorder = recorder_cls(SimpleNamespace(run_dir=str(blocked)), 2, False, lines.append)
+    stopper = stopper_cls(recorder)
+    assert not stopper.stop_all()
+    rec = {"task": {"name": "toy"}, "trial_id": "t0", "status": "ok", "method": "esd", "seed": 0, "metrics": {}}
+    recorder.on_trial_result(0, [], None, {"record": json.dumps(rec)})
+    assert stopper.stop_all() and stopper("t1", {})
+    assert recorder.abort.startswith("could not write the record of trial 't0'") and lines[0].startswith("[1/2] t0")
