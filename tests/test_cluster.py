@@ -154,12 +154,14 @@ def test_killed_worker_is_retried_then_ok_and_callbacks_see_metrics(plugin, tmp_
 
 def test_worker_that_always_dies_is_recorded_failed_with_its_error(plugin, tmp_path):
     out = tmp_path / "dies"
-    r = cli([*TOY, "--methods", "esd", "--seeds", "0,1", "--num-cpus", "2", "--set", "task.die_seed=1",
-             "--out", str(out)], plugin_path=plugin, timeout=300)
+    grid = tmp_path / "one.yaml"
+    grid.write_text("values:\n  esd: [1.0]\n")
+    r = cli(["run", "--task", "toy", "--grid", str(grid), "--no-leaderboard", "--methods", "esd", "--seeds", "0,1",
+             "--num-cpus", "2", "--set", "task.die_seed=1", "--out", str(out)], plugin_path=plugin, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert r.stdout.count("retrying (1/2)") == 2 and r.stdout.count("retrying (2/2)") == 2, r.stdout
+    assert r.stdout.count("retrying (1/2)") == 1 and r.stdout.count("retrying (2/2)") == 1, r.stdout
     recs = {x["trial_id"]: x for x in read_records([out])}
-    assert sorted(x["status"] for x in recs.values()) == ["failed", "failed", "ok", "ok"]
+    assert sorted(x["status"] for x in recs.values()) == ["failed", "ok"], "the other trial finishes"
     for x in recs.values():
         if x["status"] == "failed":
             assert x["seed"] == 1 and x["error"].startswith("Ray trial error (after 3 attempt(s)):"), x["error"]
@@ -220,3 +222,21 @@ def test_cluster_sweep_with_token_auth(plugin, ray_head, tmp_path):
     assert numbers(tmp_path / "cluster") == numbers(tmp_path / "local"), "same seeds, same numbers"
     assert not (tmp_path / "cluster" / "ray_results").exists(), "no stray Tune folders without a callback"
     assert json.loads((tmp_path / "cluster" / "args.json").read_text())["task"] == "toy"
+
+
+def test_unwritable_record_stops_the_whole_tune_experiment(tmp_path):
+    from types import SimpleNamespace
+
+    from unlearnbench.raytune import _callback_classes
+
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the run directory should be")
+    lines: list[str] = []
+    recorder_cls, stopper_cls = _callback_classes()
+    recorder = recorder_cls(SimpleNamespace(run_dir=str(blocked)), 2, False, lines.append)
+    stopper = stopper_cls(recorder)
+    assert not stopper.stop_all()
+    rec = {"task": {"name": "toy"}, "trial_id": "t0", "status": "ok", "method": "esd", "seed": 0, "metrics": {}}
+    recorder.on_trial_result(0, [], None, {"record": json.dumps(rec)})
+    assert stopper.stop_all() and stopper("t1", {})
+    assert recorder.abort.startswith("could not write the record of trial 't0'") and lines[0].startswith("[1/2] t0")

@@ -75,7 +75,9 @@ def error_text(trial) -> tuple[str, str | None]:
     if not text:
         return "Ray trial error: the worker process died", None
     lines = [ln for ln in str(text).strip().splitlines() if ln.strip() and not ln.startswith("Failure #")]
-    last = next((ln.strip() for ln in reversed(lines) if not ln.startswith(" ")), "worker died")
+    last = next((ln.strip() for ln in reversed(lines) if not ln[0].isspace()), "worker died")
+    if len(last) > 200:  # Ray's dead-actor text runs on with generic advice; the full text is in the traceback
+        last = last[:200].rsplit(" ", 1)[0] + " ..."
     return f"Ray trial error (after {trial.num_failures} attempt(s)): {last}", "\n".join(lines[-60:])
 
 

@@ -1,6 +1,7 @@
 """Execute a sweep plan: trials as Ray Tune trials (local Ray by default, a cluster with ``address``; see
-:mod:`unlearnbench.raytune`) or one after another in this process (``executor="serial"``: debugging, and the baseline for Ray's overhead). Every finished trial is
-appended to ``records.jsonl`` at once, so a killed sweep loses nothing finished and ``resume`` re-runs only the rest."""
+:mod:`unlearnbench.raytune`) or one after another in this process (``executor="serial"``: debugging, and the baseline
+for Ray's overhead). Every finished trial is appended to ``records.jsonl`` at once, so a killed sweep loses nothing
+finished and ``resume`` re-runs only the rest."""
 from __future__ import annotations
 
 import json

@@ -129,7 +129,8 @@ def check_run_flags(args, run_dir: str) -> None:
 
 
 def _check_resources(args) -> None:
-    """Resource flags, Tune callbacks and the cluster address, refused before any work (issue 8/9 cluster parts)."""
+    """Resource flags, Tune callbacks and the cluster address, refused before any work (a cluster address by a short
+    probe: Ray's own connection retries would hang for minutes)."""
     from unlearnbench.cluster import check_resources, check_tune_callbacks, probe_address
 
     check_resources(args.cpus_per_trial, args.gpus_per_trial, args.num_cpus, local=args.address is None)
