@@ -112,3 +112,9 @@ def test_methods_all_means_the_methods_that_apply_to_the_task(task, expected, tm
     methods = {t["method"] for t in plan_trials(task, "all", "eps", run_dir=str(tmp_path / "r")).trials}
     assert expected <= methods
     assert all(TASKS.get(task).kind in METHODS.get(m).kinds for m in methods), "no method of the other kind"
+
+
+def test_methods_all_with_a_grid_from_the_config_file(tmp_path):
+    plan = plan_trials("gmm-concept", "all", "custom", run_dir=str(tmp_path / "r"),
+                       config={"grids": {"custom": {"rkl": [20, 30]}}})
+    assert [(t["method"], t["grid"]["value"]) for t in plan.trials] == [("rkl", 20.0), ("rkl", 30.0)]

@@ -18,6 +18,8 @@ FILES = {  # written into the test's directory before each case; {tmp} in argume
     "c_top.yaml": "[1, 2]\n",
     "g_neg.yaml": "values: {rkl: [-1]}\n",
     "g_params.yaml": "values: {rkl: [20]}\nparams: {rkll: eps}\n",
+    "c_gridname.yaml": "grids: {eps: {rkll: [20, 30]}}\n",
+    "badrun/args.json": "{not json\n",
 }
 
 CASES = [  # (arguments, substrings the message must hold)
@@ -74,6 +76,9 @@ CASES = [  # (arguments, substrings the message must hold)
     ([*RUN, "--executor", "bogus"], ["invalid choice: 'bogus'", "'ray', 'serial'"]),
     ([*RUN, "--steps", "abc"], ["--steps: invalid int value: 'abc'"]),
     (["run", "--resume", "{tmp}/norun"], ["--resume", "no args.json there", "is it a run directory?"]),
+    (["run", "--resume", "{tmp}/badrun"], ["args.json cannot be read", "is it a run directory?"]),
+    ([*RUN, "--cache-dir", "{tmp}/afile"], ["--cache-dir '", "afile' is an existing file", "give a directory"]),
+    ([*RUN, "--config", "{tmp}/c_gridname.yaml"], ["config grids.eps: unknown method 'rkll'", "Valid methods:"]),
     (["validate", "--task", "gmm-data", "--methods", "fkl", "--set", "task.T=0"], ["task.T=0 is out of range",
                                                                                   "valid: an integer > 0"]),
     (["ls", "methods", "nosuch"], ["unknown method 'nosuch'", "Valid methods:"]),
@@ -94,6 +99,7 @@ def _run(argv: list[str]) -> int:
 @pytest.mark.parametrize("args,expected", CASES, ids=[" ".join(a[1:])[:60] for a, _ in CASES])
 def test_bad_input_is_refused_with_a_message_and_nothing_written(args, expected, tmp_path, monkeypatch, capsys):
     for name, text in FILES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
     monkeypatch.chdir(tmp_path)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -105,4 +111,5 @@ def test_bad_input_is_refused_with_a_message_and_nothing_written(args, expected,
     assert "Traceback" not in err and "error:" in err
     for text in expected:
         assert text in err, f"{text!r} not in {err!r}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES), "nothing may be written"
+    assert {p.name for p in tmp_path.iterdir()} == {name.split("/")[0] for name in FILES}, "nothing may be written"
+    assert [p.name for p in (tmp_path / "badrun").iterdir()] == ["args.json"]

@@ -104,25 +104,25 @@ def load_grid_file(path: str, methods: list[str]) -> tuple[str, dict[str, list[f
     return str(data.get("grid") or Path(path).stem), clean, params
 
 
-def check_run_dir(path: str) -> str:
-    """The absolute run directory, refused unless it is (or can be created as) a writable directory.
+def check_writable_dir(path: str, flag: str = "--out") -> str:
+    """The absolute path, refused unless it is (or can be created as) a writable directory.
 
-    Probes by creating and removing a temporary directory where the run directory would be created, so read-only
-    file systems, /proc and paths through a file are caught without leaving anything behind.
+    Probes by creating and removing a temporary directory where the directory would be created (or inside it), so
+    read-only file systems, /proc and paths through a file are caught without leaving anything behind.
     """
-    full = os.path.abspath(path)
+    full = os.path.abspath(os.path.expanduser(path))
     if os.path.exists(full) and not os.path.isdir(full):
-        raise ConfigError(f"--out {path!r} is an existing file; give a directory (new, or a run directory to reuse)")
+        raise ConfigError(f"{flag} {path!r} is an existing file; give a directory (new, or an existing one to reuse)")
     parent = full
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ConfigError(f"--out {path!r}: {parent!r} is a file, so no directory can be created under it; "
+        raise ConfigError(f"{flag} {path!r}: {parent!r} is a file, so no directory can be created under it; "
                           f"give a path under a writable directory")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".unlearnbench-probe-", dir=parent))
     except OSError as e:
-        raise ConfigError(f"--out {path!r}: cannot create a directory in {parent!r} ({e.strerror}); "
+        raise ConfigError(f"{flag} {path!r}: cannot create a directory in {parent!r} ({e.strerror}); "
                           f"give a path under a writable directory, e.g. runs/<name>") from None
     return full
 
@@ -168,7 +168,7 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
     except ValueError as e:
         raise ConfigError(str(e)) from None
     task_options = {k: task_obj.options[k] for k in task_options}  # checked and typed (e.g. "1e3" -> 1000)
-    method_names = resolve_methods(methods, task_cls, grid)
+    method_names = resolve_methods(methods, task_cls, grid, (cfg.get("grids") or {}).get(grid) or {})
     method_overrides = check_overrides(cfg.get("methods") or {})
     grid_name, grid_values, grid_params = resolve_grid(grid, method_names, task_obj, cfg.get("grids") or {})
     seed_list = parse_seeds(seeds)
@@ -212,6 +212,10 @@ def check_config(cfg: Any) -> dict:
         if not isinstance(by_method, dict):
             raise ConfigError(f"config: grids.{g} must map method -> list of numbers, got {by_method!r}")
         for m, vals in by_method.items():
+            try:
+                METHODS.canonical(str(m))
+            except KeyError as e:
+                raise ConfigError(f"config grids.{g}: {e}") from None
             check_numbers(f"config grids.{g}.{m}", vals)
     return cfg
 
@@ -226,10 +230,12 @@ def check_numbers(where: str, vals: Any, what: str = "") -> list[float]:
     return [float(v) for v in vals]
 
 
-def resolve_methods(methods: str | list[str], task_cls: type, grid: str) -> list[str]:
-    """Canonical method names; ``all`` means every method that applies to the task and has values for ``grid``."""
+def resolve_methods(methods: str | list[str], task_cls: type, grid: str, config_grid: dict | None = None) -> list[str]:
+    """Canonical method names; ``all`` means every method that applies to the task and has values for ``grid``
+    (the task's, the method's declared ones or the config's ``config_grid``)."""
     if methods == "all" or methods == ["all"]:
-        fits = applicable_methods(task_cls, grid)
+        given = {METHODS.canonical(str(m)) for m in config_grid or {}}
+        fits = [m for m in applicable_methods(task_cls, None) if m in given or m in applicable_methods(task_cls, grid)]
         if not fits:
             raise ConfigError(f"no method applies to {task_cls.kind} task {task_cls.name!r} with grid {grid!r}; "
                               f"valid grids: {', '.join(task_cls.grids)}")
