@@ -27,8 +27,9 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
 def test_version(capsys):
     from unlearnbench import __version__
 
-    rc, out = run_cli(capsys, "--version")
-    assert rc == 0 and out.strip() == f"unlearnbench {__version__}"
+    for argv in (["--version"], ["run", "--version"], ["ls", "methods", "--version"]):
+        rc, out = run_cli(capsys, *argv)
+        assert rc == 0 and out.strip() == f"unlearnbench {__version__}", argv
 
 
 def test_verbose_flag_is_accepted_before_and_after_the_command(capsys, monkeypatch):

@@ -61,25 +61,26 @@ def deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def load_yaml(path: str) -> dict:
+def load_yaml(path: str, what: str = "config file") -> dict:
+    """A YAML mapping from ``path``; ``what`` (config file, grid file) names it in messages."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {path!r} does not exist") from None
+        raise ConfigError(f"{what} {path!r} does not exist") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from e
+        raise ConfigError(f"{what} {path!r} is not valid YAML: {e}") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path!r} cannot be read as text: {e}; give a YAML file") from None
+        raise ConfigError(f"{what} {path!r} cannot be read as text: {e}; give a YAML file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path!r} must hold a mapping (sections methods, task, grids; or a grid "
-                          f"file's values:), got {type(data).__name__}")
+        expected = "sections methods, task, grids" if what == "config file" else "values: {method: [numbers]}"
+        raise ConfigError(f"{what} {path!r} must hold a mapping ({expected}), got {type(data).__name__}")
     return data
 
 
 def load_grid_file(path: str, methods: list[str]) -> tuple[str, dict[str, list[float]], dict[str, str]]:
-    data = load_yaml(path)
+    data = load_yaml(path, "grid file")
     values = data.get("values", data if "values" not in data and "grid" not in data else None)
     if not isinstance(values, dict) or not values:
         raise ConfigError(f"grid file {path!r}: expected a 'values' mapping method -> list of numbers")

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
             lb_cmd.add_claims_parser(sub)
     for cmd in sub.choices.values():  # global flags are accepted after the command too
         cmd.add_argument("-v", "--verbose", dest="verbose_after", action="count", default=0, help=argparse.SUPPRESS)
+        cmd.add_argument("--version", action="version", version=f"unlearnbench {__version__}", help=argparse.SUPPRESS)
     return p
 
 
