@@ -115,3 +115,21 @@ def test_bad_input_is_refused_with_a_message_and_nothing_written(args, expected,
         assert text in err, f"{text!r} not in {err!r}"
     assert {p.name for p in tmp_path.iterdir()} == {name.split("/")[0] for name in FILES}, "nothing may be written"
     assert [p.name for p in (tmp_path / "badrun").iterdir()] == ["args.json"]
+
+
+def test_a_broken_plugin_is_named_not_a_traceback(capsys, tmp_path):
+    from unlearnbench.methods import METHODS
+
+    METHODS.register_lazy("zz-broken", "no_such_plugin_module:Method", origin="plugin zz")
+    try:
+        assert _run(["ls", "methods"]) == 0
+        assert "zz-broken (failed to load: method 'zz-broken' points at 'no_such_plugin_module:Method'" in \
+            capsys.readouterr().out
+        assert _run(["run", "--task", "gmm-concept", "--methods", "zz-broken", "--out", str(tmp_path / "o")]) == 2
+        assert "error: method 'zz-broken' points at 'no_such_plugin_module:Method', which failed to load" in \
+            capsys.readouterr().err
+        assert _run(["run", "--task", "gmm-concept", "--methods", "all", "--dry-run", "--out", str(tmp_path / "o")]) == 0
+        assert not (tmp_path / "o").exists()
+    finally:
+        METHODS._items.pop("zz-broken")
+        METHODS._origin.pop("zz-broken")

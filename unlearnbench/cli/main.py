@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, UnknownNameError) as e:  # bad input a command did not catch itself: a line, not a traceback
+    except (ConfigError, UnknownNameError, ImportError) as e:  # bad input or a broken plugin: a line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 
