@@ -30,10 +30,12 @@ CASES = [  # (arguments, substrings the message must hold)
                                                            "methods for it: esd, lik, rkl, salun"]),
     (["run", "--task", "gmm-concept", "--methods", ","], ["no method given; valid: esd"]),
     ([*RUN, "--grid", "nogrid"], ["no grid 'nogrid'; valid: eps, smoke"]),
-    (["run", "--task", "gmm-concept", "--methods", "all", "--grid", "nogrid"], ["grid 'nogrid'", "valid grids: eps, smoke"]),
+    (["run", "--task", "gmm-concept", "--methods", "all", "--grid", "nogrid"],
+     ["grid 'nogrid'", "valid grids: eps, smoke"]),
     ([*RUN, "--seeds", "a,b"], ["--seeds 'a,b'", "comma-separated integers, e.g. 0,1,2"]),
     ([*RUN, "--set", "bogus"], ["--set 'bogus'", "expected KEY=VALUE"]),
-    ([*RUN, "--set", "method.rkl.lr=1"], ["--set 'method.rkl.lr=1'", "keys are methods.<method>.<field> or task.<option>"]),
+    ([*RUN, "--set", "method.rkl.lr=1"],
+     ["--set 'method.rkl.lr=1'", "keys are methods.<method>.<field> or task.<option>"]),
     ([*RUN, "--set", "methods.rkl.lrr=1"], ["unknown setting(s) lrr", "valid: batch_size, delta"]),
     ([*RUN, "--set", "methods.nosuch.lr=1"], ["unknown method 'nosuch'", "Valid methods:"]),
     ([*RUN, "--set", "methods.rkl.steps=1.5"], ["steps=1.5 is not an integer", "valid: a whole number"]),
@@ -54,8 +56,10 @@ CASES = [  # (arguments, substrings the message must hold)
     ([*RUN, "--set", "task.forget=three"], ["unknown forget set 'three'", "valid: pair, one"]),
     (["run", "--task", "digits-concept", "--methods", "rkl", "--set", "task.n_eval=1e9.5"],
      ["task.n_eval='1e9.5' is not an integer", "valid: a whole number"]),
-    ([*RUN, "--config", "{tmp}/c_list.yaml"], ["section 'methods' must be a mapping, got [1, 2]", "methods: {rkl: {lr"]),
-    ([*RUN, "--config", "{tmp}/c_int.yaml"], ["methods.rkl must be a mapping field -> value, got 5", "{rkl: {lr: 1e-4}}"]),
+    ([*RUN, "--config", "{tmp}/c_list.yaml"],
+     ["section 'methods' must be a mapping, got [1, 2]", "methods: {rkl: {lr"]),
+    ([*RUN, "--config", "{tmp}/c_int.yaml"],
+     ["methods.rkl must be a mapping field -> value, got 5", "{rkl: {lr: 1e-4}}"]),
     ([*RUN, "--config", "{tmp}/c_section.yaml"], ["unknown section(s) method", "valid: methods, task, grids"]),
     ([*RUN, "--config", "{tmp}/c_broken.yaml"], ["c_broken.yaml' is not valid YAML"]),
     ([*RUN, "--config", "{tmp}/c_grids.yaml"], ["grids.eps.rkl: value 'oops'", "not a finite number"]),
@@ -128,7 +132,8 @@ def test_a_broken_plugin_is_named_not_a_traceback(capsys, tmp_path):
         assert _run(["run", "--task", "gmm-concept", "--methods", "zz-broken", "--out", str(tmp_path / "o")]) == 2
         assert "error: method 'zz-broken' points at 'no_such_plugin_module:Method', which failed to load" in \
             capsys.readouterr().err
-        assert _run(["run", "--task", "gmm-concept", "--methods", "all", "--dry-run", "--out", str(tmp_path / "o")]) == 0
+        argv = ["run", "--task", "gmm-concept", "--methods", "all", "--dry-run", "--out", str(tmp_path / "o")]
+        assert _run(argv) == 0
         assert not (tmp_path / "o").exists()
     finally:
         METHODS._items.pop("zz-broken")
