@@ -51,7 +51,8 @@ def make_config(cls: type[MethodConfig], values: dict[str, Any], method: str) ->
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, values)) - set(fields))
     if unknown:
-        raise ValueError(f"method {method}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+        raise ValueError(f"method {method}: unknown setting(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(sorted(fields))}")
     hints = resolve_hints(cls)
     spec = {k: (hints.get(k, Any), fields[k].metadata, field_default(fields[k])) for k in values}
     try:

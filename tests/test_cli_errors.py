@@ -18,6 +18,8 @@ FILES = {  # written into the test's directory before each case; {tmp} in argume
     "c_top.yaml": "[1, 2]\n",
     "g_neg.yaml": "values: {rkl: [-1]}\n",
     "g_params.yaml": "values: {rkl: [20]}\nparams: {rkll: eps}\n",
+    "c_gridname.yaml": "grids: {eps: {rkll: [20, 30]}}\n",
+    "badrun/args.json": "{not json\n",
 }
 
 CASES = [  # (arguments, substrings the message must hold)
@@ -28,10 +30,12 @@ CASES = [  # (arguments, substrings the message must hold)
                                                            "methods for it: esd, lik, lik-is, rkl, rkl-fixed, rkl-is"]),
     (["run", "--task", "gmm-concept", "--methods", ","], ["no method given; valid: esd"]),
     ([*RUN, "--grid", "nogrid"], ["no grid 'nogrid'; valid: eps, smoke"]),
-    (["run", "--task", "gmm-concept", "--methods", "all", "--grid", "nogrid"], ["grid 'nogrid'", "valid grids: eps, smoke"]),
+    (["run", "--task", "gmm-concept", "--methods", "all", "--grid", "nogrid"],
+     ["grid 'nogrid'", "valid grids: eps, smoke"]),
     ([*RUN, "--seeds", "a,b"], ["--seeds 'a,b'", "comma-separated integers, e.g. 0,1,2"]),
     ([*RUN, "--set", "bogus"], ["--set 'bogus'", "expected KEY=VALUE"]),
-    ([*RUN, "--set", "method.rkl.lr=1"], ["--set 'method.rkl.lr=1'", "keys are methods.<method>.<field> or task.<option>"]),
+    ([*RUN, "--set", "method.rkl.lr=1"],
+     ["--set 'method.rkl.lr=1'", "keys are methods.<method>.<field> or task.<option>"]),
     ([*RUN, "--set", "methods.rkl.lrr=1"], ["unknown setting(s) lrr", "valid: batch_size, converge_tol, delta"]),
     ([*RUN, "--set", "methods.nosuch.lr=1"], ["unknown method 'nosuch'", "Valid methods:"]),
     ([*RUN, "--set", "methods.rkl.steps=1.5"], ["steps=1.5 is not an integer", "valid: a whole number"]),
@@ -52,18 +56,22 @@ CASES = [  # (arguments, substrings the message must hold)
     ([*RUN, "--set", "task.forget=three"], ["unknown forget set 'three'", "valid: pair, one"]),
     (["run", "--task", "digits-concept", "--methods", "rkl", "--set", "task.n_eval=1e9.5"],
      ["task.n_eval='1e9.5' is not an integer", "valid: a whole number"]),
-    ([*RUN, "--config", "{tmp}/c_list.yaml"], ["section 'methods' must be a mapping, got [1, 2]", "methods: {rkl: {lr"]),
-    ([*RUN, "--config", "{tmp}/c_int.yaml"], ["methods.rkl must be a mapping field -> value, got 5", "{rkl: {lr: 1e-4}}"]),
+    ([*RUN, "--config", "{tmp}/c_list.yaml"],
+     ["section 'methods' must be a mapping, got [1, 2]", "methods: {rkl: {lr"]),
+    ([*RUN, "--config", "{tmp}/c_int.yaml"],
+     ["methods.rkl must be a mapping field -> value, got 5", "{rkl: {lr: 1e-4}}"]),
     ([*RUN, "--config", "{tmp}/c_section.yaml"], ["unknown section(s) method", "valid: methods, task, grids"]),
     ([*RUN, "--config", "{tmp}/c_broken.yaml"], ["c_broken.yaml' is not valid YAML"]),
     ([*RUN, "--config", "{tmp}/c_grids.yaml"], ["grids.eps.rkl: value 'oops'", "not a finite number"]),
     ([*RUN, "--config", "{tmp}/c_task.yaml"], ["section 'task' must be a mapping, got ['forget', 'one']",
                                               "task: {forget: one}"]),
-    ([*RUN, "--config", "{tmp}/c_top.yaml"], ["must hold a mapping", "sections methods, task, grids"]),
+    ([*RUN, "--config", "{tmp}/c_top.yaml"], ["config file '", "must hold a mapping (sections methods, task, grids)"]),
     ([*RUN, "--config", "{tmp}/missing.yaml"], ["missing.yaml' does not exist"]),
     ([*RUN, "--config", "{tmp}"], ["cannot be read as text", "give a YAML file"]),
     ([*RUN, "--grid", "{tmp}/g_neg.yaml"], ["rkl with eps=-1: threshold b=-1.0 is impossible"]),
     ([*RUN, "--grid", "{tmp}/g_params.yaml"], ["params: unknown method 'rkll'", "Valid methods:"]),
+    ([*RUN, "--grid", "{tmp}/g_missing.yaml"], ["grid file '", "g_missing.yaml' does not exist"]),
+    ([*RUN, "--grid", "{tmp}/c_top.yaml"], ["grid file '", "must hold a mapping (values: {method: [numbers]})"]),
     ([*RUN, "--out", "{tmp}/afile"], ["--out '", "afile' is an existing file", "give a directory"]),
     ([*RUN, "--out", "{tmp}/afile/sub"], ["afile' is a file", "give a path under a writable directory"]),
     ([*RUN, "--out", "/proc/unlearnbench-test"], ["cannot create a directory in '/proc'",
@@ -74,6 +82,9 @@ CASES = [  # (arguments, substrings the message must hold)
     ([*RUN, "--executor", "bogus"], ["invalid choice: 'bogus'", "'ray', 'serial'"]),
     ([*RUN, "--steps", "abc"], ["--steps: invalid int value: 'abc'"]),
     (["run", "--resume", "{tmp}/norun"], ["--resume", "no args.json there", "is it a run directory?"]),
+    (["run", "--resume", "{tmp}/badrun"], ["args.json cannot be read", "is it a run directory?"]),
+    ([*RUN, "--cache-dir", "{tmp}/afile"], ["--cache-dir '", "afile' is an existing file", "give a directory"]),
+    ([*RUN, "--config", "{tmp}/c_gridname.yaml"], ["config grids.eps: unknown method 'rkll'", "Valid methods:"]),
     (["validate", "--task", "gmm-data", "--methods", "fkl", "--set", "task.T=0"], ["task.T=0 is out of range",
                                                                                   "valid: an integer > 0"]),
     (["ls", "methods", "nosuch"], ["unknown method 'nosuch'", "Valid methods:"]),
@@ -94,6 +105,7 @@ def _run(argv: list[str]) -> int:
 @pytest.mark.parametrize("args,expected", CASES, ids=[" ".join(a[1:])[:60] for a, _ in CASES])
 def test_bad_input_is_refused_with_a_message_and_nothing_written(args, expected, tmp_path, monkeypatch, capsys):
     for name, text in FILES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
     monkeypatch.chdir(tmp_path)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -105,4 +117,24 @@ def test_bad_input_is_refused_with_a_message_and_nothing_written(args, expected,
     assert "Traceback" not in err and "error:" in err
     for text in expected:
         assert text in err, f"{text!r} not in {err!r}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES), "nothing may be written"
+    assert {p.name for p in tmp_path.iterdir()} == {name.split("/")[0] for name in FILES}, "nothing may be written"
+    assert [p.name for p in (tmp_path / "badrun").iterdir()] == ["args.json"]
+
+
+def test_a_broken_plugin_is_named_not_a_traceback(capsys, tmp_path):
+    from unlearnbench.methods import METHODS
+
+    METHODS.register_lazy("zz-broken", "no_such_plugin_module:Method", origin="plugin zz")
+    try:
+        assert _run(["ls", "methods"]) == 0
+        assert "zz-broken (failed to load: method 'zz-broken' points at 'no_such_plugin_module:Method'" in \
+            capsys.readouterr().out
+        assert _run(["run", "--task", "gmm-concept", "--methods", "zz-broken", "--out", str(tmp_path / "o")]) == 2
+        assert "error: method 'zz-broken' points at 'no_such_plugin_module:Method', which failed to load" in \
+            capsys.readouterr().err
+        argv = ["run", "--task", "gmm-concept", "--methods", "all", "--dry-run", "--out", str(tmp_path / "o")]
+        assert _run(argv) == 0
+        assert not (tmp_path / "o").exists()
+    finally:
+        METHODS._items.pop("zz-broken")
+        METHODS._origin.pop("zz-broken")

@@ -12,6 +12,7 @@ Precedence, lowest to highest: method defaults, the task's defaults for that met
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import tempfile
@@ -25,6 +26,8 @@ from unlearnbench.methods import METHODS
 from unlearnbench.methods.base import make_config
 from unlearnbench.registry import parse_list
 from unlearnbench.settings import ConfigError
+
+logger = logging.getLogger(__name__)
 from unlearnbench.tasks import TASKS
 
 
@@ -61,25 +64,26 @@ def deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def load_yaml(path: str) -> dict:
+def load_yaml(path: str, what: str = "config file") -> dict:
+    """A YAML mapping from ``path``; ``what`` (config file, grid file) names it in messages."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {path!r} does not exist") from None
+        raise ConfigError(f"{what} {path!r} does not exist") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from e
+        raise ConfigError(f"{what} {path!r} is not valid YAML: {e}") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path!r} cannot be read as text: {e}; give a YAML file") from None
+        raise ConfigError(f"{what} {path!r} cannot be read as text: {e}; give a YAML file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path!r} must hold a mapping (sections methods, task, grids; or a grid "
-                          f"file's values:), got {type(data).__name__}")
+        expected = "sections methods, task, grids" if what == "config file" else "values: {method: [numbers]}"
+        raise ConfigError(f"{what} {path!r} must hold a mapping ({expected}), got {type(data).__name__}")
     return data
 
 
 def load_grid_file(path: str, methods: list[str]) -> tuple[str, dict[str, list[float]], dict[str, str]]:
-    data = load_yaml(path)
+    data = load_yaml(path, "grid file")
     values = data.get("values", data if "values" not in data and "grid" not in data else None)
     if not isinstance(values, dict) or not values:
         raise ConfigError(f"grid file {path!r}: expected a 'values' mapping method -> list of numbers")
@@ -104,25 +108,25 @@ def load_grid_file(path: str, methods: list[str]) -> tuple[str, dict[str, list[f
     return str(data.get("grid") or Path(path).stem), clean, params
 
 
-def check_run_dir(path: str) -> str:
-    """The absolute run directory, refused unless it is (or can be created as) a writable directory.
+def check_writable_dir(path: str, flag: str = "--out") -> str:
+    """The absolute path, refused unless it is (or can be created as) a writable directory.
 
-    Probes by creating and removing a temporary directory where the run directory would be created, so read-only
-    file systems, /proc and paths through a file are caught without leaving anything behind.
+    Probes by creating and removing a temporary directory where the directory would be created (or inside it), so
+    read-only file systems, /proc and paths through a file are caught without leaving anything behind.
     """
-    full = os.path.abspath(path)
+    full = os.path.abspath(os.path.expanduser(path))
     if os.path.exists(full) and not os.path.isdir(full):
-        raise ConfigError(f"--out {path!r} is an existing file; give a directory (new, or a run directory to reuse)")
+        raise ConfigError(f"{flag} {path!r} is an existing file; give a directory (new, or an existing one to reuse)")
     parent = full
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ConfigError(f"--out {path!r}: {parent!r} is a file, so no directory can be created under it; "
+        raise ConfigError(f"{flag} {path!r}: {parent!r} is a file, so no directory can be created under it; "
                           f"give a path under a writable directory")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".unlearnbench-probe-", dir=parent))
     except OSError as e:
-        raise ConfigError(f"--out {path!r}: cannot create a directory in {parent!r} ({e.strerror}); "
+        raise ConfigError(f"{flag} {path!r}: cannot create a directory in {parent!r} ({e.strerror}); "
                           f"give a path under a writable directory, e.g. runs/<name>") from None
     return full
 
@@ -168,7 +172,7 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
     except ValueError as e:
         raise ConfigError(str(e)) from None
     task_options = {k: task_obj.options[k] for k in task_options}  # checked and typed (e.g. "1e3" -> 1000)
-    method_names = resolve_methods(methods, task_cls, grid)
+    method_names = resolve_methods(methods, task_cls, grid, (cfg.get("grids") or {}).get(grid) or {})
     method_overrides = check_overrides(cfg.get("methods") or {})
     grid_name, grid_values, grid_params = resolve_grid(grid, method_names, task_obj, cfg.get("grids") or {})
     seed_list = parse_seeds(seeds)
@@ -212,6 +216,10 @@ def check_config(cfg: Any) -> dict:
         if not isinstance(by_method, dict):
             raise ConfigError(f"config: grids.{g} must map method -> list of numbers, got {by_method!r}")
         for m, vals in by_method.items():
+            try:
+                METHODS.canonical(str(m))
+            except KeyError as e:
+                raise ConfigError(f"config grids.{g}: {e}") from None
             check_numbers(f"config grids.{g}.{m}", vals)
     return cfg
 
@@ -226,10 +234,13 @@ def check_numbers(where: str, vals: Any, what: str = "") -> list[float]:
     return [float(v) for v in vals]
 
 
-def resolve_methods(methods: str | list[str], task_cls: type, grid: str) -> list[str]:
-    """Canonical method names; ``all`` means every method that applies to the task and has values for ``grid``."""
+def resolve_methods(methods: str | list[str], task_cls: type, grid: str, config_grid: dict | None = None) -> list[str]:
+    """Canonical method names; ``all`` means every method that applies to the task and has values for ``grid``
+    (the task's, the method's declared ones or the config's ``config_grid``)."""
     if methods == "all" or methods == ["all"]:
-        fits = applicable_methods(task_cls, grid)
+        given = {METHODS.canonical(str(m)) for m in config_grid or {}}
+        on_grid = set(applicable_methods(task_cls, grid))
+        fits = [m for m in applicable_methods(task_cls, None) if m in given or m in on_grid]
         if not fits:
             raise ConfigError(f"no method applies to {task_cls.kind} task {task_cls.name!r} with grid {grid!r}; "
                               f"valid grids: {', '.join(task_cls.grids)}")
@@ -252,7 +263,11 @@ def applicable_methods(task_cls: type, grid: str | None) -> list[str]:
     """Methods whose kinds include the task's and, when ``grid`` names one, that have values for it there."""
     out = []
     for name in METHODS.names():
-        cls = METHODS.get(name)
+        try:
+            cls = METHODS.get(name)
+        except (ImportError, TypeError) as e:  # a broken plugin is named when asked for, not in every run
+            logger.warning("method %s is left out: %s", name, e)
+            continue
         if task_cls.kind not in cls.kinds or cls.unsupported_reason(task_cls):
             continue
         if grid is None or is_grid_file(grid) or name in task_cls.grids.get(grid, {}) or \

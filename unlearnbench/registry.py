@@ -100,7 +100,8 @@ class Registry(Generic[T]):
 
     def discover(self) -> None:
         """Import (once) the modules of ``scan_package`` that no lazy entry names, so that a new file with
-        ``@REGISTRY.register("name")`` is found without editing any list. ``_private`` modules and ``base`` are skipped."""
+        ``@REGISTRY.register("name")`` is found without editing any list. ``_private`` modules and ``base`` are
+        skipped."""
         if self._scanned or not self.scan_package:
             return
         self._scanned = True

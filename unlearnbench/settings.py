@@ -6,7 +6,8 @@ and what would have been valid; a trial then never fails for a value that could 
 
 Ranges: numbers are finite and ``>= 0`` unless a field's metadata says otherwise (``min``/``max`` inclusive bounds,
 ``min: None`` for no lower bound); counts (integers whose default is positive) and learning rates (names ending in
-``lr``) are ``> 0`` (``positive: True/False`` decides it explicitly). ``metadata={"choices": (...)}`` restricts a value to a fixed set.
+``lr``) are ``> 0`` (``positive: True/False`` decides it explicitly). ``metadata={"choices": (...)}`` restricts a
+value to a fixed set.
 """
 from __future__ import annotations
 

@@ -51,6 +51,9 @@ class ToyTask(Task):
     kind = "concept"
     grids = {"eps": {"mymethod": [0.5, 1.0], "esd": [0.5, 1.0], "rkl": [0.5, 1.0]}}
     axes = [("mass", "drift")]
+    emits = {"mass": ("unlearning", False, "share of null-prompt samples in the erased component"),
+             "drift": ("retention", False, "distance of the null-prompt sample mean from the origin"),
+             "pid": ("info", False, "process id of the trial (tests)")}
     forget_sets = {"one": [1]}
     default_steps = 5
     default_options = {"sleep": 0.0}

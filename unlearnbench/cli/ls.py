@@ -46,7 +46,11 @@ def list_methods(args) -> None:
     from unlearnbench.methods import METHODS
 
     for name in METHODS.names():
-        cls = METHODS.get(name)
+        try:
+            cls = METHODS.get(name)
+        except (ImportError, TypeError) as e:  # one broken plugin must not hide the others
+            print(f"{name:8s} (failed to load: {e})  <{METHODS.origin(name)}>")
+            continue
         knob = ", ".join(f"{g}->{f}" for g, f in cls.grid_params.items())
         print(f"{name:8s} [{'/'.join(cls.kinds)}] ({knob}) {METHODS.describe(name)}  <{METHODS.origin(name)}>")
 

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
             lb_cmd.add_claims_parser(sub)
     for cmd in sub.choices.values():  # global flags are accepted after the command too
         cmd.add_argument("-v", "--verbose", dest="verbose_after", action="count", default=0, help=argparse.SUPPRESS)
+        cmd.add_argument("--version", action="version", version=f"unlearnbench {__version__}", help=argparse.SUPPRESS)
     return p
 
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, UnknownNameError) as e:  # bad input a command did not catch itself: a line, not a traceback
+    except (ConfigError, UnknownNameError, ImportError) as e:  # bad input or a broken plugin: a line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -108,7 +108,13 @@ def _resume_args(args) -> None:
     path = os.path.join(args.resume, "args.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume {args.resume}: no args.json there; is it a run directory?")
-    saved = json.load(open(path))
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--resume {args.resume}: {path} cannot be read ({e}); is it a run directory?") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"--resume {args.resume}: {path} does not hold the saved arguments; is it a run directory?")
     for k, v in saved.items():
         if getattr(args, k, None) in (None, [], "eps", "0", False) and v is not None:
             setattr(args, k, v)
@@ -116,8 +122,9 @@ def _resume_args(args) -> None:
 
 
 def check_run_flags(args, run_dir: str) -> None:
-    """Counts are positive and the run directory writable, before anything is planned or written."""
-    from unlearnbench.config import ConfigError, check_run_dir
+    """Counts are positive and the run and cache directories writable, before anything is planned or written."""
+    from unlearnbench.cache import default_cache_dir
+    from unlearnbench.config import ConfigError, check_writable_dir
 
     for flag in ("num_cpus", "max_concurrent"):
         value = getattr(args, flag, None)
@@ -125,7 +132,9 @@ def check_run_flags(args, run_dir: str) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')} {value}: must be a whole number >= 1 (or left out)")
     if args.steps is not None and args.steps < 0:
         raise ConfigError(f"--steps {args.steps}: must be a whole number >= 0 (0 evaluates the pretrained model)")
-    check_run_dir(run_dir)
+    check_writable_dir(run_dir, "--out")
+    check_writable_dir(args.cache_dir or default_cache_dir(), "--cache-dir" if args.cache_dir else
+                       "cache directory ($UNLEARNBENCH_CACHE or ~/.cache/unlearnbench)")
 
 
 def _check_resources(args) -> None:

@@ -182,7 +182,7 @@ class Task(abc.ABC):
 
     @classmethod
     def check_options(cls, options: dict[str, Any] | None) -> dict[str, Any]:
-        """``options`` with each value checked against its option's type and range; ``ValueError`` names what is valid."""
+        """``options`` checked against each option's type and range; ``ValueError`` names what is valid."""
         from unlearnbench.settings import coerce
 
         if options is None:
