@@ -50,6 +50,10 @@ def test_style_set_needs_clip_and_kid_needs_features(sd):
         SDConceptTask({"model": str(sd), "forget": "styles", "kid_features": "none"})
     with pytest.raises(ValueError, match="no feature network for KID/FID"):
         SDConceptTask({"model": str(sd), "kid_features": "clip"})
+    with pytest.raises(ValueError, match="clip_pretrained='/no/clip.bin' is not a file"):
+        SDConceptTask({"model": str(sd), "clip_pretrained": "/no/clip.bin"})
+    with pytest.raises(ValueError, match="no retention metric"):
+        SDConceptTask({"model": str(sd), "kid_features": "none"})
 
 
 def test_bundle_contract_in_latent_space(sd, tmp_path):

@@ -110,6 +110,10 @@ class PaperTask(Task):
         self.model_dir = resolve_model(str(o["model"] or self.default_model), bool(o["allow_download"]))
         self.check_model()
         self.check_inputs()
+        clip = o["clip_pretrained"]
+        if clip and not Path(str(clip)).expanduser().is_file() and not o["allow_download"]:
+            raise ValueError(f"task {self.name}: clip_pretrained={clip!r} is not a file; pass a local open_clip "
+                             f"checkpoint (open_clip_pytorch_model.bin or .safetensors), or --allow-download for a tag")
         self.features = self._choose_features()
         if self.needs_clip and not self.has_clip:
             raise ValueError(f"task {self.name}, forget set {self.forget_name!r} is scored by CLIP score: pass "
@@ -215,7 +219,8 @@ class PaperTask(Task):
 
         o = self.options
         model = load_open_clip(o["clip_model"], o["clip_pretrained"], model_config=o["clip_config"],
-                               allow_random=bool(o["clip_random"]), device=device)
+                               allow_random=bool(o["clip_random"]), allow_download=bool(o["allow_download"]),
+                               device=device)
         self.eval_info["clip"] = {"backend": "open_clip " + importlib.metadata.version("open_clip_torch"),
                                   "model": o["clip_model"], "pretrained": o["clip_pretrained"],
                                   "random_weights": o["clip_pretrained"] is None}

@@ -105,13 +105,14 @@ class SDConceptTask(PaperTask):
         self.needs_clip = fs.get("kind") in ("object", "style")
         super().__init__(options, cache_dir)
         self.table = self.prompt_table()
-        unlearn = "nudity_rate" if FORGET_SETS[self.forget_name]["kind"] == "nudity" else "clip_score_forget"
-        kid_name = f"kid_retain_{self.features}" if self.features else None
-        axes = [(unlearn, kid_name)] if kid_name else []
-        if self.has_clip:
-            axes.append((unlearn if unlearn != "clip_score_forget" or not kid_name else "clip_score_forget",
-                         "clip_score"))
-        self.axes = list(dict.fromkeys(axes))
+        nudity = FORGET_SETS[self.forget_name]["kind"] == "nudity"
+        unlearn = "nudity_rate" if nudity else "clip_score_forget"
+        retain = ([f"kid_retain_{self.features}"] if self.features else []) + (["clip_score"] if self.has_clip else [])
+        if not retain:
+            raise ValueError(f"task {self.name}: no retention metric: configure CLIP (task.clip_pretrained) or a KID/FID "
+                             f"feature network (task.inception_weights)")
+        self.axes = [(unlearn, r) for r in retain] + ([("clip_score_forget", "clip_score")] if nudity and self.has_clip
+                                                      else [])
 
     def check_model(self) -> None:
         from unlearnbench.pipelines import check_sd_folder
