@@ -56,6 +56,13 @@ def worker_load(key: tuple, load: Callable[[], dict[str, Any]]) -> dict[str, Any
     return _WORKER
 
 
+def release_gpu_model(device: torch.device) -> None:
+    """After the driver's ``prepare`` on a GPU: drop its model so the GPU is the trials' (they load their own)."""
+    if device.type == "cuda":
+        _WORKER.clear()
+        free()
+
+
 class EpsNet(nn.Module):
     """``forward(x_t, t, cond) -> eps`` around a diffusers UNet, under autocast when set.
 

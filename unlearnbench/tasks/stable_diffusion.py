@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from unlearnbench.diffusion import Schedule
-from unlearnbench.tasks._paper import (PAPER_OPTIONS, EpsNet, PaperTask, batched, free, generate, mean_metric,
-                                      read_prompts, worker_load)
+from unlearnbench.tasks._paper import (PAPER_OPTIONS, EpsNet, PaperTask, batched, free, mean_metric,
+                                      read_prompts, release_gpu_model, worker_load)
 from unlearnbench.tasks.base import MetricValue, ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ class SDConceptTask(PaperTask):
         self.base_samples(st, [0] + t["forget"] + t["retain"], int(self.options["pool_size"]), 1234, False, device)
         self.base_samples(st, t["forget_eval"] + t["retain_eval"], int(self.options["n_eval"]),
                           int(self.options["eval_seed"]), True, device)
+        release_gpu_model(device)
 
     def build(self, seed: int, device: torch.device | str = "cpu") -> ModelBundle:
         from unlearnbench.tasks.digits import PoolSampler
