@@ -83,3 +83,29 @@ def test_ddpm_data_cli_fkl_siss_end_to_end(ddpm, tmp_path, capsys):
 
     saved = load_file(str(out / "artifacts" / "siss-eps1-s0" / "model" / "model.safetensors"))
     assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
+
+
+class _FakeInception(torch.nn.Module):
+    """Stands in for clean-fid's TorchScript Inception (same call signature, 2048 features; random weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 2048)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return self.proj(x.mean((2, 3)))
+
+
+def test_inception_is_preferred_when_its_weights_are_on_disk(ddpm, tmp_path):
+    from unlearnbench.tasks.ddpm import DDPMDataTask
+
+    weights = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(_FakeInception()).save(str(weights))
+    task = DDPMDataTask({"model": str(ddpm["model"]), "forget_dir": str(ddpm["forget"]),
+                         "inception_weights": str(weights), **CLIP_OPTIONS, "kid_features": "auto"})
+    assert task.features == "inception" and task.axes[0] == ("regen_rate", "kid_retain_inception")
+    g = torch.Generator().manual_seed(0)
+    real, fake = (torch.randint(0, 256, (6, 3, 16, 16), generator=g, dtype=torch.uint8) for _ in range(2))
+    out = task.kid_fid(real, fake, torch.device("cpu"), seed=0)
+    assert set(out) == {"kid_retain_inception", "fid_retain_inception"}
+    assert task.eval_info["features"]["name"] == "inception"
