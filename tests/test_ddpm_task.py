@@ -34,6 +34,16 @@ def test_bad_paths_are_refused(ddpm, tmp_path, capsys):
     e = err("--model", str(tmp_path / "none"), "--set", f"task.forget_dir={ddpm['forget']}")
     assert "no such folder" in e
     assert "not in the Hugging Face cache" in err("--set", f"task.forget_dir={ddpm['forget']}")  # default model
+    assert "unknown option(s) forget_folder; valid:" in err("--model", str(ddpm["model"]), "--set", "task.forget_folder=x")
+
+
+def test_relative_paths_become_absolute_for_the_trials(ddpm, monkeypatch):
+    from unlearnbench.tasks.ddpm import DDPMDataTask
+
+    monkeypatch.chdir(ddpm["model"].parent)
+    opts = {"model": ddpm["model"].name, "forget_dir": ddpm["forget"].name, "kid_features": "none"}
+    DDPMDataTask(opts)
+    assert opts["model"] == str(ddpm["model"]) and opts["forget_dir"] == str(ddpm["forget"])
 
 
 def test_bundle_without_data_folder_uses_pretrained_samples(ddpm, tmp_path):

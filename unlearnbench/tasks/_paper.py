@@ -17,6 +17,7 @@ import gc
 import importlib.metadata
 import logging
 import math
+import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -99,6 +100,19 @@ def read_prompts(name_or_path: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+PATH_OPTIONS = ("model", "forget_dir", "data_dir", "forget_prompts", "clip_pretrained", "clip_config",
+                "inception_weights")
+
+
+def absolute_paths(options: dict[str, Any] | None) -> None:
+    """Make existing relative paths among the options absolute, in place: the sweep plan carries these options to
+    trials, which may run in another working directory (Ray's trial folders)."""
+    for k in PATH_OPTIONS:
+        v = (options or {}).get(k)
+        if isinstance(v, str) and os.path.exists(os.path.expanduser(v)):
+            options[k] = os.path.abspath(os.path.expanduser(v))  # type: ignore[index]
+
+
 class PaperTask(Task):
     """Base of the tasks on user-supplied diffusers weights (see the module docstring for the options)."""
 
@@ -106,6 +120,11 @@ class PaperTask(Task):
     needs_clip: bool = False
 
     def __init__(self, options: dict[str, Any] | None = None, cache_dir: str | None = None):
+        unknown = sorted(set(options or {}) - set(self.default_options) - {"forget"})
+        if unknown:
+            raise ValueError(f"task {self.name}: unknown option(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(self.default_options))}, forget")
+        absolute_paths(options)
         super().__init__(options, cache_dir)
         o = self.options
         if o["precision"] not in ("auto", *PRECISIONS):
