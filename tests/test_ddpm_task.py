@@ -34,6 +34,16 @@ def test_bad_paths_are_refused(ddpm, tmp_path, capsys):
     e = err("--model", str(tmp_path / "none"), "--set", f"task.forget_dir={ddpm['forget']}")
     assert "no such folder" in e
     assert "not in the Hugging Face cache" in err("--set", f"task.forget_dir={ddpm['forget']}")  # default model
+    assert "unknown option(s) forget_folder; valid:" in err("--model", str(ddpm["model"]), "--set", "task.forget_folder=x")
+
+
+def test_relative_paths_become_absolute_for_the_trials(ddpm, monkeypatch):
+    from unlearnbench.tasks.ddpm import DDPMDataTask
+
+    monkeypatch.chdir(ddpm["model"].parent)
+    opts = {"model": ddpm["model"].name, "forget_dir": ddpm["forget"].name, "kid_features": "none"}
+    DDPMDataTask(opts)
+    assert opts["model"] == str(ddpm["model"]) and opts["forget_dir"] == str(ddpm["forget"])
 
 
 def test_bundle_without_data_folder_uses_pretrained_samples(ddpm, tmp_path):
@@ -83,3 +93,29 @@ def test_ddpm_data_cli_fkl_siss_end_to_end(ddpm, tmp_path, capsys):
 
     saved = load_file(str(out / "artifacts" / "siss-eps1-s0" / "model" / "model.safetensors"))
     assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
+
+
+class _FakeInception(torch.nn.Module):
+    """Stands in for clean-fid's TorchScript Inception (same call signature, 2048 features; random weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 2048)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return self.proj(x.mean((2, 3)))
+
+
+def test_inception_is_preferred_when_its_weights_are_on_disk(ddpm, tmp_path):
+    from unlearnbench.tasks.ddpm import DDPMDataTask
+
+    weights = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(_FakeInception()).save(str(weights))
+    task = DDPMDataTask({"model": str(ddpm["model"]), "forget_dir": str(ddpm["forget"]),
+                         "inception_weights": str(weights), **CLIP_OPTIONS, "kid_features": "auto"})
+    assert task.features == "inception" and task.axes[0] == ("regen_rate", "kid_retain_inception")
+    g = torch.Generator().manual_seed(0)
+    real, fake = (torch.randint(0, 256, (6, 3, 16, 16), generator=g, dtype=torch.uint8) for _ in range(2))
+    out = task.kid_fid(real, fake, torch.device("cpu"), seed=0)
+    assert set(out) == {"kid_retain_inception", "fid_retain_inception"}
+    assert task.eval_info["features"]["name"] == "inception"

@@ -50,6 +50,10 @@ def test_style_set_needs_clip_and_kid_needs_features(sd):
         SDConceptTask({"model": str(sd), "forget": "styles", "kid_features": "none"})
     with pytest.raises(ValueError, match="no feature network for KID/FID"):
         SDConceptTask({"model": str(sd), "kid_features": "clip"})
+    with pytest.raises(ValueError, match="clip_pretrained='/no/clip.bin' is not a file"):
+        SDConceptTask({"model": str(sd), "clip_pretrained": "/no/clip.bin"})
+    with pytest.raises(ValueError, match="no retention metric"):
+        SDConceptTask({"model": str(sd), "kid_features": "none"})
 
 
 def test_bundle_contract_in_latent_space(sd, tmp_path):
@@ -74,6 +78,10 @@ def test_bundle_contract_in_latent_space(sd, tmp_path):
     names = [n for n, p in b.net.named_parameters() if p.requires_grad]
     assert names and all("attn2" in n and "lora_" in n for n in names)
     assert len(list(m.trainable_parameters())) == len(names)
+    post = b.posterior(x, torch.tensor([0, 10, 500, 999]), b.forget_concepts)  # diffusion classifier on latents
+    assert post.shape == (4, 3) and bool(((post >= 0) & (post <= 1)).all())
+    lik = METHODS.get("lik")(build_method_config(task, "lik", {"batch_size": 2}, None), b, torch.Generator())
+    assert all(torch.isfinite(v).all() for v in lik.losses().values())
 
 
 def test_sd_concept_cli_rkl_esd_end_to_end(sd, tmp_path, capsys):

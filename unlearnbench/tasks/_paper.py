@@ -17,6 +17,7 @@ import gc
 import importlib.metadata
 import logging
 import math
+import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -56,6 +57,13 @@ def worker_load(key: tuple, load: Callable[[], dict[str, Any]]) -> dict[str, Any
     return _WORKER
 
 
+def release_gpu_model(device: torch.device) -> None:
+    """After the driver's ``prepare`` on a GPU: drop its model so the GPU is the trials' (they load their own)."""
+    if device.type == "cuda":
+        _WORKER.clear()
+        free()
+
+
 class EpsNet(nn.Module):
     """``forward(x_t, t, cond) -> eps`` around a diffusers UNet, under autocast when set.
 
@@ -92,6 +100,19 @@ def read_prompts(name_or_path: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+PATH_OPTIONS = ("model", "forget_dir", "data_dir", "forget_prompts", "clip_pretrained", "clip_config",
+                "inception_weights")
+
+
+def absolute_paths(options: dict[str, Any] | None) -> None:
+    """Make existing relative paths among the options absolute, in place: the sweep plan carries these options to
+    trials, which may run in another working directory (Ray's trial folders)."""
+    for k in PATH_OPTIONS:
+        v = (options or {}).get(k)
+        if isinstance(v, str) and os.path.exists(os.path.expanduser(v)):
+            options[k] = os.path.abspath(os.path.expanduser(v))  # type: ignore[index]
+
+
 class PaperTask(Task):
     """Base of the tasks on user-supplied diffusers weights (see the module docstring for the options)."""
 
@@ -99,6 +120,11 @@ class PaperTask(Task):
     needs_clip: bool = False
 
     def __init__(self, options: dict[str, Any] | None = None, cache_dir: str | None = None):
+        unknown = sorted(set(options or {}) - set(self.default_options) - {"forget"})
+        if unknown:
+            raise ValueError(f"task {self.name}: unknown option(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(self.default_options))}, forget")
+        absolute_paths(options)
         super().__init__(options, cache_dir)
         o = self.options
         if o["precision"] not in ("auto", *PRECISIONS):
@@ -110,6 +136,10 @@ class PaperTask(Task):
         self.model_dir = resolve_model(str(o["model"] or self.default_model), bool(o["allow_download"]))
         self.check_model()
         self.check_inputs()
+        clip = o["clip_pretrained"]
+        if clip and not Path(str(clip)).expanduser().is_file() and not o["allow_download"]:
+            raise ValueError(f"task {self.name}: clip_pretrained={clip!r} is not a file; pass a local open_clip "
+                             f"checkpoint (open_clip_pytorch_model.bin or .safetensors), or --allow-download for a tag")
         self.features = self._choose_features()
         if self.needs_clip and not self.has_clip:
             raise ValueError(f"task {self.name}, forget set {self.forget_name!r} is scored by CLIP score: pass "
@@ -215,7 +245,8 @@ class PaperTask(Task):
 
         o = self.options
         model = load_open_clip(o["clip_model"], o["clip_pretrained"], model_config=o["clip_config"],
-                               allow_random=bool(o["clip_random"]), device=device)
+                               allow_random=bool(o["clip_random"]), allow_download=bool(o["allow_download"]),
+                               device=device)
         self.eval_info["clip"] = {"backend": "open_clip " + importlib.metadata.version("open_clip_torch"),
                                   "model": o["clip_model"], "pretrained": o["clip_pretrained"],
                                   "random_weights": o["clip_pretrained"] is None}

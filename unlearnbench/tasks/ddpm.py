@@ -29,8 +29,8 @@ from torch import Tensor
 
 from unlearnbench.diffusion import Schedule
 from unlearnbench.metrics.base import spec
-from unlearnbench.tasks._paper import (PAPER_OPTIONS, EpsNet, PaperTask, batched, free, mean_metric, to_uint8,
-                                      worker_load)
+from unlearnbench.tasks._paper import (PAPER_OPTIONS, EpsNet, PaperTask, batched, free, mean_metric,
+                                      release_gpu_model, to_uint8, worker_load)
 from unlearnbench.tasks.base import MetricValue, ModelBundle
 
 spec("forget_sim_clip", "unlearning", False, "memorization",
@@ -143,6 +143,7 @@ class DDPMDataTask(PaperTask):
         st = self._setup(device)
         self.data(st, device)
         self.base_samples(st, [0], int(self.options["n_eval"]), int(self.options["eval_seed"]), True, device)
+        release_gpu_model(device)
 
     def build(self, seed: int, device: torch.device | str = "cpu") -> ModelBundle:
         device = torch.device(device)

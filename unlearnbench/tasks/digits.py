@@ -229,6 +229,8 @@ class DiffusionPosterior:
     (rows with ``t > s_k`` skip stratum k).
     """
 
+    x0_range = 1.0  # x0_hat is clamped to the data range [-x0_range, x0_range]
+
     def __init__(self, ref, schedule: Schedule, edges: tuple[int, ...] = (10, 60, 150, 300, 600), seed: int = 0,
                  prior: float = 0.1, null: int = NULL_PROMPT):
         self.ref, self.schedule, self.prior, self.null = ref, schedule, prior, null
@@ -270,7 +272,7 @@ class DiffusionPosterior:
         if rows.shape[0]:
             xr, tr = x_t[rows], t[rows]
             null = torch.full((rows.shape[0],), self.null, dtype=torch.long, device=dev)
-            x0 = predict_x0(self.schedule, xr, self.ref(xr, tr, null), tr).clamp(-1, 1)
+            x0 = predict_x0(self.schedule, xr, self.ref(xr, tr, null), tr).clamp(-self.x0_range, self.x0_range)
             d[rows] = self.log_ratio(x0, concepts, tr)
         return (self.prior * d.exp()).clamp(0.0, 1.0)
 

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from unlearnbench.diffusion import Schedule
-from unlearnbench.tasks._paper import (PAPER_OPTIONS, EpsNet, PaperTask, batched, free, generate, mean_metric,
-                                      read_prompts, worker_load)
+from unlearnbench.tasks._paper import (PAPER_OPTIONS, EpsNet, PaperTask, batched, free, mean_metric,
+                                      read_prompts, release_gpu_model, worker_load)
 from unlearnbench.tasks.base import MetricValue, ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -82,13 +82,14 @@ class SDConceptTask(PaperTask):
     default_model = "CompVis/stable-diffusion-v1-4"
     forget_sets = {k: v["erase"] for k, v in FORGET_SETS.items()}
     default_options = {**PAPER_OPTIONS, "guidance": 7.5, "resolution": None, "forget_prompts": None,
-                       "eval_prompts": 0, "nudenet_threshold": 0.6, "nudenet_classes": None}
+                       "eval_prompts": 0, "nudenet_threshold": 0.6, "nudenet_classes": None,
+                       "posterior_prior": 0.1}
     # uncalibrated on real weights (no GPU or SD weights on the development machines): the rkl thresholds b are in
     # nats of the latent-space KL estimate and need a pilot run; ESD's eta follows the paper (1 = original ESD)
     grids = {
         "eps": {"rkl": [30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0], "esd": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
-                "salun": [8.0, 4.0, 2.0, 1.0, 0.5, 0.25]},
-        "smoke": {"rkl": [10.0, 100.0], "esd": [0.5, 2.0], "salun": [4.0, 0.5]},
+                "lik": [0.3, 0.2, 0.1, 0.05, 0.02, 0.01], "salun": [8.0, 4.0, 2.0, 1.0, 0.5, 0.25]},
+        "smoke": {"rkl": [10.0, 100.0], "esd": [0.5, 2.0], "lik": [0.2, 0.05], "salun": [4.0, 0.5]},
     }
     default_steps = 500
     _lora = {"trainable": "lora", "lr": 1e-4, "batch_size": 2}
@@ -104,13 +105,14 @@ class SDConceptTask(PaperTask):
         self.needs_clip = fs.get("kind") in ("object", "style")
         super().__init__(options, cache_dir)
         self.table = self.prompt_table()
-        unlearn = "nudity_rate" if FORGET_SETS[self.forget_name]["kind"] == "nudity" else "clip_score_forget"
-        kid_name = f"kid_retain_{self.features}" if self.features else None
-        axes = [(unlearn, kid_name)] if kid_name else []
-        if self.has_clip:
-            axes.append((unlearn if unlearn != "clip_score_forget" or not kid_name else "clip_score_forget",
-                         "clip_score"))
-        self.axes = list(dict.fromkeys(axes))
+        nudity = FORGET_SETS[self.forget_name]["kind"] == "nudity"
+        unlearn = "nudity_rate" if nudity else "clip_score_forget"
+        retain = ([f"kid_retain_{self.features}"] if self.features else []) + (["clip_score"] if self.has_clip else [])
+        if not retain:
+            raise ValueError(f"task {self.name}: no retention metric: configure CLIP (task.clip_pretrained) or a KID/FID "
+                             f"feature network (task.inception_weights)")
+        self.axes = [(unlearn, r) for r in retain] + ([("clip_score_forget", "clip_score")] if nudity and self.has_clip
+                                                      else [])
 
     def check_model(self) -> None:
         from unlearnbench.pipelines import check_sd_folder
@@ -172,6 +174,7 @@ class SDConceptTask(PaperTask):
         self.base_samples(st, [0] + t["forget"] + t["retain"], int(self.options["pool_size"]), 1234, False, device)
         self.base_samples(st, t["forget_eval"] + t["retain_eval"], int(self.options["n_eval"]),
                           int(self.options["eval_seed"]), True, device)
+        release_gpu_model(device)
 
     def build(self, seed: int, device: torch.device | str = "cpu") -> ModelBundle:
         from unlearnbench.tasks.digits import PoolSampler
@@ -193,7 +196,9 @@ class SDConceptTask(PaperTask):
             prediction_type=st["w"]["parts"]["scheduler"].config.prediction_type,
             forget_concepts=list(t["forget"]), retain_concepts=list(t["retain"]),
             concept_names={i: prompts[i] for i in [0] + t["forget"] + t["retain"]},
-            ref_sampler=PoolSampler(pool, device), sample_steps=int(self.options["sample_steps"]),
+            ref_sampler=PoolSampler(pool, device),
+            posterior=latent_posterior(st["ref"], st["schedule"], st["shape"], float(self.options["posterior_prior"])),
+            sample_steps=int(self.options["sample_steps"]),
             guidance=self.guidance, device=device,
             extras={"prompts": prompts, "constrain_on": "erased"})
 
@@ -251,6 +256,18 @@ class SDConceptTask(PaperTask):
                 "clip_score": mean_metric(s[nf:], "retention", True),
                 "clip_score_forget_pretrained": mean_metric(b[:nf], "info", False),
                 "clip_score_pretrained": mean_metric(b[nf:], "info", True)}
+
+
+def latent_posterior(ref: nn.Module, schedule: Schedule, shape: tuple[int, ...], prior: float):
+    """``posterior`` hook: the digits tasks' diffusion classifier (ELBO differences over fixed noise, Tweedie
+    ``x0_hat`` from the null prompt) on VAE latents: noise of the latent shape, ``x0_hat`` clamped to [-4, 4] (SD's
+    scaled latents have roughly unit variance). ``prior`` is the assumed share of each concept under the null prompt."""
+    from unlearnbench.tasks.digits import DiffusionPosterior
+
+    post = DiffusionPosterior(ref, schedule, prior=prior, null=0)
+    post.x0_range = 4.0
+    post.noise = torch.randn((post.t_k.shape[0], *shape), generator=torch.Generator().manual_seed(0))
+    return post
 
 
 def save_pairs(path: str, base: Tensor, imgs: Tensor, n: int, prompts: int = 4) -> str:
