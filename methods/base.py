@@ -3,6 +3,7 @@ it draws its own batch from the :class:`~unlearnbench.tasks.base.ModelBundle` an
 from __future__ import annotations
 
 import abc
+import re
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
@@ -206,7 +207,7 @@ def select_trainable(net: nn.Module, mode: str, lora_rank: int = 4) -> list[nn.P
         params = []
         for n, p in net.named_parameters():
             xattn = "attn2" in n
-            excluded = xattn or "time_emb" in n or n.startswith(("out.", "conv_out."))
+            excluded = xattn or "time_emb" in n or re.search(r"(^|\.)(out|conv_out)\.", n) is not None
             if (mode == "xattn" and xattn) or (mode == "noxattn" and not excluded):
                 p.requires_grad_(True)
                 params.append(p)
