@@ -91,6 +91,8 @@ def _plan(args, run_dir: str):
 
 def _model_options(args, config: dict) -> dict:
     """--model / --allow-download as task options (absolute paths: trials may run elsewhere)."""
+    if not (args.model or args.allow_download):
+        return config  # nothing to add; the config's shape is checked when the sweep is planned
     task = dict(config.get("task") or {})
     if args.model:
         task["model"] = os.path.abspath(os.path.expanduser(args.model)) if os.path.exists(
