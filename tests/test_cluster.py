@@ -82,7 +82,7 @@ def tensorboard_tags(root: Path) -> set[str]:
     (["--cpus-per-trial", "4096"], "--cpus-per-trial 4096: the local Ray instance has"),
     (["--gpus-per-trial", "4096"], "--gpus-per-trial 4096: this machine has"),
     (["--gpus-per-trial", "-1"], "--gpus-per-trial -1.0: must be a number >= 0"),
-    (["--num-cpus", "0"], "--num-cpus 0: must be an integer >= 1"),
+    (["--num-cpus", "0"], "--num-cpus 0: must be a whole number >= 1"),
     (["--tune-callback", "tensorbored"], "--tune-callback 'tensorbored': unknown; valid: tensorboard, mlflow, wandb"),
 ])
 def test_bad_resource_flags_are_refused_before_any_work(tmp_path, capsys, flags, msg):

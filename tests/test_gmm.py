@@ -66,7 +66,11 @@ def test_concept_bundle_contract(concept, monkeypatch):
     assert not torch.equal(next(b.net.parameters()), next(b2.net.parameters()))
     import unlearnbench.tasks.gmm as gmm_mod
 
-    monkeypatch.setattr(gmm_mod, "distill", lambda *a, **k: pytest.fail("distilled twice"))
+    import functools
+
+    # wrapped, so that the cache key (the builder's code) still sees the real function
+    monkeypatch.setattr(gmm_mod, "distill",
+                        functools.wraps(gmm_mod.distill)(lambda *a, **k: pytest.fail("distilled twice")))
     again = TASKS.get("gmm-concept")(FAST, cache_dir=concept.cache_dir).build(0)
     assert all(p.requires_grad for p in again.net.parameters())
     assert torch.equal(next(again.net.parameters()), next(b2.net.parameters()))

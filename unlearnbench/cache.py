@@ -56,7 +56,7 @@ def code_version(build: Callable) -> str:
     parts: dict[str, str] = {}
     seen, stack = set(), [build]
     while stack:
-        obj = stack.pop()
+        obj = inspect.unwrap(stack.pop())  # a functools.wraps wrapper counts as the code it wraps
         if id(obj) in seen:
             continue
         seen.add(id(obj))

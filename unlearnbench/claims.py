@@ -43,8 +43,8 @@ _KL_LIKE = ("kl", "bpd", "nll", "elbo")
 
 # (key, task kind, method, baselines, statement). The method is compared with each baseline present.
 CLAIMS: list[tuple[str, str, str, tuple[str, ...], str]] = [
-    ("concept-rkl-dominates-esd", "concept", "rkl", ("esd",),
-     "concept unlearning: the rkl (KL-constrained) front dominates ESD's on the KL axis"),
+    ("concept-rkl-dominates-esd", "concept", "rkl", ("esd", "rkl-fixed"),
+     "concept unlearning: the rkl (KL-constrained) front dominates ESD's and fixed equal weights' on the KL axis"),
     ("data-fkl-dominates-siss", "data", "fkl", ("siss",),
      "data unlearning: the fkl (KL-constrained) front dominates SISS's on the KL axis"),
     ("lik-preserves-retained", "concept", "lik", ("rkl", "esd"),

@@ -167,6 +167,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     seed_everything(int(spec["seed"]) + 10_000)  # evaluation noise independent of the training length
     metrics = task.evaluate(bundle, int(spec["seed"]))
     t3 = time.perf_counter()
+    record["task"].update(task.describe())  # what evaluation recorded about itself (backends, versions, sampler)
     oracle = None
     if hasattr(task, "oracle_report"):
         oracle = task.oracle_report(metrics, spec["method"], train_info.get("final_duals"))

@@ -57,7 +57,7 @@ class ToyTask(Task):
     forget_sets = {"one": [1]}
     default_steps = 5
     default_options = {"sleep": 0.0}
-    option_types = {"fail_seed": int}
+    option_types = {"fail_seed": int, "die_seed": int}
 
     def build(self, seed, device="cpu"):
         if self.options.get("die_seed") is not None and int(self.options["die_seed"]) == seed:
