@@ -173,6 +173,7 @@ class Task(abc.ABC):
     scored_prompt: ClassVar[str] = "erased"
     option_types: ClassVar[dict[str, type]] = {}  # options without a default: name -> type
     emits: ClassVar[dict[str, tuple[str, bool, str] | None]] = {}
+    pretrained_points: ClassVar[tuple[str, ...]] = ()  # metrics whose pretrained value evaluate adds (add_pretrained)
 
     def __init__(self, options: dict[str, Any] | None = None, cache_dir: str | None = None):
         from unlearnbench.cache import default_cache_dir
@@ -220,6 +221,9 @@ class Task(abc.ABC):
                 doc = re.sub(rf"\b{index}\b", "i", s.doc) if index else s.doc  # "concept 3" -> "concept i"
                 spec = (s.role, s.higher_is_better, doc)
             out[name] = spec
+        for name in cls.pretrained_points:  # add_pretrained companions, drawn as the pretrained model's point
+            role, hib, _ = out[name]
+            out.setdefault(f"{name}_pretrained", ("info", hib, f"the pretrained model's {name} (front plots)"))
         return out
 
     @classmethod

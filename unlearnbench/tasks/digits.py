@@ -404,6 +404,7 @@ class DigitsConceptTask(_DigitsTask):
     # accuracies and rates in [0, 1]; KID on classifier features is ~0.01 for the pretrained model, 2 is noise;
     # the KL proxy of a working model is a few nats
     sane_ranges = {"acc_*": (0.0, 1.0), "kid_*": (-0.05, 2.0), "kl_proxy_kept": (-1.0, 500.0)}
+    pretrained_points = ("acc_forget", "acc_kept", "kid_kept", "kl_proxy_kept")
 
     def prepare(self, progress: bool = True) -> None:
         st = self._base(progress)
@@ -525,6 +526,7 @@ class DigitsDataTask(_DigitsTask):
         "siss": {"lr": 1e-4, "batch_size": 64},
     }
     sane_ranges = {"regen_*": (0.0, 1.0), "kid_*": (-0.05, 2.0), "*_bpd": (-5.0, 20.0), "forget_nll_ode": (-5.0, 20.0)}
+    pretrained_points = ("forget_bpd", "retain_bpd")
 
     @staticmethod
     def _bpd(bundle: ModelBundle, net, forget: Tensor, held: Tensor, seed: int) -> dict[str, MetricValue]:

@@ -245,6 +245,7 @@ class GMMConceptTask(_GMMTask):
     method_defaults = {"rkl": {"dual_lr": 0.002, "n_estimate": 512}, "rkl-is": {"dual_lr": 0.002, "n_estimate": 512, "lr": 3e-4, "batch_size": 512},
                        "lik": {"n_estimate": 512}, "lik-is": {"n_estimate": 512, "lr": 3e-4, "batch_size": 512}, "esd": {"erase_from": "null"}}
     scored_prompt = "null"
+    pretrained_points = ("kl_pretrained", "kl_concept_min", "forgotten_mass")
     # KLs in nats: the pretrained model is ~15-30 nats from each concept; a model 200 nats away has broken down
     sane_ranges = {"kl_*": (-1.0, 200.0), "mass_*": (0.0, 1.0), "forgotten_mass*": (0.0, 1.0)}
     default_options = dict(_GMMTask.base_options)
@@ -374,6 +375,7 @@ class GMMDataTask(_GMMTask):
     method_defaults = {"fkl": {"lr": 3e-4, "dual_lr": 0.01, "n_estimate": 256}, "siss": {"lr": 3e-4}}
     # KLs in nats between 2-D densities: the forget points reach ~3 nats at the strongest fkl setting
     sane_ranges = {"kl_*": (-1.0, 50.0), "forget_kl*": (-1.0, 50.0), "forget_nll": (-10.0, 100.0)}
+    pretrained_points = ("kl_pretrained", "kl_retrain", "forget_kl_min", "forget_kl_gain_min")
     axes = [("forget_kl_min", "kl_pretrained"), ("forget_kl_min", "kl_retrain"),
             ("forget_kl_gain_min", "kl_pretrained")]
     emits = dict.fromkeys(["kl_pretrained", "kl_retrain", "forget_kl_{i}", "forget_kl_gain_{i}", "forget_kl_min",
