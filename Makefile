@@ -27,8 +27,8 @@ test-all: $(VENV)/.installed
 	$(VENV)/bin/pytest
 
 gmm: $(VENV)/.installed
-	$(UB) run --task gmm-concept --methods rkl,esd,lik,salun --grid eps
-	$(UB) run --task gmm-data --methods fkl,siss,salun --grid eps
+	$(UB) run --task gmm-concept --methods all --grid eps --seeds 0,1,2
+	$(UB) run --task gmm-data --methods all --grid eps --seeds 0,1,2
 
 leaderboard: $(VENV)/.installed
 	$(UB) leaderboard --runs leaderboards/records --out leaderboards
