@@ -38,8 +38,8 @@ class ForwardKL(DataBatches, ConstrainedMethod):
     common random numbers; dual ascent ``lambda_i <- max(0, lambda_i + eta_d (b - KLhat_i))``, ``Lambda <= 1 - delta``.
     With q the training distribution of N points and K forget points, lambda_i = 1/N is exactly retraining without them.
     The minimiser is a density only where ``q - sum_i lambda_i q_u^i >= 0``; for a forget group that makes up the share
-    ``w_i`` of q (``bundle.extras["forget_weights"]``, default: its rows over the training-set size) that means
-    ``lambda_i <= w_i`` (beyond it the loss is unbounded below: the outlier of gmm-data with any lambda > 1/N), so the
+    ``w_i`` of q (``bundle.extras["forget_weights"]``; default: the forget set's share ``forget_fraction``, split by rows)
+    that means ``lambda_i <= w_i`` (beyond it the loss is unbounded below: the outlier of gmm-data with any lambda > 1/N), so the
     projection is onto ``{0 <= lambda_i <= w_i, Lambda <= 1 - delta}``; ``lambda_i = w_i`` is retraining without group i.
     Sweep: ``--grid eps`` sets ``b``.
     """
@@ -57,7 +57,9 @@ class ForwardKL(DataBatches, ConstrainedMethod):
         if given is not None:
             return torch.as_tensor(given, dtype=torch.float64)
         counts = torch.bincount(b.group_index(), minlength=b.n_constraints).to(torch.float64)
-        return counts / b.train_data.shape[0]
+        # the forget set's share of q (SISS's K/N: a task's stated training-set size), split by rows per group
+        share = float(b.extras.get("forget_fraction", counts.sum() / b.train_data.shape[0]))
+        return counts / counts.sum() * share
 
     def project(self) -> None:
         """Box ``[0, w_i]`` (the minimiser stays a density), then ``Lambda <= 1 - delta``."""
