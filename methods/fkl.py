@@ -39,8 +39,8 @@ class ForwardKL(DataBatches, ConstrainedMethod):
     With q the training distribution of N points and K forget points, lambda_i = 1/N is exactly retraining without them.
     The minimiser is a density only where ``q - sum_i lambda_i q_u^i >= 0``; for a forget group that makes up the share
     ``w_i`` of q (``bundle.extras["forget_weights"]``; default: the forget set's share ``forget_fraction``, split by rows)
-    that means ``lambda_i <= w_i`` (beyond it the loss is unbounded below: the outlier of gmm-data with any lambda > 1/N), so the
-    projection is onto ``{0 <= lambda_i <= w_i, Lambda <= 1 - delta}``; ``lambda_i = w_i`` is retraining without group i.
+    that means ``lambda_i <= w_i`` (beyond it the loss is unbounded below: the outlier of gmm-data with any
+    lambda > 1/N), so the projection is onto ``{0 <= lambda_i <= w_i, Lambda <= 1 - delta}``; ``lambda_i = w_i`` is retraining without group i.
     Sweep: ``--grid eps`` sets ``b``.
     """
 
