@@ -143,7 +143,10 @@ class Task(abc.ABC):
             dual step sizes, estimate sizes fitted to the task's scale); users override them with ``--set``.
         sane_ranges: ``{metric name or fnmatch pattern: (low, high)}`` (None: unbounded): where a metric can lie for a
             model that still works (a KL cap in nats, rates in [0, 1]). A trial with a metric outside it is
-            ``diverged``, never a point on a front.
+            ``diverged``, never a point on a front. Bound what a working model keeps (retention metrics, rates, the
+            KL to the pretrained model); leave the far side of an unlearning distance (a forget KL, the forget
+            images' bits/dim) open: pushing the forget data away is the goal, not a breakdown, as long as what is
+            kept survives (a non-finite value is diverged whatever its role).
         loss_explosion: a training loss term whose batch mean exceeds this many times max(1, its median over the first
             10 steps) has exploded: the trial stops there and is ``diverged``.
         scored_prompt: concept tasks: ``"erased"`` (each erased prompt's output is scored) or ``"null"`` (the null

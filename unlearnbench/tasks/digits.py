@@ -525,7 +525,10 @@ class DigitsDataTask(_DigitsTask):
         "fkl": {"lr": 1e-4, "batch_size": 64, "dual_lr": 2e-5, "dual_warmup": 20},
         "siss": {"lr": 1e-4, "batch_size": 64},
     }
-    sane_ranges = {"regen_*": (0.0, 1.0), "kid_*": (-0.05, 2.0), "*_bpd": (-5.0, 20.0), "forget_nll_ode": (-5.0, 20.0)}
+    # retained digits at 20 bits/dim (pretrained: -1.95) mean a broken model; the forget images' bits/dim are the
+    # unlearning distance, open above (SISS at scaling_norm 3 reaches 62 with retain_bpd -1.83 and KID 0.07)
+    sane_ranges = {"regen_*": (0.0, 1.0), "kid_*": (-0.05, 2.0), "retain_bpd": (-5.0, 20.0), "forget_bpd": (-5.0, None),
+                   "forget_nll_ode": (-5.0, None)}
     pretrained_points = ("forget_bpd", "retain_bpd")
 
     @staticmethod
