@@ -16,10 +16,11 @@ def test_sane_ranges_flag_blown_up_metrics():
     ok = {"forget_kl_min": MetricValue(2.7, 0.1, 250, "unlearning", True),
           "kl_pretrained": MetricValue(0.1, 0.01, 1000, "retention", False)}
     assert task.insane_metrics(ok) == []
-    blown = dict(ok, kl_pretrained=MetricValue(8.3e32, None, 1000, "retention", False))
-    assert task.insane_metrics(blown) == ["kl_pretrained=8.3e+32 outside [-1.0, 50.0]"]
+    blown = dict(ok, kl_retrain=MetricValue(8.3e32, None, 1000, "retention", False))
+    assert task.insane_metrics(blown) == ["kl_retrain=8.3e+32 outside [-1.0, 50.0]"]
     # an unlearning distance is open above: the forget point pushed 1e4 nats away while retention holds is a result
-    far = dict(ok, forget_kl_min=MetricValue(1.7e4, None, 250, "unlearning", True))
+    far = dict(ok, forget_kl_min=MetricValue(1.7e4, None, 250, "unlearning", True),
+               kl_pretrained=MetricValue(612.0, None, 1000, "retention", False))
     assert task.insane_metrics(far) == []
     assert task.insane_metrics(dict(far, kl_retrain=MetricValue(1.5e4, None, 1000, "retention", False))) == [
         "kl_retrain=1.5e+04 outside [-1.0, 50.0]"]
