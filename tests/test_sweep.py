@@ -78,6 +78,24 @@ def test_failed_trial_is_recorded_and_others_finish(plugin, tmp_path):
     assert len(records(out)) == 6
 
 
+def test_rerun_diverged_replaces_the_verdict_after_the_sane_range_changed(plugin, tmp_path):
+    out = tmp_path / "div"
+    base = ["--executor", "serial", "--no-leaderboard"]
+    r = cli(["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--set", "task.max_drift=0", "--out",
+             str(out), *base], plugin_path=plugin)
+    assert r.returncode == 0, r.stderr
+    assert [x["status"] for x in records(out)] == ["diverged", "diverged"]
+    r = cli(["run", "--resume", str(out), *base], plugin_path=plugin)
+    assert "2 trial(s) already done, 0 to run" in r.stdout, "diverged is a result: plain --resume keeps it"
+    r = cli(["run", "--resume", str(out), "--rerun-diverged", "--set", "task.max_drift=100", *base], plugin_path=plugin)
+    assert r.returncode == 0, r.stderr
+    recs = records(out)
+    assert [x["status"] for x in recs] == ["diverged", "diverged", "ok", "ok"]
+    assert [x["metrics"]["drift"]["value"] for x in recs[:2]] == [x["metrics"]["drift"]["value"] for x in recs[2:]]
+    r = cli(["run", "--task", "toy", "--rerun-diverged", "--out", str(tmp_path / "x"), *base], plugin_path=plugin)
+    assert r.returncode == 2 and "--resume" in r.stderr and not (tmp_path / "x").exists()
+
+
 def test_kill_9_loses_no_finished_trial_and_resume_finishes(plugin, tmp_path):
     out = tmp_path / "killed"
     args = ["run", "--task", "toy", "--methods", "esd,mymethod", "--grid", "eps", "--executor", "serial",

@@ -31,11 +31,12 @@ class TuneOptions(NamedTuple):
 FINISHED = ("ok", "diverged")  # diverged: a deterministic outcome (the method broke the model), not re-run on resume
 
 
-def finished_ok(run_dir: str) -> set[str]:
+def finished_ok(run_dir: str, statuses: tuple[str, ...] = FINISHED) -> set[str]:
+    """Trial ids whose newest record in ``run_dir`` has one of ``statuses``."""
     path = Path(run_dir) / RECORDS
     if not path.exists():
         return set()
-    return {r["trial_id"] for r in iter_latest(read_records([path])) if r.get("status") in FINISHED}
+    return {r["trial_id"] for r in iter_latest(read_records([path])) if r.get("status") in statuses}
 
 
 def progress_line(done: int, total: int, rec: dict) -> str:
@@ -65,8 +66,10 @@ def prepare_task(plan: SweepPlan) -> None:
 def run_sweep(plan: SweepPlan, executor: str = "ray", resume: bool = False, address: str | None = None,
               num_cpus: int | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
               max_concurrent: int | None = None, echo: Callable[[str], None] = print,
-              tune_callbacks: list[str] | None = None) -> list[dict]:
+              tune_callbacks: list[str] | None = None, rerun_diverged: bool = False) -> list[dict]:
     """Run the plan's trials not yet finished ok; returns the latest record of every trial in the run dir.
+    ``rerun_diverged`` (with ``resume``) runs diverged trials again too: after a task's sane ranges changed, the new
+    record (same seed, same draws) supersedes the old one.
 
     Raises ``RecordWriteError`` (the sweep stops; finished records are kept) when a record cannot be written, and
     ``ClusterError`` when the cluster cannot be reached or cannot hold one trial."""
@@ -81,7 +84,7 @@ def run_sweep(plan: SweepPlan, executor: str = "ray", resume: bool = False, addr
         if done_before:
             raise FileExistsError(f"{run_dir} already holds records of {len(done_before)} finished trial(s); "
                                   f"use --resume to continue it or --out to start a new run")
-    skip = finished_ok(str(run_dir)) if resume else set()
+    skip = finished_ok(str(run_dir), ("ok",) if rerun_diverged else FINISHED) if resume else set()
     todo = [t for t in plan.trials if t["trial_id"] not in skip]
     atomic_write_bytes(run_dir / "plan.json", json.dumps({"task": plan.task, "task_options": plan.task_options,
                                                           "trials": plan.trials}, indent=1, sort_keys=True).encode())

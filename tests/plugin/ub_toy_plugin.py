@@ -45,7 +45,7 @@ class Net(nn.Module):
 
 class ToyTask(Task):
     """Toy concept task for plugin and sweep tests (options: sleep seconds, fail_seed, die_seed: the
-    worker process exits abruptly, as if killed)."""
+    worker process exits abruptly, as if killed; max_drift: the sane range of ``drift``)."""
 
     name = "toy"
     kind = "concept"
@@ -57,7 +57,12 @@ class ToyTask(Task):
     forget_sets = {"one": [1]}
     default_steps = 5
     default_options = {"sleep": 0.0}
-    option_types = {"fail_seed": int, "die_seed": int}
+    option_types = {"fail_seed": int, "die_seed": int, "max_drift": float}
+
+    def insane_metrics(self, metrics):
+        cap = self.options.get("max_drift")
+        self.sane_ranges = {} if cap is None else {"drift": (0.0, float(cap))}
+        return super().insane_metrics(metrics)
 
     def build(self, seed, device="cpu"):
         if self.options.get("die_seed") is not None and int(self.options["die_seed"]) == seed:

@@ -40,7 +40,10 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     _common(p)
     p.add_argument("--out", default=None, help="run directory (default: runs/<task>-<timestamp>)")
-    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR: re-run trials without an ok record")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR: run the trials without an ok "
+                   "or diverged record")
+    p.add_argument("--rerun-diverged", action="store_true", help="with --resume: run the diverged trials again too "
+                   "(after a task's sane ranges changed; same seeds, so the new record replaces the old verdict)")
     p.add_argument("--executor", choices=["ray", "serial"], default="ray", help="Ray Tune (default) or in-process")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: start local Ray")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
@@ -134,6 +137,8 @@ def check_run_flags(args, run_dir: str) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')} {value}: must be a whole number >= 1 (or left out)")
     if args.steps is not None and args.steps < 0:
         raise ConfigError(f"--steps {args.steps}: must be a whole number >= 0 (0 evaluates the pretrained model)")
+    if getattr(args, "rerun_diverged", False) and not args.resume:
+        raise ConfigError("--rerun-diverged re-runs the diverged trials of an existing run: give it with --resume DIR")
     check_writable_dir(run_dir, "--out")
     check_writable_dir(args.cache_dir or default_cache_dir(), "--cache-dir" if args.cache_dir else
                        "cache directory ($UNLEARNBENCH_CACHE or ~/.cache/unlearnbench)")
@@ -203,7 +208,8 @@ def _sweep(args, plan) -> int:
         records = run_sweep(plan, executor=args.executor, resume=bool(args.resume), address=args.address,
                             num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
                             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                            echo=lambda s: print(s, flush=True), tune_callbacks=args.tune_callback)
+                            echo=lambda s: print(s, flush=True), tune_callbacks=args.tune_callback,
+                            rerun_diverged=args.rerun_diverged)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
