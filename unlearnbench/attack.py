@@ -12,9 +12,9 @@ unlearning), through the same executor as ``run`` (:func:`unlearnbench.sweep.run
 - ``embedding``: textual inversion / UnlearnDiffAtk style: the network is frozen and the conditioning input of the
   scored prompt (its row of the prompt-embedding table: the mixtures' prompt input, the digits' class tokens) is
   optimised for k steps to denoise the same forget sample; the measure is read on samples from that input.
-- ``mia`` (data tasks): loss-based membership inference. Per-sample denoising loss (the ELBO's diffusion part, the
-  same t and noise draws for every model) of the forget images against held-out data of the same distribution;
-  AUC and TPR at 1 % FPR with 95 % bootstrap intervals (members have lower loss).
+- ``mia`` (data tasks): loss-based membership inference. Per-sample denoising loss (the ELBO's diffusion part on
+  fixed steps, with the same noise for every sample and model) of the forget images against held-out data of the
+  same distribution; AUC and TPR at 1 % FPR with 95 % bootstrap intervals (members have lower loss).
 
 The concept measure (higher = more of the concept is back): ``forgotten_mass`` (gmm-concept, max over erased
 components of the pretrained posterior mass in null-prompt samples), ``forget_mass`` (gmm-data, the same for forget
@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearnbench.config import ConfigError, SweepPlan
-from unlearnbench.diffusion import add_noise, elbo_terms, per_sample_mse, sample_t
+from unlearnbench.diffusion import add_noise, per_sample_mse, sample_t
 from unlearnbench.tasks.base import MetricValue
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ DEFAULT_ATTACKS = {"concept": ["relearn", "embedding"], "data": ["relearn", "mia
 LADDER = {"relearn": [0, 10, 50, 200], "embedding": [0, 10, 50, 200], "mia": [0]}
 MEASURE = {"gmm-concept": "forgotten_mass", "gmm-data": "forget_mass", "digits-concept": "acc_forget",
            "digits-data": "regen_rate"}
-_COMMON = {"batch_size": 64, "n_samples": 64, "sample_seed": 777, "mia_n_t": 32, "mia_heldout": 256,
+_COMMON = {"batch_size": 64, "n_samples": 64, "sample_seed": 777, "mia_n_t": 64, "mia_heldout": 256,
            "bootstrap": 1000}
 SETTINGS = {  # attack settings per task: one optimiser for every model
     "gmm-concept": {**_COMMON, "relearn_lr": 2e-4, "embedding_lr": 0.01},
@@ -166,7 +166,8 @@ def plan_attacks(run_dir: str | os.PathLike, attacks: str | None = None, budgets
             plan.trials.append({
                 "run_id": plan.run_id, "trial_id": tid, "task": task_name,
                 "task_options": (rec or saved[0])["task"].get("options") or {},
-                "method": rec["method"] if rec else ref[0], "method_config": rec.get("method_config", {}) if rec else {},
+                "method": rec["method"] if rec else ref[0],
+                "method_config": rec.get("method_config", {}) if rec else {},
                 "grid": rec.get("grid") if rec else None, "seed": rec["seed"] if rec else ref[1],
                 "cache_dir": task.cache_dir, "threads": threads, "run_dir": str(out), "artifact_dir": None,
                 "attack": {"name": a, "budgets": ladders[a], "measure": MEASURE[task_name], "settings": settings,
@@ -205,7 +206,7 @@ def forget_sample(task, bundle, n: int, gen: torch.Generator, in_context: bool =
     if bundle.kind == "data":
         k = bundle.forget_data.shape[0]
         return bundle.forget_data[torch.arange(n) % k].to(bundle.device), torch.zeros(n, dtype=torch.long)
-    if in_context and scored == [bundle.null_cond]:  # the concepts live in the null prompt: they enter in their pretrained share
+    if in_context and scored == [bundle.null_cond]:  # concepts inside the null prompt: in their pretrained share
         return bundle.sample_ref(torch.full((n,), bundle.null_cond), gen), torch.zeros(n, dtype=torch.long)
     concepts = torch.tensor(bundle.forget_concepts)[torch.arange(n) % len(bundle.forget_concepts)]
     which = torch.zeros(n, dtype=torch.long) if len(scored) == 1 else torch.tensor([scored.index(int(c))
@@ -359,13 +360,31 @@ def mia_sets(task, bundle, settings) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
+def mia_loss(schedule, net, x0: Tensor, cond: Tensor, n_t: int, gen: torch.Generator) -> Tensor:
+    """Per-sample ``sum_t w_t ||net(x_t, t) - eps||^2`` (the ELBO's diffusion part) on ``n_t`` fixed, evenly spaced
+    steps with one noise draw per step shared by every sample: common random numbers, so two samples (and two
+    models) differ by what the model does, not by their draws; [B]."""
+    T = schedule.T
+    w = schedule.elbo_weights().to(x0.device, x0.dtype)
+    ts = ((torch.arange(n_t, dtype=torch.float64) + 0.5) * T / n_t).long().clamp(0, T - 1)
+    noise = torch.randn((n_t, *x0.shape[1:]), generator=gen).to(x0.device, x0.dtype)
+    out = torch.zeros(x0.shape[0], device=x0.device, dtype=x0.dtype)
+    for j, tj in enumerate(ts.tolist()):
+        t = torch.full((x0.shape[0],), tj, device=x0.device, dtype=torch.long)
+        nz = noise[j].expand_as(x0)
+        out += w[tj] * per_sample_mse(net(add_noise(schedule, x0, nz, t), t, cond), nz)
+    return out * T / n_t
+
+
+@torch.no_grad()
 def mia(task, bundle, net, seed, settings) -> dict[str, MetricValue]:
     members, held = mia_sets(task, bundle, settings)
     x = torch.cat([members, held]).to(bundle.device)
     cond = torch.full((x.shape[0],), bundle.null_cond, device=bundle.device)
     gen = torch.Generator().manual_seed(70_000)  # the same t and noise for every model
-    net.eval()
-    loss = elbo_terms(bundle.schedule, x, net, cond, n_t=int(settings["mia_n_t"]), generator=gen).double().cpu()
+    if isinstance(net, nn.Module):
+        net.eval()
+    loss = mia_loss(bundle.schedule, net, x, cond, int(settings["mia_n_t"]), gen).double().cpu()
     score = -loss.numpy()
     k = members.shape[0]
     sm, so = score[:k], score[k:]

@@ -219,7 +219,9 @@ def base_record(spec: dict[str, Any], task=None) -> dict[str, Any]:
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
-    keys = ("task", "task_options", "method", "method_config", "grid", "seed") + (("attack",) if spec.get("attack") else ())
+    keys = ("task", "task_options", "method", "method_config", "grid", "seed")
+    if spec.get("attack"):  # an attack trial of a trial: its own hash (trials keep theirs)
+        keys += ("attack",)
     return config_hash({k: spec.get(k) for k in keys})
 
 

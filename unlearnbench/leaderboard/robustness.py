@@ -198,7 +198,8 @@ def robustness_frame(records: Iterable[dict]):
                 rows.append({"task": task, "attack": r["attack"]["name"], "model": label, "method": method,
                              "grid_value": value, "seed": r.get("seed"), "reference": r["attack"].get("reference"),
                              "source_trial": r["attack"].get("source_trial"), "trial_id": r.get("trial_id"),
-                             "status": r.get("status"), "metric": name, "budget": None if budget is None else int(budget),
+                             "status": r.get("status"), "metric": name,
+                             "budget": None if budget is None else int(budget),
                              "value": m.get("value"), "stderr": m.get("stderr"), "n": m.get("n"),
                              "role": m.get("role")})
     return pd.DataFrame(rows)
