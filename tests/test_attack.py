@@ -127,13 +127,13 @@ def test_leaderboard_robustness_is_reproducible_and_separate(gmm_run, gmm_attack
     build_leaderboard([gmm_run], first)
     build_leaderboard([gmm_run], second)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert Path("gmm-concept_robustness.csv") in files
-    assert {Path(f"plots/gmm-concept__robustness__{a}.png") for a in ("relearn", "embedding")} <= set(files)
+    assert Path("gmm-concept-one_robustness.csv") in files
+    assert {Path(f"plots/gmm-concept-one__robustness__{a}.png") for a in ("relearn", "embedding")} <= set(files)
     for f in files:
         assert (first / f).read_bytes() == (second / f).read_bytes(), f
-    for f in ("gmm-concept.csv", "gmm-concept_points.csv"):  # attack records never enter the fronts
+    for f in ("gmm-concept-one.csv", "gmm-concept-one_points.csv"):  # attack records never enter the fronts
         assert (first / f).read_bytes() == (only_trials / f).read_bytes()
-    csv = (first / "gmm-concept_robustness.csv").read_text().splitlines()
+    csv = (first / "gmm-concept-one_robustness.csv").read_text().splitlines()
     assert csv[0].startswith("attack,metric,model,method,grid_value,budget,mean,ci_lo,ci_hi")
     assert sum(line.startswith("relearn,forgotten_mass,retrained") for line in csv) == 3
     assert "robustness ladder" in (first / "index.html").read_text()
