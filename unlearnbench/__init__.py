@@ -1,6 +1,6 @@
 """unlearnbench: benchmark and evaluation harness for unlearning in diffusion models."""
 __version__ = "0.1.0"
-__all__ = ["load_results", "__version__"]
+__all__ = ["load_results", "load_robustness", "__version__"]
 
 
 def __getattr__(name: str):
@@ -9,6 +9,10 @@ def __getattr__(name: str):
         from unlearnbench.results import load_results
 
         return load_results
+    if name == "load_robustness":
+        from unlearnbench.leaderboard.robustness import load_robustness
+
+        return load_robustness
     if name == "results":
         import importlib
 

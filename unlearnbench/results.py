@@ -90,10 +90,11 @@ def _newer(a: dict, b: dict) -> bool:
 
 def latest_trials(records: Iterable[dict]) -> list[dict]:
     """The newest record per (task, method, settings, grid value, seed), each annotated with ``_task``,
-    ``_settings`` (hash) and ``_entry`` (label); sorted by task, entry, grid value, seed."""
+    ``_settings`` (hash) and ``_entry`` (label); sorted by task, entry, grid value, seed. Attack records (field
+    ``attack``) are not trials of a front: :func:`unlearnbench.load_robustness` reads them."""
     latest: dict[tuple, dict] = {}
     for r in records:
-        if not isinstance(r, dict):
+        if not isinstance(r, dict) or r.get("attack"):  # attack records: unlearnbench.leaderboard.robustness
             continue
         r = dict(r, _task=task_key(r), _settings=settings_hash(r))
         key = (r["_task"], str(r.get("method")), r["_settings"], json.dumps(grid_of(r).get("value")),

@@ -206,17 +206,22 @@ def base_record(spec: dict[str, Any], task=None) -> dict[str, Any]:
     if task is not None:
         task_info.update(task.describe())
         task_info["axes"] = [list(a) for a in task.axes]
-    return {
+    rec = {
         "schema_version": SCHEMA_VERSION, "run_id": spec.get("run_id"), "trial_id": spec["trial_id"],
         "created_at": now_iso(), "status": "failed", "error": None, "task": task_info, "method": spec["method"],
         "method_config": spec.get("method_config", {}), "grid": spec.get("grid"), "seed": spec["seed"],
         "metrics": {}, "oracle": None, "train": None, "timing": None, "config_hash": spec_hash(spec),
         "env": environment(), "artifacts": {},
     }
+    if spec.get("attack"):
+        rec["attack"] = spec["attack"]
+    return rec
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
     keys = ("task", "task_options", "method", "method_config", "grid", "seed")
+    if spec.get("attack"):  # an attack trial of a trial: its own hash (trials keep theirs)
+        keys += ("attack",)
     return config_hash({k: spec.get(k) for k in keys})
 
 
@@ -224,6 +229,10 @@ def execute_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Run a trial; an exception becomes a failed record (the sweep goes on)."""
     t0 = time.perf_counter()
     try:
+        if spec.get("attack"):  # a robustness-ladder trial (unlearnbench attack): same executor, same records
+            from unlearnbench.attack import run_attack_trial
+
+            return run_attack_trial(spec)
         return run_trial(spec)
     except Exception as e:  # noqa: BLE001 - every failure is recorded, never lost
         logger.warning("trial %s failed: %s", spec["trial_id"], e)

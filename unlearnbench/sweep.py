@@ -61,6 +61,10 @@ def prepare_task(plan: SweepPlan) -> None:
 
     cache_dir = plan.trials[0].get("cache_dir") if plan.trials else None
     TASKS.get(plan.task)(plan.task_options, cache_dir=cache_dir).prepare()
+    if any(t.get("attack") for t in plan.trials):  # the robustness ladder's retrained references
+        from unlearnbench.attack import prepare
+
+        prepare(plan)
 
 
 def run_sweep(plan: SweepPlan, executor: str = "ray", resume: bool = False, address: str | None = None,

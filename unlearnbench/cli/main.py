@@ -1,10 +1,11 @@
-"""``unlearnbench`` command line: run, ls, pretrain, leaderboard, claims, validate."""
+"""``unlearnbench`` command line: run, ls, pretrain, leaderboard, claims, validate, attack."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from unlearnbench import __version__
+from unlearnbench.cli import attack as attack_cmd
 from unlearnbench.cli import ls as ls_cmd
 from unlearnbench.cli import run as run_cmd
 from unlearnbench.registry import UnknownNameError
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_validate_parser(sub)
     ls_cmd.add_parser(sub)
     run_cmd.add_pretrain_parser(sub)
+    attack_cmd.add_parser(sub)
     try:
         from unlearnbench.cli import leaderboard as lb_cmd
     except ImportError:  # pragma: no cover - optional during development

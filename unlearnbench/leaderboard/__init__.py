@@ -15,6 +15,8 @@ the folder); it never deletes anything. Layout of ``out_dir``::
     plots/<task>__duals.png    dual variables against steps for the constrained entries
     samples/<task>/<trial>.png copies of the sample grids of image tasks
     parts/<task>.*             the task's page fragments and claim comparisons, assembled into index.html
+    <task>_robustness.csv, plots/<task>__robustness__<attack>.png
+                               the robustness ladder, where the records hold attack trials (unlearnbench attack)
 """
 from __future__ import annotations
 
@@ -124,8 +126,8 @@ def assemble(out: Path) -> tuple[Path, list]:
         if (out / f"{n}.csv").is_file():
             with open(out / f"{n}.csv", newline="", encoding="utf-8") as f:
                 n_trials += sum(int(row[k] or 0) for row in csv.DictReader(f) for k in ("n_ok", "n_diverged", "n_failed"))
-    html = page.index_page(names, [read(n, ".summary.html") for n in names], [read(n, ".detail.html") for n in names],
-                           claims, n_trials)
+    details = [read(n, ".detail.html") + read(n, ".robustness.html") for n in names]
+    html = page.index_page(names, [read(n, ".summary.html") for n in names], details, claims, n_trials)
     write_text(out / "index.html", html)
     return out / "index.html", claims
 
@@ -151,6 +153,10 @@ def build_leaderboard(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.P
     tasks = collect_tasks(records)
     result: dict[str, Any] = {"out_dir": str(out), "n_records": len(records),
                               "tasks": {name: build_task(td, out) for name, td in tasks.items()}}
+    from unlearnbench.leaderboard.robustness import build_robustness
+
+    for name, info in build_robustness(records, out, slug).items():
+        result["tasks"].setdefault(name, {})["robustness"] = info
     result["failed"] = [{"task": td.name, "trial_id": r.get("trial_id"), "method": r.get("method"),
                          "status": r.get("status"), "error": r.get("error")}
                         for td in tasks.values() for r in td.invalid()]

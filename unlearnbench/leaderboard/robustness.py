@@ -1,0 +1,221 @@
+"""Robustness leaderboard: the attack records of ``unlearnbench attack`` as a table and plots per task.
+
+Rows are models: every entry and grid value of the run (its seeds pooled), the pretrained network and the retrained
+reference. For each ladder attack, the concept measure at every budget with a 95 % interval (Student's t over seeds,
+or the single seed's evaluation stderr) and the steps to half recovery (mean over the seeds that reached it, with
+k/n); for MIA, AUC and TPR at 1 % FPR (t over seeds, or the single seed's bootstrap interval). Output, byte-stable
+like the rest of the leaderboard::
+
+    <task>_robustness.csv              one row per model x attack x budget (x MIA metric)
+    plots/<task>__robustness__<a>.png  measure against budget per model, both references drawn
+    parts/<task>.robustness.html       the page section
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from unlearnbench.pareto import grid_sort_key, mean_interval
+from unlearnbench.results import fmt, grid_of, task_key
+
+REF_STYLE = {"pretrained": ("#000000", "--"), "retrained": ("#b8860b", ":")}
+HEADER = ["attack", "metric", "model", "method", "grid_value", "budget", "mean", "ci_lo", "ci_hi", "n", "interval",
+          "steps_to_half", "half_reached"]
+
+
+def attack_trials(records: Iterable[dict]) -> dict[str, list[dict]]:
+    """The newest attack record per (task, trial id), grouped by leaderboard task key."""
+    latest: dict[tuple, dict] = {}
+    for r in records:
+        if not isinstance(r, dict) or not isinstance(r.get("attack"), dict):
+            continue
+        key = (task_key(r), r.get("trial_id"))
+        if key not in latest or str(r.get("created_at", "")) >= str(latest[key].get("created_at", "")):
+            latest[key] = r
+    out: dict[str, list[dict]] = {}
+    for (task, _), r in sorted(latest.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        out.setdefault(task, []).append(r)
+    return out
+
+
+def model_of(r: dict) -> tuple[str, str, Any]:
+    """(model label, method, grid value): a reference by name, else the method and its grid value."""
+    ref = r["attack"].get("reference")
+    if ref:
+        return ref, ref, None
+    g = grid_of(r)
+    return f"{r.get('method')} {g.get('param') or 'grid'}={fmt(g.get('value'))}", str(r.get("method")), g.get("value")
+
+
+def _order(label_method_value: tuple) -> tuple:
+    label, method, value = label_method_value
+    ref = {"pretrained": 0, "retrained": 1}.get(label, 2)
+    return (ref, method, grid_sort_key(value))
+
+
+def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
+    """The table's rows (dicts with :data:`HEADER` keys, numbers unformatted), sorted by attack, model, budget."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in trials:
+        if r.get("status") != "ok":
+            continue
+        groups.setdefault((r["attack"]["name"], *model_of(r)), []).append(r)
+    rows = []
+    for (attack, label, method, value) in sorted(groups, key=lambda k: (k[0], _order(k[1:]))):
+        rs = sorted(groups[(attack, label, method, value)], key=lambda r: grid_sort_key(r.get("seed")))
+        base = {"attack": attack, "model": label, "method": method, "grid_value": value}
+        if attack == "mia":
+            for metric in ("mia_auc", "mia_tpr_at_1fpr"):
+                vals = [r["metrics"][metric]["value"] for r in rs if metric in r["metrics"]]
+                m, lo, hi, n, src = mean_interval(vals, [r["metrics"][metric]["stderr"] for r in rs])
+                if n == 1:  # one seed: its bootstrap percentile interval
+                    lo, hi = rs[0]["attack"].get("intervals", {}).get(metric, [lo, hi])
+                    src = "bootstrap"
+                rows.append({**base, "metric": metric, "budget": None, "mean": m, "ci_lo": lo, "ci_hi": hi, "n": n,
+                             "interval": src, "steps_to_half": None, "half_reached": None})
+            continue
+        budgets = rs[0]["attack"]["budgets"]
+        measure = rs[0]["attack"].get("measure")
+        halves = [r["attack"].get("steps_to_half") for r in rs]
+        reached = [h for h in halves if h is not None]
+        for i, k in enumerate(budgets):
+            vals = [r["attack"]["values"][i] if i < len(r["attack"]["values"]) else math.nan for r in rs]
+            ses = [r["attack"]["stderr"][i] if i < len(r["attack"]["stderr"]) else math.nan for r in rs]
+            m, lo, hi, n, src = mean_interval([math.nan if v is None else v for v in vals],
+                                              [math.nan if s is None else s for s in ses])
+            rows.append({**base, "metric": measure, "budget": k, "mean": m, "ci_lo": lo, "ci_hi": hi, "n": n,
+                         "interval": src, "steps_to_half": float(np.mean(reached)) if reached else None,
+                         "half_reached": f"{len(reached)}/{len(halves)}"})
+    return rows
+
+
+def csv_text(rows: list[dict]) -> str:
+    from unlearnbench.leaderboard.tables import csv_text as _csv
+
+    return _csv(HEADER, [[fmt(r[h]) for h in HEADER] for r in rows])
+
+
+def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
+    """Measure (or MIA AUC) against budget per model, 95 % intervals, references dashed; False if nothing to draw."""
+    from matplotlib.figure import Figure
+
+    from unlearnbench.leaderboard.plots import method_color, save, style
+
+    rows = [r for r in rows if r["attack"] == attack and r["metric"] != "mia_tpr_at_1fpr"]
+    if not rows:
+        return False
+    models = sorted({(r["model"], r["method"], json.dumps(r["grid_value"])) for r in rows},
+                    key=lambda k: _order((k[0], k[1], json.loads(k[2]))))
+    with style():
+        fig = Figure(figsize=(6.4, 4.2))
+        ax = fig.add_subplot(1, 1, 1)
+        by_method: dict[str, list] = {}
+        for label, method, _ in models:
+            by_method.setdefault(method, []).append(label)
+        for j, (label, method, _) in enumerate(models):
+            pts = [r for r in rows if r["model"] == label]
+            x = np.array([j if attack == "mia" else r["budget"] for r in pts], dtype=float)
+            y = np.array([r["mean"] for r in pts], dtype=float)
+            lo = np.array([r["ci_lo"] for r in pts], dtype=float)
+            hi = np.array([r["ci_hi"] for r in pts], dtype=float)
+            if method in REF_STYLE:
+                color, ls = REF_STYLE[method]
+                alpha, lw = 1.0, 2.0
+            else:
+                color, ls = method_color(method), "-"
+                same = by_method[method]
+                alpha, lw = 0.35 + 0.65 * (same.index(label) + 1) / len(same), 1.2
+            yerr = np.vstack([y - lo, hi - y])
+            yerr = np.where(np.isfinite(yerr), np.abs(yerr), 0.0)
+            ax.errorbar(x, y, yerr=yerr, color=color, ls="none" if attack == "mia" else ls, lw=lw, alpha=alpha,
+                        marker="o", ms=3.5, capsize=2, label=label)
+            if method in REF_STYLE and attack != "mia":
+                ax.fill_between(x, np.where(np.isfinite(lo), lo, y), np.where(np.isfinite(hi), hi, y), color=color,
+                                alpha=0.12, lw=0)
+        if attack == "mia":
+            ax.set_xticks(range(len(models)), [m[0] for m in models], rotation=60, ha="right", fontsize=7)
+            ax.axhline(0.5, color="#777777", lw=0.8)
+            ax.set_ylabel("MIA AUC (0.5 = chance)")
+        else:
+            ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_xlabel(f"{attack} budget (optimisation steps)")
+            ax.set_ylabel(f"{rows[0]['metric']} (higher = concept back)")
+        ax.set_title(f"{task}: {attack}")
+        ax.legend(fontsize=6, loc="best", ncol=2 if len(models) > 8 else 1)
+        save(fig, path)
+    return True
+
+
+def fragment(task: str, slug: str, rows: list[dict], plots: list[tuple[str, str]]) -> str:
+    from unlearnbench.leaderboard.page import e, table
+
+    out = [f'<section id="robustness-{e(slug)}">', f"<h3>{e(task)}: robustness ladder</h3>",
+           '<p class="note">Does the erased concept come back? The concept measure after each attack budget (higher '
+           "= more of it back), per model, with the pretrained network (dashed black) and the retrained reference "
+           "(dotted gold) at both ends; 95 % intervals; steps_to_half: steps until half the pretrained level "
+           "(mean over the seeds that reached it, k/n). Generated by <code>unlearnbench attack</code>.</p>"]
+    out += [f'<figure><img class="plot" src="{e(rel)}" alt="{e(cap)}"><figcaption>{e(cap)}</figcaption></figure>'
+            for rel, cap in plots]
+    out.append(table(HEADER, [[fmt(r[h]) for h in HEADER] for r in rows],
+                     left=("attack", "metric", "model", "method", "interval")))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def build_robustness(records: list[dict], out: Path, slug) -> dict[str, dict]:
+    """Write each task's robustness CSV, plots and page section; returns ``{task: {"csv", "plots"}}``."""
+    from unlearnbench.leaderboard import write_text
+
+    result = {}
+    for task, trials in attack_trials(records).items():
+        s = slug(task)
+        rows = rows_of(trials)
+        write_text(out / f"{s}_robustness.csv", csv_text(rows))
+        plots = []
+        for attack in sorted({r["attack"] for r in rows}):
+            rel = f"plots/{s}__robustness__{slug(attack)}.png"
+            if plot_attack(task, attack, rows, out / rel):
+                plots.append((rel, f"{attack}: attack success against budget"))
+        write_text(out / "parts" / f"{s}.robustness.html", fragment(task, s, rows, plots) + "\n")
+        result[task] = {"csv": str(out / f"{s}_robustness.csv"), "plots": [str(out / p) for p, _ in plots]}
+    return result
+
+
+def robustness_frame(records: Iterable[dict]):
+    """Attack records as a tidy frame: one row per attack trial and metric (role ``robustness``)."""
+    import pandas as pd
+
+    rows = []
+    for task, trials in attack_trials(records).items():
+        for r in trials:
+            label, method, value = model_of(r)
+            for name, m in sorted((r.get("metrics") or {}).items()):
+                budget = name.rsplit("@", 1)[1] if "@" in name else None
+                rows.append({"task": task, "attack": r["attack"]["name"], "model": label, "method": method,
+                             "grid_value": value, "seed": r.get("seed"), "reference": r["attack"].get("reference"),
+                             "source_trial": r["attack"].get("source_trial"), "trial_id": r.get("trial_id"),
+                             "status": r.get("status"), "metric": name,
+                             "budget": None if budget is None else int(budget),
+                             "value": m.get("value"), "stderr": m.get("stderr"), "n": m.get("n"),
+                             "role": m.get("role")})
+    return pd.DataFrame(rows)
+
+
+def load_robustness(paths):
+    """Every attack record under ``paths`` (run directories or records files) as a tidy :class:`pandas.DataFrame`:
+    columns ``task, attack, model, method, grid_value, seed, reference, source_trial, trial_id, status, metric,
+    budget, value, stderr, n, role``."""
+    import os
+
+    from unlearnbench.records import read_records
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    missing = [str(p) for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"load_robustness: no such file or directory: {', '.join(missing)}")
+    return robustness_frame(read_records(paths))
