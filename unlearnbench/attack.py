@@ -60,8 +60,6 @@ SETTINGS = {  # attack settings per task: one optimiser for every model
     "digits-data": {**_COMMON, "relearn_lr": 5e-4, "embedding_lr": 0.02},
 }
 ATTACK_DIR = "attack"
-GMM_CENTRES = [(-1.4, -0.9), (1.3, -0.8), (0.0, 1.3)]  # gmm.data_points' clusters (held-out points for MIA)
-GMM_CLUSTER_STD = 0.45
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -348,7 +346,9 @@ def mia_sets(task, bundle, settings) -> tuple[Tensor, Tensor]:
     m = int(settings["mia_heldout"])
     members = bundle.forget_data.cpu()
     if task.name == "gmm-data":  # each forget point's generating cluster (the outlier: its own neighbourhood)
-        centres = torch.tensor(GMM_CENTRES)
+        from unlearnbench.tasks.gmm import DATA_CENTRES, DATA_CLUSTER_STD as GMM_CLUSTER_STD
+
+        centres = torch.tensor(DATA_CENTRES)
         out = []
         for x in members:
             d = (centres - x).norm(dim=1)

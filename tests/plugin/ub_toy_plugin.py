@@ -59,10 +59,10 @@ class ToyTask(Task):
     default_options = {"sleep": 0.0}
     option_types = {"fail_seed": int, "die_seed": int, "max_drift": float}
 
-    def insane_metrics(self, metrics):
+    def __init__(self, options=None, cache_dir=None):
+        super().__init__(options, cache_dir)
         cap = self.options.get("max_drift")
         self.sane_ranges = {} if cap is None else {"drift": (0.0, float(cap))}
-        return super().insane_metrics(metrics)
 
     def build(self, seed, device="cpu"):
         if self.options.get("die_seed") is not None and int(self.options["die_seed"]) == seed:

@@ -40,11 +40,15 @@ CONCEPT_LAYOUT = {
 }
 
 
+DATA_CENTRES = [(-1.4, -0.9), (1.3, -0.8), (0.0, 1.3)]  # gmm-data's clusters
+DATA_CLUSTER_STD = 0.45
+
+
 def data_points(seed: int = 7) -> np.ndarray:
     """The gmm-data training set: three clusters (24, 20, 15 points) and one outlier, last; [60, 2]."""
     rng = np.random.default_rng(seed)
-    centres, sizes = [(-1.4, -0.9), (1.3, -0.8), (0.0, 1.3)], [24, 20, 15]
-    pts = [np.asarray(c) + 0.45 * rng.standard_normal((n, 2)) for c, n in zip(centres, sizes)]
+    sizes = [24, 20, 15]
+    pts = [np.asarray(c) + DATA_CLUSTER_STD * rng.standard_normal((n, 2)) for c, n in zip(DATA_CENTRES, sizes)]
     return np.concatenate(pts + [np.array([[2.0, 1.8]])]).astype(np.float64)
 
 
