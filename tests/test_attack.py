@@ -52,8 +52,11 @@ def ladder(rec: dict) -> list[tuple[float, float]]:
 
 def test_records_schema_and_role(gmm_attacked):
     models = ("pretrained", "retrained", "rkl")
-    assert sorted(gmm_attacked) == [(a, m) for a in ("embedding", "relearn") for m in models]
+    assert sorted(gmm_attacked) == sorted([(a, m) for a in ("embedding", "relearn") for m in models]
+                                          + [("reference", "retrained")])
     for (attack, model), r in gmm_attacked.items():
+        if attack == "reference":
+            continue
         assert r["status"] == "ok", r.get("error")
         assert r["task"]["name"] == "gmm-concept" and r["attack"]["budgets"] == [0, 10, 50]
         names = {f"{attack}_forgotten_mass@{k}" for k in (0, 10, 50)} | {f"{attack}_steps_to_half"}
@@ -62,6 +65,18 @@ def test_records_schema_and_role(gmm_attacked):
         assert r["timing"]["total_s"] > 0
     assert gmm_attacked[("relearn", "rkl")]["attack"]["source_trial"] == "rkl-smoke30-s0"
     assert gmm_attacked[("relearn", "rkl")]["grid"]["value"] == 30.0
+
+
+def test_retrained_reference_is_scored_by_the_task_evaluation(gmm_run, gmm_attacked):
+    """The retrained network gets every metric the task records for a trial, with the same roles, and exact
+    unlearning's value: no erased mass beyond noise (the pretrained network has 0.14)."""
+    trial = records(gmm_run)[0]
+    ref = gmm_attacked[("reference", "retrained")]
+    assert ref["status"] == "ok" and ref["method"] == "retrained" and ref["trial_id"] == "reference--retrained-s0"
+    assert set(ref["metrics"]) == set(trial["metrics"])
+    assert {k: m["role"] for k, m in ref["metrics"].items()} == {k: m["role"] for k, m in trial["metrics"].items()}
+    mass = ref["metrics"]["forgotten_mass"]
+    assert mass["value"] < 3 * mass["stderr"] + 0.01 < trial["metrics"]["forgotten_mass_pretrained"]["value"]
 
 
 @pytest.mark.parametrize("attack", ["relearn", "embedding"])
@@ -131,14 +146,21 @@ def test_leaderboard_robustness_is_reproducible_and_separate(gmm_run, gmm_attack
     assert {Path(f"plots/gmm-concept-one__robustness__{a}.png") for a in ("relearn", "embedding")} <= set(files)
     for f in files:
         assert (first / f).read_bytes() == (second / f).read_bytes(), f
-    for f in ("gmm-concept-one.csv", "gmm-concept-one_points.csv"):  # attack records never enter the fronts
+    for f in ("gmm-concept-one.csv",):  # attack records never enter the fronts
         assert (first / f).read_bytes() == (only_trials / f).read_bytes()
     csv = (first / "gmm-concept-one_robustness.csv").read_text().splitlines()
     assert csv[0].startswith("attack,metric,model,method,grid_value,budget,mean,ci_lo,ci_hi")
     assert sum(line.startswith("relearn,forgotten_mass,retrained") for line in csv) == 3
     assert "robustness ladder" in (first / "index.html").read_text()
+    points = (first / "gmm-concept-one_points.csv").read_text().splitlines()
+    assert points[-1].startswith("retrained (reference),retrained,")  # the reference row: every metric, no front
+    assert (first / "gmm-concept-one_points.csv").read_bytes() != (only_trials / "gmm-concept-one_points.csv"
+                                                                   ).read_bytes()
+    assert "retrained without the forget set (1 seed" in (first / "index.html").read_text()
     df = load_robustness(gmm_run)
-    assert set(df["role"]) == {"robustness"} and set(df["attack"]) == {"relearn", "embedding"}
+    assert set(df["attack"]) == {"relearn", "embedding", "reference"}
+    assert set(df[df["attack"] != "reference"]["role"]) == {"robustness"}
+    assert set(df[df["attack"] == "reference"]["role"]) <= {"unlearning", "retention", "info"}
     assert set(load_results(gmm_run)["role"].dropna()) <= {"unlearning", "retention", "info"}
 
 
@@ -159,15 +181,15 @@ def test_resume_after_kill(gmm_run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     before = records(run / "attack")
-    assert 1 <= len(before) < 6, "killed mid-ladder"
+    assert 1 <= len(before) < 7, "killed mid-ladder"
     r = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert f"{len(before)} trial(s) already done, {6 - len(before)} to run" in r.stdout
+    assert f"{len(before)} trial(s) already done, {7 - len(before)} to run" in r.stdout
     after = records(run / "attack")
-    assert len(after) == 6 and len({x["trial_id"] for x in after}) == 6
+    assert len(after) == 7 and len({x["trial_id"] for x in after}) == 7  # 3 models x 2 attacks + the reference
     assert after[: len(before)] == before, "finished attack records are never rewritten"
     r = subprocess.run(args, capture_output=True, text=True, timeout=300)  # all done: nothing re-run
-    assert r.returncode == 0 and "6 trial(s) already done, 0 to run" in r.stdout and len(records(run / "attack")) == 6
+    assert r.returncode == 0 and "7 trial(s) already done, 0 to run" in r.stdout and len(records(run / "attack")) == 7
 
 
 def test_cli_bad_input(gmm_run, tmp_path):
@@ -244,7 +266,11 @@ def test_digits_attacks_end_to_end(tmp_path, task, method, attacks):
     assert [r["status"] for r in run_sweep(plan, executor="serial", echo=lambda s: None)] == ["ok"]
     aplan = plan_attacks(out, attacks, ["0,2"], cache_dir=str(tmp_path / "cache"))
     recs = run_sweep(aplan, executor="serial", resume=True, echo=lambda s: None)
-    assert len(recs) == 3 * len(attacks.split(",")) and all(r["status"] == "ok" for r in recs), \
+    assert len(recs) == 3 * len(attacks.split(",")) + 1 and all(r["status"] == "ok" for r in recs), \
         [r.get("error") for r in recs]
+    ref = [r for r in recs if r["attack"]["name"] == "reference"]
+    assert [r["method"] for r in ref] == ["retrained"]
+    assert set(ref[0]["metrics"]) == set(records(out)[0]["metrics"])  # every metric of the task
     for r in recs:
-        assert all(m["role"] == "robustness" for m in r["metrics"].values())
+        if r is not ref[0]:
+            assert all(m["role"] == "robustness" for m in r["metrics"].values())

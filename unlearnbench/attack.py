@@ -21,6 +21,10 @@ components of the pretrained posterior mass in null-prompt samples), ``forget_ma
 points), ``acc_forget`` (digits-concept, classifier accuracy on erased-prompt samples), ``regen_rate`` (digits-data).
 Every rung is evaluated with the same generator, so models are compared on the same noise.
 
+Besides the attacks, every run's retrained reference is scored once per seed by the task's own evaluation (trial
+``reference--retrained-s<seed>``, attack name ``reference``, metrics with the task's roles): the reference row every
+metric of the leaderboard gets next to the pretrained model's value.
+
 Records (same schema as trials, in ``RUN_DIR/attack/records.jsonl``) carry the source trial's method, grid and seed,
 an ``attack`` field (name, budgets, source trial or reference, the ladder), and metrics of role ``robustness`` named
 ``<attack>_<measure>@<budget>``, ``relearn_steps_to_half``, ``mia_auc`` and ``mia_tpr_at_1fpr``.
@@ -60,6 +64,7 @@ SETTINGS = {  # attack settings per task: one optimiser for every model
     "digits-data": {**_COMMON, "relearn_lr": 5e-4, "embedding_lr": 0.02},
 }
 ATTACK_DIR = "attack"
+REFERENCE_EVAL = "reference"  # not an attack: the retrained network scored by task.evaluate, every metric of the task
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -171,6 +176,16 @@ def plan_attacks(run_dir: str | os.PathLike, attacks: str | None = None, budgets
                 "attack": {"name": a, "budgets": ladders[a], "measure": MEASURE[task_name], "settings": settings,
                            "source_trial": sid if rec else None, "reference": ref[0] if ref else None,
                            "model": model},
+            })
+    if "retrained" in refs:  # the retrained network through the task's own evaluation: a reference row per metric
+        for s in seeds:
+            plan.trials.append({
+                "run_id": plan.run_id, "trial_id": f"{REFERENCE_EVAL}--retrained-s{s}", "task": task_name,
+                "task_options": saved[0]["task"].get("options") or {}, "method": "retrained", "method_config": {},
+                "grid": None, "seed": s, "cache_dir": task.cache_dir, "threads": threads, "run_dir": str(out),
+                "artifact_dir": None,
+                "attack": {"name": REFERENCE_EVAL, "budgets": [], "measure": MEASURE[task_name], "settings": {},
+                           "source_trial": None, "reference": "retrained", "model": None},
             })
     return plan
 
@@ -440,7 +455,12 @@ def run_attack_trial(spec: dict[str, Any]) -> dict[str, Any]:
     settings, budgets, name = a["settings"], list(a["budgets"]), a["name"]
     metrics: dict[str, MetricValue] = {}
     ladder: dict[str, Any] = {}
-    if name == "mia":
+    if name == REFERENCE_EVAL:  # the task's evaluation, seeded as run_trial seeds it, of the reference's weights
+        bundle.net.load_state_dict(net.state_dict())
+        bundle.net.eval()
+        seed_everything(seed + 10_000)
+        metrics.update(task.evaluate(bundle, seed))
+    elif name == "mia":
         out = mia(task, bundle, net, seed, settings)
         ladder["intervals"] = out.pop("_intervals")
         metrics.update(out)

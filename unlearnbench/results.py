@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -245,6 +245,7 @@ class TaskData:
     info: dict[str, MetricInfo]
     trials: list[dict]
     rows: list[dict]  # tidy_rows(trials)
+    refs: dict[str, list[dict]] = field(default_factory=dict)  # reference name -> its evaluation records (a seed each)
 
     def __post_init__(self) -> None:
         self.entries = sorted({r["_entry"] for r in self.trials})
@@ -319,6 +320,20 @@ class TaskData:
             out.append(float(np.mean(v)))
         return out[0], out[1]
 
+    def reference_value(self, name: str, metric: str) -> tuple[float, float, float, int, str] | None:
+        """A reference network's ``metric`` (``mean_interval`` over its seeds), if it was evaluated."""
+        found = [(r.get("metrics") or {}).get(metric) for r in self.refs.get(name, [])]
+        found = [m for m in found if isinstance(m, dict)]
+        if not found:
+            return None
+        return mean_interval([to_float(m.get("value")) for m in found], [to_float(m.get("stderr")) for m in found])
+
+    def reference_point(self, name: str, axis: Axis) -> tuple[float, float] | None:
+        vals = [self.reference_value(name, m) for m in axis]
+        if any(v is None or not math.isfinite(v[0]) for v in vals):
+            return None
+        return vals[0][0], vals[1][0]
+
     def _vals_any(self, metric: str) -> list[dict]:
         return [row for (e, m), cell in self._vals.items() if m == metric for row in cell.values()]
 
@@ -334,8 +349,27 @@ def _task_axes(name: str, trials: list[dict], info: dict[str, MetricInfo]) -> li
     return [(u, r) for u in unl for r in ret]
 
 
+def reference_evals(records: Iterable[dict]) -> dict[str, dict[str, list[dict]]]:
+    """``{task key: {reference name: records}}``: the newest ok evaluation of each reference network per seed
+    (``unlearnbench attack`` scores the retrained network with the task's own metrics; attack name ``reference``)."""
+    latest: dict[tuple, dict] = {}
+    for r in records:
+        a = r.get("attack") if isinstance(r, dict) else None
+        if not isinstance(a, dict) or a.get("name") != "reference" or r.get("status") != VALID:
+            continue
+        key = (task_key(r), str(a.get("reference")), json.dumps(r.get("seed")))
+        if key not in latest or _newer(r, latest[key]):
+            latest[key] = r
+    out: dict[str, dict[str, list[dict]]] = {}
+    for (task, ref, _), r in sorted(latest.items()):
+        out.setdefault(task, {}).setdefault(ref, []).append(r)
+    return out
+
+
 def collect_tasks(records: Iterable[dict]) -> dict[str, TaskData]:
     """Per task (leaderboard key), the newest trials grouped into entries; sorted by task name."""
+    records = list(records)
+    refs = reference_evals(records)
     by_task: dict[str, list[dict]] = {}
     for r in latest_trials(records):
         by_task.setdefault(r["_task"], []).append(r)
@@ -348,7 +382,8 @@ def collect_tasks(records: Iterable[dict]) -> dict[str, TaskData]:
                 if m in info and info[m].higher_is_better is None:
                     logger.warning("task %s: metric %s has no higher_is_better; assuming lower is better", name, m)
         kind = next((r["task"].get("kind") for r in reversed(trials) if isinstance(r.get("task"), dict)), None)
-        out[name] = TaskData(name, kind, _task_axes(name, trials, info), info, trials, tidy_rows(trials))
+        out[name] = TaskData(name, kind, _task_axes(name, trials, info), info, trials, tidy_rows(trials),
+                             refs.get(name, {}))
     return out
 
 

@@ -3,7 +3,8 @@
 One fixed colour per method on every page and plot (:func:`method_color`); entries of one method with different
 settings share its colour and differ in marker. Axes survive outliers: limits come from the points that are not
 worse than the task's fixed hypervolume reference, within a wide interquartile fence, always including the
-pretrained point; a point beyond them is drawn as a triangle on the edge (its value is in the points table).
+pretrained point and the retrained reference's (where ``unlearnbench attack`` evaluated it); a point beyond them is
+drawn as a triangle on the edge (its value is in the points table).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ METHOD_COLORS = {  # tab10/tab20 shades; close relatives share a hue
 _EXTRA = ["#e377c2", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
           "#e6550d", "#31a354", "#756bb1"]
 PRETRAINED_COLOR = "#000000"
+RETRAINED_COLOR = "#b8860b"  # the retrained reference (exact unlearning), here and on the robustness plots
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 FENCE = 10.0  # interquartile ranges beyond the quartiles before a point counts as off-scale (blown-up runs)
 
@@ -81,11 +83,14 @@ def robust_limits(values: np.ndarray, keep: np.ndarray | None = None, fence: boo
     return lo - pad, hi + pad
 
 
-def limits(pts: np.ndarray, pre: tuple | None, curves: list, ref: tuple | None, maximize: tuple[bool, bool]):
+def limits(pts: np.ndarray, pre: tuple | None, curves: list, ref: tuple | None, maximize: tuple[bool, bool],
+           also: tuple = ()):
     """(xlim, ylim): from the useful points (see :func:`useful`; without a fixed reference, an IQR fence instead),
-    the pretrained point and the exact curves where they fall inside the points' unlearning range."""
+    the pretrained point (and the ``also`` points: references) and the exact curves where they fall inside the
+    points' unlearning range."""
     pts = useful(pts, ref, maximize)
-    pre_arr = np.array([pre], dtype=float) if pre is not None else np.zeros((0, 2))
+    marks = [p for p in (pre, *also) if p is not None]
+    pre_arr = np.array(marks, dtype=float) if marks else np.zeros((0, 2))
     xlim = robust_limits(pts[:, 0], pre_arr[:, 0], fence=ref is None)
     cy = [c[(c[:, 0] >= xlim[0]) & (c[:, 0] <= xlim[1]), 1] for _, c in curves]
     keep_y = np.concatenate([pre_arr[:, 1], *cy])
@@ -147,7 +152,8 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
     styles = entry_styles(td)
     allpts = np.concatenate([ps.mean for _, ps in series]) if series else np.zeros((0, 2))
     ref, ref_src = reference(td, axis)
-    xlim, ylim = limits(allpts, pre, curves, ref if ref_src == "fixed" else None, mx)
+    retrained = td.reference_point("retrained", axis)
+    xlim, ylim = limits(allpts, pre, curves, ref if ref_src == "fixed" else None, mx, also=(retrained,))
     with style():
         fig = Figure(figsize=(6.6, 4.6))
         ax = fig.add_subplot()
@@ -174,6 +180,12 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
         if pre is not None:
             ax.plot([pre[0]], [pre[1]], marker="*", ms=13, color=PRETRAINED_COLOR, ls="none", zorder=5)
             handles.append(Line2D([], [], marker="*", ms=11, color=PRETRAINED_COLOR, ls="none", label="pretrained"))
+        if retrained is not None:
+            n = len(td.refs.get("retrained", []))
+            ax.plot([retrained[0]], [retrained[1]], marker="D", ms=8, color=RETRAINED_COLOR, mec="black", mew=0.6,
+                    ls="none", zorder=5)
+            handles.append(Line2D([], [], marker="D", ms=7, color=RETRAINED_COLOR, mec="black", mew=0.6, ls="none",
+                                  label=f"retrained without the forget set ({n} seed{'s' * (n != 1)})"))
         ax.set_xlim(*xlim)
         ax.set_ylim(*ylim)
         ax.set_xlabel(f"{axis[0]} ({_direction(mx[0])})")

@@ -19,10 +19,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from unlearnbench.leaderboard.plots import PRETRAINED_COLOR, RETRAINED_COLOR
 from unlearnbench.pareto import grid_sort_key, mean_interval
 from unlearnbench.results import fmt, grid_of, task_key
 
-REF_STYLE = {"pretrained": ("#000000", "--"), "retrained": ("#b8860b", ":")}
+REF_STYLE = {"pretrained": (PRETRAINED_COLOR, "--"), "retrained": (RETRAINED_COLOR, ":")}
 HEADER = ["attack", "metric", "model", "method", "grid_value", "budget", "mean", "ci_lo", "ci_hi", "n", "interval",
           "steps_to_half", "half_reached"]
 
@@ -61,7 +62,7 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
     """The table's rows (dicts with :data:`HEADER` keys, numbers unformatted), sorted by attack, model, budget."""
     groups: dict[tuple, list[dict]] = {}
     for r in trials:
-        if r.get("status") != "ok":
+        if r.get("status") != "ok" or r["attack"]["name"] == "reference":  # reference evaluations: the points table
             continue
         groups.setdefault((r["attack"]["name"], *model_of(r)), []).append(r)
     rows = []

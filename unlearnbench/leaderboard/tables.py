@@ -6,7 +6,9 @@ source (``seeds``: over seeds; ``eval``: one seed, from the evaluation stderr). 
 satisfaction are counts ``k/n`` over the entry's valid trials.
 
 ``<task>_points.csv``: one row per entry and grid value: mean over seeds of every metric with the half-width of its
-95 % interval (``_ci95``), the mean evaluation stderr, and ``k/n`` for rates (accuracy, regeneration).
+95 % interval (``_ci95``), the mean evaluation stderr, and ``k/n`` for rates (accuracy, regeneration); then one row
+per reference network evaluated by ``unlearnbench attack`` (``retrained (reference)``: the model trained without the
+forget set, scored by the same evaluation), outside every front.
 """
 from __future__ import annotations
 
@@ -166,16 +168,13 @@ def points_table(td: TaskData) -> tuple[list[str], list[list[str]]]:
         groups.setdefault((r["_entry"], json.dumps(grid_of(r).get("value"))), []).append(r)
     on_front = {(e, a): {json.dumps(g) for g in np.array(td.points(e, a).grid, dtype=object)[
         pareto_front(td.points(e, a).mean, td.maximize(a))].tolist()} for e in td.entries for a in td.axes}
-    rows = []
-    for (entry, gk) in sorted(groups, key=lambda k: (k[0], grid_sort_key(json.loads(k[1])))):
-        trials = groups[(entry, gk)]
-        ok = [t for t in trials if t.get("status") == "ok"]
-        row = [entry, td.method_of(entry), str(grid_of(trials[0]).get("param") or ""), fmt(json.loads(gk)),
-               fmt(len(ok)), fmt(sum(t.get("status") == "diverged" for t in trials)),
-               fmt(sum(t.get("status") not in ("ok", "diverged") for t in trials))]
+
+    def metric_cells(recs: list[dict]) -> tuple[list[str], str]:
+        """Mean, interval half-width, mean evaluation stderr (and k/n for rates) of every metric over ``recs``
+        (one per seed); and the interval's source."""
         cells, sources = [], set()
         for m in metrics:
-            found = [t["metrics"][m] for t in ok if isinstance((t.get("metrics") or {}).get(m), dict)]
+            found = [t["metrics"][m] for t in recs if isinstance((t.get("metrics") or {}).get(m), dict)]
             vals = [_to_float(x.get("value")) for x in found]
             ses = [_to_float(x.get("stderr")) for x in found]
             mean, lo, _, _, src = mean_interval(vals, ses)
@@ -186,9 +185,23 @@ def points_table(td: TaskData) -> tuple[list[str], list[list[str]]]:
                 k = sum(round(_to_float(x.get("value")) * x["n"]) for x in found if x.get("n"))
                 n = sum(int(x["n"]) for x in found if x.get("n"))
                 cells.append(f"{k}/{n}" if n else "")
-        row.append("seeds" if sources == {"seeds"} else "eval" if "eval" in sources else "none" if sources else "")
+        return cells, "seeds" if sources == {"seeds"} else "eval" if "eval" in sources else "none" if sources else ""
+
+    rows = []
+    for (entry, gk) in sorted(groups, key=lambda k: (k[0], grid_sort_key(json.loads(k[1])))):
+        trials = groups[(entry, gk)]
+        ok = [t for t in trials if t.get("status") == "ok"]
+        row = [entry, td.method_of(entry), str(grid_of(trials[0]).get("param") or ""), fmt(json.loads(gk)),
+               fmt(len(ok)), fmt(sum(t.get("status") == "diverged" for t in trials)),
+               fmt(sum(t.get("status") not in ("ok", "diverged") for t in trials))]
+        cells, source = metric_cells(ok)
+        row.append(source)
         for a in td.axes:
             row.append(("1" if gk in on_front[(entry, a)] else "0") if gk in {json.dumps(g) for g in
                                                                                td.points(entry, a).grid} else "")
         rows.append(row + cells)
+    for name, recs in sorted(td.refs.items()):  # reference networks (the retrained one): every metric, no front
+        cells, source = metric_cells(recs)
+        rows.append([f"{name} (reference)", name, "", "", fmt(len(recs)), "0", "0", source] + [""] * len(td.axes)
+                    + cells)
     return header, rows
