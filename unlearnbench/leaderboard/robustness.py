@@ -101,8 +101,11 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
-    """Measure (or MIA AUC) against budget per model, 95 % intervals, references dashed; False if nothing to draw."""
+    """One panel per method: its models' measure (or MIA AUC) against budget with 95 % intervals, darker = larger
+    grid value, and in every panel the pretrained network (dashed black) and the retrained one (dotted gold);
+    False if nothing to draw."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     from unlearnbench.leaderboard.plots import method_color, save, style
 
@@ -111,42 +114,63 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
         return False
     models = sorted({(r["model"], r["method"], json.dumps(r["grid_value"])) for r in rows},
                     key=lambda k: _order((k[0], k[1], json.loads(k[2]))))
+    refs = [m for m in models if m[1] in REF_STYLE]
+    methods = list(dict.fromkeys(m[1] for m in models if m[1] not in REF_STYLE)) or ["(references only)"]
+    ncols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+
+    def series(label: str) -> tuple[np.ndarray, ...]:
+        pts = [r for r in rows if r["model"] == label]
+        x = np.array([0.0 if attack == "mia" else r["budget"] for r in pts], dtype=float)
+        y, lo, hi = (np.array([r[k] for r in pts], dtype=float) for k in ("mean", "ci_lo", "ci_hi"))
+        err = np.vstack([y - lo, hi - y])
+        return x, y, lo, hi, np.where(np.isfinite(err), np.abs(err), 0.0)
+
     with style():
-        fig = Figure(figsize=(6.4, 4.2))
-        ax = fig.add_subplot(1, 1, 1)
-        by_method: dict[str, list] = {}
-        for label, method, _ in models:
-            by_method.setdefault(method, []).append(label)
-        for j, (label, method, _) in enumerate(models):
-            pts = [r for r in rows if r["model"] == label]
-            x = np.array([j if attack == "mia" else r["budget"] for r in pts], dtype=float)
-            y = np.array([r["mean"] for r in pts], dtype=float)
-            lo = np.array([r["ci_lo"] for r in pts], dtype=float)
-            hi = np.array([r["ci_hi"] for r in pts], dtype=float)
-            if method in REF_STYLE:
-                color, ls = REF_STYLE[method]
-                alpha, lw = 1.0, 2.0
+        fig = Figure(figsize=(3.6 * ncols + 0.4, 2.9 * nrows + 0.5))
+        axes = fig.subplots(nrows, ncols, sharex=attack != "mia", sharey=True, squeeze=False).ravel()
+        for ax, method in zip(axes, methods):
+            own = [m for m in models if m[1] == method]
+            handles, ticks = [], []
+            for label, ref, _ in refs:
+                color, ls = REF_STYLE[ref]
+                x, y, lo, hi, err = series(label)
+                if attack == "mia":
+                    ax.axhspan(lo[0], hi[0], color=color, alpha=0.15, lw=0)
+                    ax.axhline(y[0], color=color, ls=ls, lw=1.6)
+                else:
+                    ax.plot(x, y, color=color, ls=ls, lw=1.8, marker="o", ms=2.5)
+                    ax.fill_between(x, np.where(np.isfinite(lo), lo, y), np.where(np.isfinite(hi), hi, y),
+                                    color=color, alpha=0.12, lw=0)
+                handles.append(Line2D([], [], color=color, ls=ls, lw=1.8, label=ref))
+            for j, (label, _, value) in enumerate(own):
+                x, y, _, _, err = series(label)
+                shade = 0.3 + 0.7 * (j + 1) / len(own)
+                if attack == "mia":
+                    x = x + (j + 1) / (len(own) + 1) - 0.5
+                    ticks.append((float(x[0]), label.split(" ", 1)[1] if " " in label else label))
+                ax.errorbar(x, y, yerr=err, color=method_color(method), alpha=shade, lw=1.3, marker="o", ms=3.5,
+                            capsize=2, ls="none" if attack == "mia" else "-")
+                handles.append(Line2D([], [], color=method_color(method), alpha=shade, lw=1.3, marker="o", ms=3.5,
+                                      label=label.split(" ", 1)[1] if " " in label else label))
+            ax.set_title(method, fontsize=9, color=method_color(method) if method in {m[1] for m in models} else None)
+            ax.legend(handles=handles, fontsize=6, loc="best", frameon=False)
+            if attack == "mia":
+                ax.axhline(0.5, color="#777777", lw=0.8)
+                ax.set_xticks([t[0] for t in ticks], [t[1] for t in ticks], fontsize=7, rotation=30)
+                ax.set_xlim(-0.6, 0.6)
             else:
-                color, ls = method_color(method), "-"
-                same = by_method[method]
-                alpha, lw = 0.35 + 0.65 * (same.index(label) + 1) / len(same), 1.2
-            yerr = np.vstack([y - lo, hi - y])
-            yerr = np.where(np.isfinite(yerr), np.abs(yerr), 0.0)
-            ax.errorbar(x, y, yerr=yerr, color=color, ls="none" if attack == "mia" else ls, lw=lw, alpha=alpha,
-                        marker="o", ms=3.5, capsize=2, label=label)
-            if method in REF_STYLE and attack != "mia":
-                ax.fill_between(x, np.where(np.isfinite(lo), lo, y), np.where(np.isfinite(hi), hi, y), color=color,
-                                alpha=0.12, lw=0)
-        if attack == "mia":
-            ax.set_xticks(range(len(models)), [m[0] for m in models], rotation=60, ha="right", fontsize=7)
-            ax.axhline(0.5, color="#777777", lw=0.8)
-            ax.set_ylabel("MIA AUC (0.5 = chance)")
-        else:
-            ax.set_xscale("symlog", linthresh=1.0)
-            ax.set_xlabel(f"{attack} budget (optimisation steps)")
-            ax.set_ylabel(f"{rows[0]['metric']} (higher = concept back)")
-        ax.set_title(f"{task}: {attack}")
-        ax.legend(fontsize=6, loc="best", ncol=2 if len(models) > 8 else 1)
+                ax.set_xscale("symlog", linthresh=1.0)
+        for ax in axes[len(methods):]:
+            ax.set_visible(False)
+        for ax in axes[(nrows - 1) * ncols:]:
+            if attack != "mia":
+                ax.set_xlabel("budget (optimisation steps)")
+        for ax in axes[::ncols]:
+            ax.set_ylabel("MIA AUC (0.5 = chance)" if attack == "mia" else f"{rows[0]['metric']} (higher = back)")
+        fig.suptitle(f"{task}: {attack} attack, seed means with 95 % intervals; darker = larger grid value",
+                     fontsize=9)
+        fig.tight_layout()
         save(fig, path)
     return True
 
