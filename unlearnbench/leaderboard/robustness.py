@@ -175,6 +175,11 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
                 ax.set_xlim(-0.6, 0.6)
             else:
                 ax.set_xscale("symlog", linthresh=1.0)
+        finite = [v for r in rows for v in (r["ci_lo"], r["ci_hi"], r["mean"]) if v is not None and math.isfinite(v)]
+        if finite:  # every measure and the AUC are shares in [0, 1]: t-intervals of 3 seeds may cross the bounds
+            lo, hi = max(min(finite), 0.0), min(max(finite), 1.0)
+            pad = 0.05 * max(hi - lo, 0.05)
+            axes[0].set_ylim(lo - pad, hi + pad)
         for ax in axes[len(methods):]:
             ax.set_visible(False)
         for ax in axes[(nrows - 1) * ncols:]:
@@ -201,8 +206,11 @@ def fragment(task: str, slug: str, rows: list[dict], plots: list[tuple[str, str]
            "</p>"]
     out += [f'<figure><img class="plot" src="{e(rel)}" alt="{e(cap)}"><figcaption>{e(cap)}</figcaption></figure>'
             for rel, cap in plots]
+    out.append(f"<details><summary>Robustness table: {len(rows)} rows (model x attack x budget), as in "
+               f'<a href="{e(slug)}_robustness.csv">{e(slug)}_robustness.csv</a></summary>')
     out.append(table(HEADER, [[fmt(r[h]) for h in HEADER] for r in rows],
-                     left=("attack", "metric", "model", "method", "interval")))
+                     left=("attack", "metric", "model", "method", "interval", "vs_retrained")))
+    out.append("</details>")
     out.append("</section>")
     return "\n".join(out)
 
