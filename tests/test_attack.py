@@ -274,3 +274,26 @@ def test_digits_attacks_end_to_end(tmp_path, task, method, attacks):
     for r in recs:
         if r is not ref[0]:
             assert all(m["role"] == "robustness" for m in r["metrics"].values())
+
+
+def test_a_model_attacked_again_with_another_ladder_is_not_a_second_seed():
+    """Re-attacking a model with a new ladder supersedes its old records (newest wins per model and seed); seeds
+    attacked with different ladders are pooled budget by budget."""
+    from unlearnbench.leaderboard.robustness import attack_trials, rows_of
+
+    def rec(seed, budgets, values, created, trial="relearn--rkl-s"):
+        return {"trial_id": f"{trial}{seed}-{len(budgets)}", "created_at": created, "status": "ok", "seed": seed,
+                "method": "rkl", "method_config": {"eps": 30.0}, "grid": {"param": "eps", "value": 30.0},
+                "task": {"name": "gmm-concept", "options": {}}, "metrics": {},
+                "attack": {"name": "relearn", "reference": None, "budgets": budgets, "values": values,
+                           "stderr": [0.01] * len(values), "measure": "forgotten_mass", "steps_to_half": None}}
+
+    old = rec(0, [0, 10, 50, 200], [0.0, 0.1, 0.2, 0.3], "2026-01-01")
+    new = rec(0, [0, 10, 50], [0.0, 0.5, 0.6], "2026-01-02")
+    other_seed = rec(1, [0, 10, 50, 200], [0.0, 0.7, 0.8, 0.9], "2026-01-01")
+    trials = attack_trials([old, new, other_seed])["gmm-concept"]
+    assert sorted(r["trial_id"] for r in trials) == sorted([new["trial_id"], other_seed["trial_id"]])
+    rows = {r["budget"]: r for r in rows_of(trials)}
+    assert sorted(rows) == [0, 10, 50, 200]
+    assert rows[10]["n"] == 2 and rows[10]["mean"] == pytest.approx(0.6)  # seeds 0 (new ladder) and 1
+    assert rows[200]["n"] == 1 and rows[200]["mean"] == pytest.approx(0.9)  # only seed 1 went that far

@@ -22,7 +22,7 @@ import numpy as np
 
 from unlearnbench.leaderboard.plots import PRETRAINED_COLOR, RETRAINED_COLOR
 from unlearnbench.pareto import grid_sort_key, mean_interval
-from unlearnbench.results import fmt, grid_of, task_key
+from unlearnbench.results import fmt, grid_of, settings_hash, task_key
 
 REF_STYLE = {"pretrained": (PRETRAINED_COLOR, "--"), "retrained": (RETRAINED_COLOR, ":")}
 HEADER = ["attack", "metric", "model", "method", "grid_value", "budget", "mean", "ci_lo", "ci_hi", "n", "interval",
@@ -30,17 +30,19 @@ HEADER = ["attack", "metric", "model", "method", "grid_value", "budget", "mean",
 
 
 def attack_trials(records: Iterable[dict]) -> dict[str, list[dict]]:
-    """The newest attack record per (task, trial id), grouped by leaderboard task key."""
+    """The newest attack record per (task, attack, attacked model, seed), grouped by leaderboard task key: a model
+    attacked again with another ladder is a newer record of the same cell, never a second seed."""
     latest: dict[tuple, dict] = {}
     for r in records:
         if not isinstance(r, dict) or not isinstance(r.get("attack"), dict):
             continue
-        key = (task_key(r), r.get("trial_id"))
+        key = (task_key(r), str(r["attack"].get("name")), str(r.get("method")), settings_hash(r),
+               json.dumps(grid_of(r).get("value")), json.dumps(r.get("seed")))
         if key not in latest or str(r.get("created_at", "")) >= str(latest[key].get("created_at", "")):
             latest[key] = r
     out: dict[str, list[dict]] = {}
-    for (task, _), r in sorted(latest.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
-        out.setdefault(task, []).append(r)
+    for key, r in sorted(latest.items(), key=lambda kv: (kv[0][0], str(kv[1].get("trial_id")), kv[0])):
+        out.setdefault(key[0], []).append(r)
     return out
 
 
@@ -80,13 +82,15 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
                 rows.append({**base, "metric": metric, "budget": None, "mean": m, "ci_lo": lo, "ci_hi": hi, "n": n,
                              "interval": src, "steps_to_half": None, "half_reached": None})
             continue
-        budgets = rs[0]["attack"]["budgets"]
+        budgets = sorted({int(k) for r in rs for k in r["attack"]["budgets"]})  # seeds may have other ladders
         measure = rs[0]["attack"].get("measure")
         halves = [r["attack"].get("steps_to_half") for r in rs]
         reached = [h for h in halves if h is not None]
-        for i, k in enumerate(budgets):
-            vals = [r["attack"]["values"][i] if i < len(r["attack"]["values"]) else math.nan for r in rs]
-            ses = [r["attack"]["stderr"][i] if i < len(r["attack"]["stderr"]) else math.nan for r in rs]
+        for k in budgets:
+            at = [dict(zip(r["attack"]["budgets"], zip(r["attack"]["values"], r["attack"]["stderr"]))).get(k,
+                                                                                           (math.nan, math.nan))
+                  for r in rs]
+            vals, ses = [v for v, _ in at], [se for _, se in at]
             m, lo, hi, n, src = mean_interval([math.nan if v is None else v for v in vals],
                                               [math.nan if s is None else s for s in ses])
             rows.append({**base, "metric": measure, "budget": k, "mean": m, "ci_lo": lo, "ci_hi": hi, "n": n,
