@@ -297,3 +297,13 @@ def test_a_model_attacked_again_with_another_ladder_is_not_a_second_seed():
     assert sorted(rows) == [0, 10, 50, 200]
     assert rows[10]["n"] == 2 and rows[10]["mean"] == pytest.approx(0.6)  # seeds 0 (new ladder) and 1
     assert rows[200]["n"] == 1 and rows[200]["mean"] == pytest.approx(0.9)  # only seed 1 went that far
+
+
+def test_wilson_interval_is_not_degenerate_at_zero():
+    from unlearnbench.leaderboard.robustness import wilson
+
+    lo, hi = wilson(0.0, 1000)
+    assert lo == 0.0 and hi == pytest.approx(0.00383, abs=1e-5)  # 1.96^2 / (1000 + 1.96^2)
+    lo, hi = wilson(0.5, 100)
+    assert (lo, hi) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
+    assert wilson(1.0, 50)[1] == 1.0

@@ -1,9 +1,9 @@
 """Robustness leaderboard: the attack records of ``unlearnbench attack`` as a table and plots per task.
 
 Rows are models: every entry and grid value of the run (its seeds pooled), the pretrained network and the retrained
-reference. For each ladder attack, the concept measure at every budget with a 95 % interval (Student's t over seeds,
-or the single seed's evaluation stderr) and the steps to half recovery (mean over the seeds that reached it, with
-k/n); for MIA, AUC and TPR at 1 % FPR (t over seeds, or the single seed's bootstrap interval). Each model's row says
+reference. For each ladder attack, the concept measure at every budget with a 95 % interval (Student's t over seeds;
+one seed: Wilson's interval for the k/n rates, else the evaluation stderr) and the steps to half recovery (mean over
+the seeds that reached it, with k/n); for MIA, AUC and TPR at 1 % FPR (t over seeds, or the single seed's bootstrap interval). Each model's row says
 where its interval lies against the retrained reference's at the same budget (``vs_retrained``: above, below,
 overlaps). Output, byte-stable like the rest of the leaderboard::
 
@@ -25,6 +25,7 @@ from unlearnbench.pareto import grid_sort_key, mean_interval
 from unlearnbench.results import fmt, grid_of, settings_hash, task_key
 
 REF_STYLE = {"pretrained": (PRETRAINED_COLOR, "--"), "retrained": (RETRAINED_COLOR, ":")}
+RATE_MEASURES = {"acc_forget", "regen_rate"}  # shares of n samples (k/n); the mixtures' masses are means of posteriors
 HEADER = ["attack", "metric", "model", "method", "grid_value", "budget", "mean", "ci_lo", "ci_hi", "n", "interval",
           "steps_to_half", "half_reached", "vs_retrained"]
 
@@ -87,12 +88,17 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
         halves = [r["attack"].get("steps_to_half") for r in rs]
         reached = [h for h in halves if h is not None]
         for k in budgets:
-            at = [dict(zip(r["attack"]["budgets"], zip(r["attack"]["values"], r["attack"]["stderr"]))).get(k,
-                                                                                           (math.nan, math.nan))
-                  for r in rs]
-            vals, ses = [v for v, _ in at], [se for _, se in at]
+            at = [dict(zip(r["attack"]["budgets"], zip(r["attack"]["values"], r["attack"]["stderr"],
+                                                       r["attack"].get("n") or [None] * len(r["attack"]["values"])))
+                       ).get(k, (math.nan, math.nan, None)) for r in rs]
+            vals, ses = [v for v, _, _ in at], [se for _, se, _ in at]
             m, lo, hi, n, src = mean_interval([math.nan if v is None else v for v in vals],
                                               [math.nan if s is None else s for s in ses])
+            if n == 1 and measure in RATE_MEASURES:  # one seed of a k/n rate: Wilson, not +-1.96 x a zero stderr
+                v, size = next((v, size) for v, _, size in at if v is not None and math.isfinite(v))
+                if size:
+                    lo, hi = wilson(v, int(size))
+                    src = "wilson"
             rows.append({**base, "metric": measure, "budget": k, "mean": m, "ci_lo": lo, "ci_hi": hi, "n": n,
                          "interval": src, "steps_to_half": float(np.mean(reached)) if reached else None,
                          "half_reached": f"{len(reached)}/{len(halves)}"})
@@ -101,6 +107,13 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
         r["vs_retrained"] = None if r["model"] in REF_STYLE else vs_reference(r, ref.get((r["attack"], r["metric"],
                                                                                          r["budget"])))
     return rows
+
+
+def wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``p`` of ``n`` samples (not degenerate at 0 or 1)."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (0.0 if p <= 0 else max(0.0, centre - half)), (1.0 if p >= 1 else min(1.0, centre + half))
 
 
 def vs_reference(row: dict, ref: dict | None) -> str | None:
