@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearnbench.config import ConfigError, SweepPlan
+from unlearnbench.results import REFERENCE_EVAL  # not an attack: the retrained network scored by task.evaluate
 from unlearnbench.diffusion import add_noise, per_sample_mse, sample_t
 from unlearnbench.tasks.base import MetricValue
 
@@ -64,7 +65,6 @@ SETTINGS = {  # attack settings per task: one optimiser for every model
     "digits-data": {**_COMMON, "relearn_lr": 5e-4, "embedding_lr": 0.02},
 }
 ATTACK_DIR = "attack"
-REFERENCE_EVAL = "reference"  # not an attack: the retrained network scored by task.evaluate, every metric of the task
 
 
 # ------------------------------------------------------------------------------------------------------------------

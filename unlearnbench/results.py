@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 COLUMNS = ["task", "forget_set", "method", "entry", "settings_hash", "grid_param", "grid_value", "seed", "status",
            "error", "trial_id", "run_id", "metric", "value", "stderr", "n", "role", "higher_is_better"]
 VALID = "ok"  # the only status whose points enter fronts, hypervolumes and claims
+REFERENCE_EVAL = "reference"  # attack name of a reference network's evaluation by the task (unlearnbench attack)
 
 
 def _task(r: dict) -> dict:
@@ -355,7 +356,7 @@ def reference_evals(records: Iterable[dict]) -> dict[str, dict[str, list[dict]]]
     latest: dict[tuple, dict] = {}
     for r in records:
         a = r.get("attack") if isinstance(r, dict) else None
-        if not isinstance(a, dict) or a.get("name") != "reference" or r.get("status") != VALID:
+        if not isinstance(a, dict) or a.get("name") != REFERENCE_EVAL or r.get("status") != VALID:
             continue
         key = (task_key(r), str(a.get("reference")), json.dumps(r.get("seed")))
         if key not in latest or _newer(r, latest[key]):

@@ -22,7 +22,7 @@ import numpy as np
 
 from unlearnbench.leaderboard.plots import PRETRAINED_COLOR, RETRAINED_COLOR
 from unlearnbench.pareto import grid_sort_key, mean_interval
-from unlearnbench.results import fmt, grid_of, settings_hash, task_key
+from unlearnbench.results import REFERENCE_EVAL, fmt, grid_of, settings_hash, task_key
 
 REF_STYLE = {"pretrained": (PRETRAINED_COLOR, "--"), "retrained": (RETRAINED_COLOR, ":")}
 RATE_MEASURES = {"acc_forget", "regen_rate"}  # shares of n samples (k/n); the mixtures' masses are means of posteriors
@@ -66,7 +66,7 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
     """The table's rows (dicts with :data:`HEADER` keys, numbers unformatted), sorted by attack, model, budget."""
     groups: dict[tuple, list[dict]] = {}
     for r in trials:
-        if r.get("status") != "ok" or r["attack"]["name"] == "reference":  # reference evaluations: the points table
+        if r.get("status") != "ok" or r["attack"]["name"] == REFERENCE_EVAL:  # reference evaluations: the points table
             continue
         groups.setdefault((r["attack"]["name"], *model_of(r)), []).append(r)
     rows = []
