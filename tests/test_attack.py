@@ -300,7 +300,7 @@ def test_a_model_attacked_again_with_another_ladder_is_not_a_second_seed():
 
 
 def test_wilson_interval_is_not_degenerate_at_zero():
-    from unlearnbench.leaderboard.robustness import wilson
+    from unlearnbench.pareto import wilson
 
     lo, hi = wilson(0.0, 1000)
     assert lo == 0.0 and hi == pytest.approx(0.00383, abs=1e-5)  # 1.96^2 / (1000 + 1.96^2)

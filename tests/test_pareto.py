@@ -129,3 +129,16 @@ def test_aggregate_seeds():
     assert rkl1["acc"] == 0.5 and math.isnan(rkl1["acc_stderr"]) and rkl1["acc_n"] == 1
     assert math.isnan(out[1]["kl"]) and out[1]["kl_n"] == 0
     assert "seed" not in rkl1
+
+
+def test_mean_interval_of_a_rate_uses_wilson_where_seeds_or_a_zero_stderr_understate_it():
+    from unlearnbench.pareto import mean_interval, wilson
+
+    m, lo, hi, n, src = mean_interval([0.0], [0.0], [200])  # one seed, 0/200: stderr 0, yet not certain
+    assert (m, lo, n, src) == (0.0, 0.0, 1, "eval") and hi == pytest.approx(wilson(0.0, 200)[1]) and hi > 0.015
+    m, lo, hi, n, src = mean_interval([0.0, 0.0, 0.0], [0.0] * 3, [200] * 3)  # t over identical seeds is [0, 0]
+    assert src == "seeds" and lo == 0.0 and hi == pytest.approx(wilson(0.0, 600)[1])
+    spread = mean_interval([0.1, 0.5, 0.9], None, [200] * 3)  # seeds far apart: the t interval is the wider one
+    assert spread[1:3] == pytest.approx(mean_interval([0.1, 0.5, 0.9])[1:3])
+    m, lo, hi, n, src = mean_interval([0.3], [0.01])  # not a rate: value +- 1.96 x stderr, as before
+    assert (n, src) == (1, "eval") and (lo, hi) == pytest.approx((0.3 - 0.0196, 0.3 + 0.0196), rel=1e-3)

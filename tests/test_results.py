@@ -99,3 +99,25 @@ def test_nan_values_stay_nan():
     rec["metrics"]["kl_pretrained"]["value"] = None
     df = unlearnbench.results.results_frame([rec])
     assert math.isnan(df[df.metric == "kl_pretrained"].value.iloc[0])
+
+
+def test_a_rate_that_is_zero_on_every_seed_still_has_an_interval():
+    """regen_rate is k/n of 1000 samples; 0/1000 on three seeds is [0, Wilson(0, 3000)], not [0, 0]; a divergence
+    that is exactly 0 everywhere (kl of the pretrained model to itself) is not a rate."""
+    from unlearnbench.pareto import wilson
+
+    recs = grid_records("toy-data", {"siss": 1.0})
+    for r in recs:
+        if r["grid"]["value"] == 2.0:
+            r["metrics"]["regen_rate"]["value"] = 0.0
+    td = collect_tasks(recs)["toy-data"]
+    assert td.rates["regen_rate"] and td.rates["regen_rate_pretrained"] and not td.rates["forget_nll_pretrained"]
+    ps = td.points("siss", ("regen_rate", "kid_retain"))
+    i = ps.grid.index(2.0)
+    assert ps.mean[i, 0] == 0.0 and ps.lo[i, 0] == 0.0
+    assert ps.hi[i, 0] == pytest.approx(wilson(0.0, 3000)[1]) and ps.hi[i, 0] > 0.001
+    j = ps.grid.index(0.5)  # seeds that differ by more than sampling noise keep their t interval
+    assert ps.hi[j, 0] - ps.mean[j, 0] > wilson(float(ps.mean[j, 0]), 3000)[1] - ps.mean[j, 0]
+    mean, lo, hi = td.pretrained_value("regen_rate")  # the pretrained model's 1000/1000
+    assert mean == 1.0 and hi == 1.0 and lo == pytest.approx(wilson(1.0, 1000)[0]) and lo < 1.0
+    assert math.isnan(td.pretrained_value("forget_nll")[1])  # no stderr recorded: no interval, not a made-up one

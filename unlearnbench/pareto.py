@@ -231,11 +231,32 @@ Z95 = 1.959963984540054
 N_BOOT = 1000
 
 
-def mean_interval(values: Any, stderr: Any = None) -> tuple[float, float, float, int, str]:
+def wilson(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``p`` of ``n`` samples (not degenerate at 0 or 1)."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (0.0 if p <= 0 else max(0.0, centre - half)), (1.0 if p >= 1 else min(1.0, centre + half))
+
+
+def is_rate(values: Iterable[float], counts: Iterable[Any]) -> bool:
+    """Whether a metric is a share of ``n`` samples (``k/n``): every finite value lies in [0, 1] and times its
+    count is a whole number, and some value lies strictly inside (0, 1) (a metric that is always exactly 0, such as
+    a divergence of a model from itself, says nothing)."""
+    pairs = [(float(v), int(n)) for v, n in zip(values, counts) if n and math.isfinite(float(v))]
+    return (any(0 < v < 1 for v, _ in pairs)
+            and all(0 <= v <= 1 and abs(v * n - round(v * n)) < 1e-3 for v, n in pairs))
+
+
+def mean_interval(values: Any, stderr: Any = None, counts: Any = None) -> tuple[float, float, float, int, str]:
     """Mean and 95 % interval of one quantity measured once per seed.
 
     With two or more finite values the interval is Student's t over seeds (source ``"seeds"``); with one, the
     value ± 1.96 x its evaluation stderr (source ``"eval"``, or ``"none"`` without a stderr).
+
+    ``counts`` (one per value) marks the quantity as a rate ``k/n`` of ``n`` evaluation samples. Then one seed gets
+    Wilson's interval instead of ± 1.96 x stderr (a rate of 0/200 has a zero stderr, but not a zero uncertainty), and
+    several seeds get the t interval widened, where it is narrower, to the Wilson interval of the pooled counts (three
+    seeds at 0/200 each are [0, 0.0063], not [0, 0]).
 
     Returns:
         ``(mean, lo, hi, n, source)``; NaNs and ``n = 0`` when there is no finite value.
@@ -244,14 +265,23 @@ def mean_interval(values: Any, stderr: Any = None) -> tuple[float, float, float,
 
     v = np.asarray(values, dtype=float).ravel()
     se = np.full(v.shape, np.nan) if stderr is None else np.asarray(stderr, dtype=float).ravel()
+    ns = np.zeros(v.shape) if counts is None else np.asarray([c or 0 for c in counts], dtype=float).ravel()
     keep = np.isfinite(v)
-    v, se = v[keep], se[keep]
+    v, se, ns = v[keep], se[keep], ns[keep]
     if v.size == 0:
         return math.nan, math.nan, math.nan, 0, "none"
     m = float(v.mean())
+    pooled = None
+    if counts is not None and np.all(ns > 0):
+        pooled = wilson(float((v * ns).sum() / ns.sum()), int(round(ns.sum())))
     if v.size >= 2:
         half = float(student_t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-        return m, m - half, m + half, int(v.size), "seeds"
+        lo, hi = m - half, m + half
+        if pooled is not None:
+            lo, hi = min(lo, pooled[0]), max(hi, pooled[1])
+        return m, lo, hi, int(v.size), "seeds"
+    if pooled is not None:
+        return m, pooled[0], pooled[1], 1, "eval"
     if math.isfinite(se[0]):
         return m, m - Z95 * float(se[0]), m + Z95 * float(se[0]), 1, "eval"
     return m, math.nan, math.nan, 1, "none"

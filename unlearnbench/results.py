@@ -25,7 +25,7 @@ import numpy as np
 
 from unlearnbench.cache import config_hash
 from unlearnbench.pareto import _to_float as to_float
-from unlearnbench.pareto import grid_sort_key, mean_interval
+from unlearnbench.pareto import Z95, grid_sort_key, is_rate, mean_interval, wilson
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +256,10 @@ class TaskData:
                 key = (row["entry"], row["metric"])
                 self._vals.setdefault(key, {})[(json.dumps(row["grid_value"]), json.dumps(row["seed"]))] = row
         self.metric_names = sorted({m for (_, m) in self._vals})
+        rates = {m: is_rate(*zip(*[(r["value"], r["n"]) for r in self.rows if r["metric"] == m
+                                   and r["status"] == VALID])) for m in self.metric_names}
+        # a pretrained companion is a rate when its metric is (a pretrained accuracy of exactly 1 is still 256/256)
+        self.rates = {m: rates.get(m.removesuffix(PRETRAINED_SUFFIX), rates[m]) for m in self.metric_names}
         self._points: dict[tuple, PointSet] = {}
 
     def with_status(self, status: str) -> list[dict]:
@@ -288,14 +292,15 @@ class TaskData:
         grid_keys = sorted({k[0] for k in keys}, key=lambda g: grid_sort_key(json.loads(g)))
         seed_keys = sorted({k[1] for k in keys}, key=lambda s: grid_sort_key(json.loads(s)))
         vals = np.full((len(grid_keys), len(seed_keys), 2), np.nan)
-        ses = np.full_like(vals, np.nan)
+        ses, counts = np.full_like(vals, np.nan), np.zeros_like(vals)
         for gk, sk in keys:
             i, j = grid_keys.index(gk), seed_keys.index(sk)
             for d in range(2):
                 vals[i, j, d] = cells[d][(gk, sk)]["value"]
                 ses[i, j, d] = cells[d][(gk, sk)]["stderr"]
+                counts[i, j, d] = cells[d][(gk, sk)]["n"] or 0
         ok = np.any(np.all(np.isfinite(vals), axis=2), axis=1)  # grid values with a seed that has both coordinates
-        vals, ses = vals[ok], ses[ok]
+        vals, ses, counts = vals[ok], ses[ok], counts[ok]
         grid = [json.loads(g) for g, keep in zip(grid_keys, ok) if keep]
         k = len(grid)
         mean, lo, hi = (np.full((k, 2), np.nan) for _ in range(3))
@@ -305,29 +310,48 @@ class TaskData:
             both = np.all(np.isfinite(vals[i]), axis=1)
             n[i] = int(both.sum())
             for d in range(2):
-                mean[i, d], lo[i, d], hi[i, d], _, src = mean_interval(vals[i, both, d], ses[i, both, d])
+                mean[i, d], lo[i, d], hi[i, d], _, src = mean_interval(
+                    vals[i, both, d], ses[i, both, d], counts[i, both, d] if self.rates.get(axis[d]) else None)
                 sources.add(src)
         source = "none" if "none" in sources else "eval" if "eval" in sources else "seeds" if sources else "none"
         return PointSet(grid, mean, lo, hi, n, source, vals, ses, [json.loads(s) for s in seed_keys])
 
     def pretrained(self, axis: Axis) -> tuple[float, float] | None:
         """The pretrained model's point (mean of the ``m_pretrained`` companions over valid trials), if recorded."""
-        out = []
-        for m in axis:
-            cell = self._vals_any(m + PRETRAINED_SUFFIX)
-            v = [row["value"] for row in cell if math.isfinite(row["value"])]
-            if not v:
-                return None
-            out.append(float(np.mean(v)))
-        return out[0], out[1]
+        vals = [self.pretrained_value(m) for m in axis]
+        if any(v is None for v in vals):
+            return None
+        return vals[0][0], vals[1][0]  # type: ignore[index]
+
+    def pretrained_value(self, metric: str) -> tuple[float, float, float] | None:
+        """``(mean, lo, hi)`` of the pretrained model's ``metric`` over valid trials: the mean of the ``m_pretrained``
+        companions, with the 95 % interval of its own evaluation (Wilson for a rate, else ± 1.96 x the mean
+        stderr; NaN without one). Not an interval over seeds: every trial evaluates the same pretrained network,
+        often on the same cached samples."""
+        cell = [row for row in self._vals_any(metric + PRETRAINED_SUFFIX) if math.isfinite(row["value"])]
+        if not cell:
+            return None
+        m = float(np.mean([row["value"] for row in cell]))
+        counts = [row["n"] for row in cell]
+        if self.rates.get(metric) and all(counts):
+            lo, hi = wilson(m, int(round(float(np.mean(counts)))))
+            return m, lo, hi
+        ses = [row["stderr"] for row in cell if row["stderr"] is not None and math.isfinite(row["stderr"])]
+        if not ses:
+            return m, math.nan, math.nan
+        half = Z95 * float(np.mean(ses))
+        return m, m - half, m + half
 
     def reference_value(self, name: str, metric: str) -> tuple[float, float, float, int, str] | None:
-        """A reference network's ``metric`` (``mean_interval`` over its seeds), if it was evaluated."""
+        """A reference network's ``metric`` (``mean_interval`` over its seeds, Wilson-based for a rate), if it was
+        evaluated."""
         found = [(r.get("metrics") or {}).get(metric) for r in self.refs.get(name, [])]
         found = [m for m in found if isinstance(m, dict)]
         if not found:
             return None
-        return mean_interval([to_float(m.get("value")) for m in found], [to_float(m.get("stderr")) for m in found])
+        vals, counts = [to_float(m.get("value")) for m in found], [m.get("n") for m in found]
+        return mean_interval(vals, [to_float(m.get("stderr")) for m in found],
+                             counts if self.rates.get(metric) and all(counts) else None)
 
     def reference_point(self, name: str, axis: Axis) -> tuple[float, float] | None:
         vals = [self.reference_value(name, m) for m in axis]

@@ -71,13 +71,18 @@ def summary_fragment(td: TaskData, slug: str, rows: list[dict]) -> str:
                      e(f"{v['n_ok']} / {v['n_diverged']} / {v['n_failed']}"), e(fmt(v["seeds"])), e(v["interval"])]
                     + [e(_ci(v, c)) for c, _ in cols] + [e(v["converged"] or "-"), e(v["constraints_met"] or "-")])
     notes = [f"{e(a)}: hypervolume reference {e(ref)}" for a, ref in reference_notes(td).items()]
+    metrics = list(dict.fromkeys(m for axis in td.axes for m in axis))
+
+    def shown(vals: list) -> str:
+        return "; ".join(f"{m} = {fmt(v[0])} [{fmt(v[1])}, {fmt(v[2])}]" if math.isfinite(v[1]) else
+                         f"{m} = {fmt(v[0])}" for m, v in vals if v is not None) or "-"
+
+    pre = [(m, td.pretrained_value(m)) for m in metrics]
+    if any(v is not None for _, v in pre):
+        notes.append(f"pretrained (95 % interval of its own evaluation): {e(shown(pre))}")
     for name, recs in sorted(td.refs.items()):
-        metrics = list(dict.fromkeys(m for axis in td.axes for m in axis))
-        vals = [(m, td.reference_value(name, m)) for m in metrics]
-        shown = [f"{m} = {fmt(v[0])} [{fmt(v[1])}, {fmt(v[2])}]" if math.isfinite(v[1]) else f"{m} = {fmt(v[0])}"
-                 for m, v in vals if v is not None]
         notes.append(f"{e(name)} without the forget set ({len(recs)} seed{'s' * (len(recs) != 1)}; every metric in "
-                     f"the points table): {e('; '.join(shown) or '-')}")
+                     f"the points table): {e(shown([(m, td.reference_value(name, m)) for m in metrics]))}")
     for axis in td.axes:
         levels, why = common_levels(td, axis)
         notes.append(f"retention on {e(axis[1])} read at {e(axis[0])} = {e(', '.join(fmt(x) for x in levels) or '-')}"

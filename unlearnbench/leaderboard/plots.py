@@ -4,12 +4,14 @@ One fixed colour per method on every page and plot (:func:`method_color`); entri
 settings share its colour and differ in marker. Axes survive outliers: limits come from the points that are not
 worse than the task's fixed hypervolume reference, within a wide interquartile fence, always including the
 pretrained point and the retrained reference's (where ``unlearnbench attack`` evaluated it); a point beyond them is
-drawn as a triangle on the edge (its value is in the points table).
+drawn as a triangle on the edge (its value is in the points table). Both reference points carry their 95 % interval
+(the pretrained model's from its own evaluation, the retrained model's over its seeds; Wilson's for rates).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,17 @@ def useful(pts: np.ndarray, ref: tuple[float, float] | None, maximize: tuple[boo
     return pts[keep] if keep.any() else pts
 
 
+def _marker_with_interval(ax, coords: list, color: str, **marker) -> None:
+    """A reference point (pretrained, retrained) with its 95 % interval on each axis where it has one; ``coords``
+    holds ``(mean, lo, hi, ...)`` per axis."""
+    x, y = (c[0] for c in coords)
+    err = [[max(c[0] - c[1], 0.0) if math.isfinite(c[1]) else 0.0] for c in coords], \
+          [[max(c[2] - c[0], 0.0) if math.isfinite(c[2]) else 0.0] for c in coords]
+    ax.errorbar([x], [y], xerr=[err[0][0], err[1][0]], yerr=[err[0][1], err[1][1]], fmt="none", ecolor=color,
+                elinewidth=1.0, capsize=3, zorder=4)
+    ax.plot([x], [y], color=color, ls="none", zorder=5, **marker)
+
+
 def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
     """Every entry's seed-mean points with 95 % intervals, its front, the pretrained point and exact fronts."""
     from matplotlib.figure import Figure
@@ -178,12 +191,12 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
             kind = "fixed-weight curve" if form.startswith(("esd", "equal")) else "optimal front"
             handles.append(Line2D([], [], color="#555555", linestyle=ls, lw=1.1, label=f"exact {kind} ({form})"))
         if pre is not None:
-            ax.plot([pre[0]], [pre[1]], marker="*", ms=13, color=PRETRAINED_COLOR, ls="none", zorder=5)
+            _marker_with_interval(ax, [td.pretrained_value(m) for m in axis], PRETRAINED_COLOR, marker="*", ms=13)
             handles.append(Line2D([], [], marker="*", ms=11, color=PRETRAINED_COLOR, ls="none", label="pretrained"))
         if retrained is not None:
             n = len(td.refs.get("retrained", []))
-            ax.plot([retrained[0]], [retrained[1]], marker="D", ms=8, color=RETRAINED_COLOR, mec="black", mew=0.6,
-                    ls="none", zorder=5)
+            _marker_with_interval(ax, [td.reference_value("retrained", m) for m in axis], RETRAINED_COLOR, marker="D",
+                                  ms=8, mec="black", mew=0.6)
             handles.append(Line2D([], [], marker="D", ms=7, color=RETRAINED_COLOR, mec="black", mew=0.6, ls="none",
                                   label=f"retrained without the forget set ({n} seed{'s' * (n != 1)})"))
         ax.set_xlim(*xlim)
@@ -193,6 +206,8 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
         sources = {ps.source for _, ps in series}
         how = "95 % t-intervals over seeds" if sources == {"seeds"} else \
             "95 % intervals: over seeds, or from the evaluation stderr where one seed"
+        if any(td.rates.get(m) for m in axis):
+            how += " (rates: at least Wilson's k/n)"
         primary = " (primary)" if td.axes and tuple(axis) == tuple(td.axes[0]) else ""
         ax.set_title(f"{td.name}: {axis[1]} vs {axis[0]}{primary}\nseed means, {how}; labels = grid value",
                      fontsize=9)

@@ -92,13 +92,12 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
                                                        r["attack"].get("n") or [None] * len(r["attack"]["values"])))
                        ).get(k, (math.nan, math.nan, None)) for r in rs]
             vals, ses = [v for v, _, _ in at], [se for _, se, _ in at]
+            rate = measure in RATE_MEASURES and all(size for v, _, size in at if v is not None and math.isfinite(v))
             m, lo, hi, n, src = mean_interval([math.nan if v is None else v for v in vals],
-                                              [math.nan if s is None else s for s in ses])
-            if n == 1 and measure in RATE_MEASURES:  # one seed of a k/n rate: Wilson, not +-1.96 x a zero stderr
-                v, size = next((v, size) for v, _, size in at if v is not None and math.isfinite(v))
-                if size:
-                    lo, hi = wilson(v, int(size))
-                    src = "wilson"
+                                              [math.nan if s is None else s for s in ses],
+                                              [size for _, _, size in at] if rate else None)
+            if n == 1 and rate:  # one seed of a k/n rate: Wilson's interval, not +-1.96 x a zero stderr
+                src = "wilson"
             rows.append({**base, "metric": measure, "budget": k, "mean": m, "ci_lo": lo, "ci_hi": hi, "n": n,
                          "interval": src, "steps_to_half": float(np.mean(reached)) if reached else None,
                          "half_reached": f"{len(reached)}/{len(halves)}"})
@@ -107,13 +106,6 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
         r["vs_retrained"] = None if r["model"] in REF_STYLE else vs_reference(r, ref.get((r["attack"], r["metric"],
                                                                                          r["budget"])))
     return rows
-
-
-def wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion ``p`` of ``n`` samples (not degenerate at 0 or 1)."""
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (0.0 if p <= 0 else max(0.0, centre - half)), (1.0 if p >= 1 else min(1.0, centre + half))
 
 
 def vs_reference(row: dict, ref: dict | None) -> str | None:

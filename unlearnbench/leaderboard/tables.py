@@ -6,7 +6,9 @@ source (``seeds``: over seeds; ``eval``: one seed, from the evaluation stderr). 
 satisfaction are counts ``k/n`` over the entry's valid trials.
 
 ``<task>_points.csv``: one row per entry and grid value: mean over seeds of every metric with the half-width of its
-95 % interval (``_ci95``), the mean evaluation stderr, and ``k/n`` for rates (accuracy, regeneration); then one row
+95 % interval (``_ci95``; for rates, accuracy and regeneration, the interval of :func:`unlearnbench.pareto.mean_interval`
+with Wilson's interval of the pooled ``k/n``, asymmetric, and the column gives its larger side), the mean evaluation
+stderr, and ``k/n`` for rates; then one row
 per reference network evaluated by ``unlearnbench attack`` (``retrained (reference)``: the model trained without the
 forget set, scored by the same evaluation), outside every front.
 """
@@ -149,18 +151,12 @@ def formulations(td: TaskData) -> list[str]:
     return sorted({f for r in td.trials if r.get("status") == "ok" for f in oracle_fronts(r)})
 
 
-def _is_rate(rows: list[dict]) -> bool:
-    """A metric is a rate when every value times its n is a whole number (a share of n samples)."""
-    vals = [(r["value"], r["n"]) for r in rows if math.isfinite(r["value"]) and r["n"]]
-    return bool(vals) and all(0 <= x <= 1 and abs(x * n - round(x * n)) < 1e-3 for x, n in vals)
-
-
 def points_table(td: TaskData) -> tuple[list[str], list[list[str]]]:
     """The ``<task>_points.csv`` table: entry x grid value, mean over seeds and 95 % interval of each metric."""
     metrics = [m for m in td.metric_names]
     header = ["entry", "method", "grid_param", "grid_value", "n_seeds", "n_diverged", "n_failed", "interval"]
     header += [f"front[{axis_label(a)}]" for a in td.axes]
-    rates = {m: _is_rate([r for r in td.rows if r["metric"] == m and r["status"] == "ok"]) for m in metrics}
+    rates = {m: td.rates.get(m, False) for m in metrics}
     for m in metrics:
         header += [f"{m}_mean", f"{m}_ci95", f"{m}_eval_stderr"] + ([f"{m}_k/n"] if rates[m] else [])
     groups: dict[tuple, list[dict]] = {}
@@ -177,10 +173,10 @@ def points_table(td: TaskData) -> tuple[list[str], list[list[str]]]:
             found = [t["metrics"][m] for t in recs if isinstance((t.get("metrics") or {}).get(m), dict)]
             vals = [_to_float(x.get("value")) for x in found]
             ses = [_to_float(x.get("stderr")) for x in found]
-            mean, lo, _, _, src = mean_interval(vals, ses)
+            mean, lo, hi, _, src = mean_interval(vals, ses, [x.get("n") for x in found] if rates[m] else None)
             if found:
                 sources.add(src)
-            cells += [fmt(mean), fmt(mean - lo), fmt(_mean_of(ses))]
+            cells += [fmt(mean), fmt(max(mean - lo, hi - mean)), fmt(_mean_of(ses))]  # Wilson's is asymmetric
             if rates[m]:
                 k = sum(round(_to_float(x.get("value")) * x["n"]) for x in found if x.get("n"))
                 n = sum(int(x["n"]) for x in found if x.get("n"))
