@@ -142,3 +142,19 @@ def test_mean_interval_of_a_rate_uses_wilson_where_seeds_or_a_zero_stderr_unders
     assert spread[1:3] == pytest.approx(mean_interval([0.1, 0.5, 0.9])[1:3])
     m, lo, hi, n, src = mean_interval([0.3], [0.01])  # not a rate: value +- 1.96 x stderr, as before
     assert (n, src) == (1, "eval") and (lo, hi) == pytest.approx((0.3 - 0.0196, 0.3 + 0.0196), rel=1e-3)
+
+
+def test_bootstrap_redraws_rates_so_a_perfect_rate_on_every_seed_is_not_certain():
+    from unlearnbench.pareto import replicates
+
+    v = np.zeros((1, 3, 2))  # one point, three seeds: rate 0/200 on x, a continuous y that varies
+    v[0, :, 1] = [0.5, 0.6, 0.7]
+    counts = np.zeros_like(v)
+    counts[..., 0] = 200
+    plain, src = replicates(v, None, seed=1)
+    assert src == "seeds" and np.all(plain[:, 0, 0] == 0.0)  # what a seed bootstrap alone gives
+    reps, _ = replicates(v, None, seed=1, counts=counts)
+    assert np.all(reps[:, 0, 0] >= 0) and np.percentile(reps[:, 0, 0], 97.5) > 0.002  # Jeffreys: ~0.006 for 0/600
+    assert np.allclose(np.sort(np.unique(reps[:, 0, 1])), np.sort(np.unique(plain[:, 0, 1])))  # y: seeds only
+    one, src1 = replicates(v[:, :1], np.full((1, 1, 2), 0.01), seed=1, counts=counts[:, :1])
+    assert src1 == "eval" and one[:, 0, 0].std() > 0 and one[:, 0, 1].std() == pytest.approx(0.01, rel=0.1)

@@ -121,3 +121,21 @@ def test_a_rate_that_is_zero_on_every_seed_still_has_an_interval():
     mean, lo, hi = td.pretrained_value("regen_rate")  # the pretrained model's 1000/1000
     assert mean == 1.0 and hi == 1.0 and lo == pytest.approx(wilson(1.0, 1000)[0]) and lo < 1.0
     assert math.isnan(td.pretrained_value("forget_nll")[1])  # no stderr recorded: no interval, not a made-up one
+
+
+def test_hypervolume_interval_contains_its_estimate_when_every_seed_sits_on_the_boundary():
+    """The strongest setting at regen_rate 0/1000 and the same KID on every seed: the redrawn rates all move inward,
+    and the interval must still hold the estimate."""
+    from unlearnbench.leaderboard.stats import hypervolume_ci, retention_at_levels
+
+    recs = grid_records("toy-data", {"siss": 1.0})
+    for r in recs:
+        r["metrics"]["kid_retain"]["value"] = 0.01 * r["grid"]["value"]
+        if r["grid"]["value"] == 2.0:
+            r["metrics"]["regen_rate"]["value"] = 0.0
+    td = collect_tasks(recs)["toy-data"]
+    axis = ("regen_rate", "kid_retain")
+    est, lo, hi, src = hypervolume_ci(td, "siss", axis)
+    assert src == "seeds" and est > 0 and lo < hi and lo <= est <= hi
+    (point, plo, phi), = retention_at_levels(td, "siss", axis, [0.05])
+    assert 0.01 < point < 0.02 and plo < phi and plo <= point <= phi

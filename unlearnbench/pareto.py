@@ -287,29 +287,55 @@ def mean_interval(values: Any, stderr: Any = None, counts: Any = None) -> tuple[
     return m, math.nan, math.nan, 1, "none"
 
 
-def replicates(values: Any, stderr: Any, n_boot: int = N_BOOT, seed: int = 0) -> tuple[np.ndarray, str]:
+def replicates(values: Any, stderr: Any, n_boot: int = N_BOOT, seed: int = 0,
+               counts: Any = None) -> tuple[np.ndarray, str]:
     """Bootstrap replicates of seed-mean points.
 
     Args:
         values: [k, s, d] one value per point, seed and coordinate (NaN = missing).
         stderr: [k, s, d] their evaluation stderr (used only with a single seed).
+        counts: [k, s, d] for coordinates that are rates ``k/n``, their ``n`` (0 elsewhere); None: no rates.
 
     Returns:
         ``([n_boot, k, d] replicated seed means, source)``: seeds resampled with replacement when there are two or
-        more (``"seeds"``); else each value drawn from a normal with its evaluation stderr (``"eval"``).
+        more (``"seeds"``); else each value drawn from a normal with its evaluation stderr (``"eval"``). A rate is
+        also redrawn within each (resampled) seed from its Jeffreys posterior ``Beta(k + 1/2, n - k + 1/2)``, so
+        that a rate of 0/200 or 864/864 on every seed does not give a zero-width interval (the rates' counterpart of
+        :func:`mean_interval`'s Wilson floor).
     """
     v = np.asarray(values, dtype=float)
     rng = np.random.default_rng(seed)
     k, s, d = v.shape
+    c = None if counts is None else np.nan_to_num(np.asarray(counts, dtype=float), nan=0.0)
+    if c is not None and not (c > 0).any():
+        c = None
     if s >= 2:
         idx = rng.integers(0, s, size=(n_boot, s))
+        draw = v[:, idx, :]  # [k, n_boot, s, d]
+        if c is not None:
+            draw = _redraw_rates(rng, draw, c[:, idx, :])
         with warnings.catch_warnings():  # an all-NaN resample (a point missing in the drawn seeds) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            reps = np.nanmean(v[:, idx, :], axis=2)  # [k, n_boot, d]
+            reps = np.nanmean(draw, axis=2)  # [k, n_boot, d]
         return np.moveaxis(reps, 1, 0), "seeds"
     se = np.nan_to_num(np.asarray(stderr, dtype=float), nan=0.0)
     noise = rng.standard_normal((n_boot, k, d))
-    return v[None, :, 0, :] + noise * se[None, :, 0, :], "eval"
+    reps = v[None, :, 0, :] + noise * se[None, :, 0, :]
+    if c is not None:
+        reps = _redraw_rates(rng, np.broadcast_to(v[None, :, 0, :], reps.shape).copy(),
+                             np.broadcast_to(c[None, :, 0, :], reps.shape), into=reps)
+    return reps, "eval"
+
+
+def _redraw_rates(rng: np.random.Generator, draw: np.ndarray, n: np.ndarray, into: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """``draw`` with every finite rate (``n > 0``) replaced by a draw from ``Beta(k + 1/2, n - k + 1/2)``, ``k``
+    its count; written into ``into`` (default: a copy of ``draw``)."""
+    out = draw.copy() if into is None else into
+    rate = (n > 0) & np.isfinite(draw)
+    kk = np.clip(np.round(draw[rate] * n[rate]), 0, n[rate])
+    out[rate] = rng.beta(kk + 0.5, n[rate] - kk + 0.5)
+    return out
 
 
 def percentile_interval(samples: Any) -> tuple[float, float]:

@@ -234,6 +234,7 @@ class PointSet:
     values: np.ndarray  # [k, s, 2] per seed, NaN where missing
     stderr: np.ndarray  # [k, s, 2] evaluation stderr
     seeds: list  # [s]
+    counts: np.ndarray | None = None  # [k, s, 2] n of each rate coordinate (k/n), 0 where not a rate
 
 
 @dataclass
@@ -314,7 +315,8 @@ class TaskData:
                     vals[i, both, d], ses[i, both, d], counts[i, both, d] if self.rates.get(axis[d]) else None)
                 sources.add(src)
         source = "none" if "none" in sources else "eval" if "eval" in sources else "seeds" if sources else "none"
-        return PointSet(grid, mean, lo, hi, n, source, vals, ses, [json.loads(s) for s in seed_keys])
+        rate_n = counts * np.array([bool(self.rates.get(m)) for m in axis], dtype=float)
+        return PointSet(grid, mean, lo, hi, n, source, vals, ses, [json.loads(s) for s in seed_keys], rate_n)
 
     def pretrained(self, axis: Axis) -> tuple[float, float] | None:
         """The pretrained model's point (mean of the ``m_pretrained`` companions over valid trials), if recorded."""

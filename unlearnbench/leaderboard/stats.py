@@ -1,5 +1,6 @@
 """Leaderboard statistics of one task: hypervolume and retention at matched unlearning levels, each with a 95 %
-bootstrap interval (over seeds where there are two or more, else from the evaluation stderr of the single seed).
+bootstrap interval (over seeds where there are two or more, else from the evaluation stderr of the single seed; a rate
+coordinate, k/n, is also redrawn within each seed from its Jeffreys posterior: see :func:`unlearnbench.pareto.replicates`).
 
 Reference points: each sits at the "useless" end of both axes, so that every sensible point beats it; a point worse
 than the reference on an axis adds nothing to the hypervolume. Axes not listed use the worst observed values.
@@ -87,7 +88,7 @@ def front_replicates(ps: PointSet, seed: int = 0) -> tuple[np.ndarray, str]:
     """[B, k, 2] bootstrap replicates of the seed-mean points (see :func:`unlearnbench.pareto.replicates`)."""
     if ps.values.shape[0] == 0:
         return np.zeros((0, 0, 2)), ps.source
-    return replicates(ps.values, ps.stderr, seed=seed)
+    return replicates(ps.values, ps.stderr, seed=seed, counts=ps.counts)
 
 
 def hypervolume_ci(td: TaskData, entry: str, axis: Axis) -> tuple[float, float, float, str]:
@@ -99,8 +100,17 @@ def hypervolume_ci(td: TaskData, entry: str, axis: Axis) -> tuple[float, float, 
     mx = td.maximize(axis)
     reps, src = front_replicates(ps)
     hv = [hypervolume_2d(rep, ref, mx) for rep in reps]
-    lo, hi = percentile_interval(hv)
-    return hypervolume_2d(ps.mean, ref, mx), lo, hi, src
+    est = hypervolume_2d(ps.mean, ref, mx)
+    return (est, *_covering(est, percentile_interval(hv)), src)
+
+
+def _covering(est: float, interval: tuple[float, float]) -> tuple[float, float]:
+    """The percentile interval stretched to contain the estimate: at a boundary (accuracy 0 on the erased prompt,
+    1 on the kept ones, on every seed) every redrawn rate moves inward and the percentiles alone would exclude it."""
+    lo, hi = interval
+    if not (math.isfinite(est) and math.isfinite(lo) and math.isfinite(hi)):
+        return lo, hi
+    return min(lo, est), max(hi, est)
 
 
 def retention_at_levels(td: TaskData, entry: str, axis: Axis, levels: list[float]) -> list[tuple[float, float, float]]:
@@ -112,4 +122,4 @@ def retention_at_levels(td: TaskData, entry: str, axis: Axis, levels: list[float
     point = retention_at(ps.mean, levels, mx)
     reps, _ = front_replicates(ps)
     boot = np.array([retention_at(rep, levels, mx) for rep in reps]).reshape(-1, len(levels))
-    return [(float(point[i]), *percentile_interval(boot[:, i])) for i in range(len(levels))]
+    return [(float(point[i]), *_covering(float(point[i]), percentile_interval(boot[:, i]))) for i in range(len(levels))]
