@@ -217,3 +217,17 @@ def test_cli_leaderboard_and_claims(tmp_path, monkeypatch, capsys):
     assert "(1) concept unlearning" in capsys.readouterr().out
     args = parser.parse_args(["leaderboard", "--runs", "nope", "--out", "x"])
     assert args.func(args) == 2
+
+
+def test_a_zoom_panel_only_where_the_points_crowd_into_a_corner_of_the_full_view():
+    from unlearnbench.leaderboard.plots import zoom_limits
+
+    rng = np.random.default_rng(0)
+    crowded = np.column_stack([rng.uniform(0, 0.2, 20), rng.uniform(0.97, 1.0, 20)])
+    crowded = np.vstack([crowded, [[0.0, 0.72]]])  # one outlier stretches the full view, as rkl-is b=70 does
+    zoom = zoom_limits(crowded, (-0.05, 1.05), (0.7, 1.02))  # full view stretched to the pretrained point (1, 1)
+    assert zoom is not None
+    (x0, x1), (y0, y1) = zoom
+    assert x0 < 0.0 and 0.18 < x1 < 0.3 and 0.9 < y0 < 0.97 and y1 > 1.0  # the bulk; the outlier left out
+    spread = np.column_stack([np.linspace(0, 1, 10), np.linspace(0.7, 1.0, 10)])
+    assert zoom_limits(spread, (-0.05, 1.05), (0.68, 1.02)) is None

@@ -66,8 +66,9 @@ def style():
                                                  "grid.alpha": 0.3, "font.size": 9}])
 
 
-def robust_limits(values: np.ndarray, keep: np.ndarray | None = None, fence: bool = True) -> tuple[float, float]:
-    """Axis limits covering ``values`` (within quartiles +- FENCE IQR if ``fence``) and every ``keep`` value,
+def robust_limits(values: np.ndarray, keep: np.ndarray | None = None, fence: bool = True,
+                  k: float = FENCE) -> tuple[float, float]:
+    """Axis limits covering ``values`` (within quartiles +- ``k`` IQR if ``fence``) and every ``keep`` value,
     padded 6 %."""
     v = values[np.isfinite(values)]
     if keep is not None:
@@ -77,7 +78,7 @@ def robust_limits(values: np.ndarray, keep: np.ndarray | None = None, fence: boo
     if fence and v.size:
         q1, q3 = np.percentile(v, [25, 75])
         iqr = q3 - q1 if q3 > q1 else max(float(np.ptp(v)), abs(float(q3)) * 0.1, 1e-12)
-        v = v[(v >= q1 - FENCE * iqr) & (v <= q3 + FENCE * iqr)]
+        v = v[(v >= q1 - k * iqr) & (v <= q3 + k * iqr)]
     if keep is not None:
         v = np.concatenate([v, keep])
     lo, hi = float(v.min()), float(v.max())
@@ -150,8 +151,70 @@ def _marker_with_interval(ax, coords: list, color: str, **marker) -> None:
     ax.plot([x], [y], color=color, ls="none", zorder=5, **marker)
 
 
+ZOOM_AREA = 0.1  # a second panel zooms on the methods' points when their box fills less of the full view than this
+ZOOM_FENCE = 1.5  # Tukey's fence: points beyond it are left to the full view (drawn as edge triangles in the zoom)
+
+
+def zoom_limits(pts: np.ndarray, xlim: tuple, ylim: tuple) -> tuple[tuple, tuple] | None:
+    """Limits of a zoom on the bulk of the methods' points (quartiles +- 1.5 IQR), or None when the full view already
+    shows them at a readable scale (their box fills at least ZOOM_AREA of it)."""
+    pts = pts[np.all(np.isfinite(pts), axis=1)]
+    if pts.shape[0] < 3:
+        return None
+    zx, zy = (robust_limits(pts[:, i], fence=True, k=ZOOM_FENCE) for i in range(2))
+    area = (zx[1] - zx[0]) * (zy[1] - zy[0]) / max((xlim[1] - xlim[0]) * (ylim[1] - ylim[0]), 1e-300)
+    return (zx, zy) if area < ZOOM_AREA else None
+
+
+def _panel(ax: Any, td: TaskData, axis: Axis, series: list, curves: list, lims: tuple, styles: dict,
+           refs: bool) -> tuple[list, int]:
+    """One view of the fronts: points with intervals, fronts, exact curves, and (``refs``) the reference points.
+    Returns the legend handles and how many points fell off-scale."""
+    from matplotlib.lines import Line2D
+
+    mx = td.maximize(axis)
+    xlim, ylim = lims
+    handles, off = [], 0
+    for entry, ps in series:
+        c, mk = styles[entry]
+        err = [np.nan_to_num(np.abs(ps.mean - ps.lo), nan=0.0), np.nan_to_num(np.abs(ps.hi - ps.mean), nan=0.0)]
+        ax.errorbar(ps.mean[:, 0], ps.mean[:, 1], xerr=[err[0][:, 0], err[1][:, 0]],
+                    yerr=[err[0][:, 1], err[1][:, 1]], fmt=mk, ms=5, mfc="white", mec=c, ecolor=c,
+                    elinewidth=0.9, capsize=2.5, zorder=2)
+        front = ps.mean[pareto_front(ps.mean, mx)]
+        ax.plot(front[:, 0], front[:, 1], "-", marker=mk, color=c, ms=5, lw=1.6, zorder=3)
+        for (x, y), g in zip(ps.mean, ps.grid):
+            if xlim[0] <= x <= xlim[1] and ylim[0] <= y <= ylim[1]:
+                ax.annotate(fmt(g), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6.5, color=c,
+                            annotation_clip=True)
+        off += _clip_marks(ax, ps.mean, xlim, ylim, c)
+        n = int(ps.n.max()) if ps.n.size else 0
+        handles.append(Line2D([], [], color=c, marker=mk, ms=5, lw=1.6, label=f"{entry} ({n} seed{'s' * (n != 1)})"))
+    for i, (form, arr) in enumerate(curves):
+        arr = arr[np.argsort(arr[:, 0], kind="stable")]
+        ls = ["--", ":", "-.", (0, (5, 1, 1, 1))][i % 4]
+        ax.plot(arr[:, 0], arr[:, 1], linestyle=ls, color="#555555", lw=1.1, zorder=1)
+        kind = "fixed-weight curve" if form.startswith(("esd", "equal")) else "optimal front"
+        handles.append(Line2D([], [], color="#555555", linestyle=ls, lw=1.1, label=f"exact {kind} ({form})"))
+    if refs and td.pretrained(axis) is not None:
+        _marker_with_interval(ax, [td.pretrained_value(m) for m in axis], PRETRAINED_COLOR, marker="*", ms=13)
+        handles.append(Line2D([], [], marker="*", ms=11, color=PRETRAINED_COLOR, ls="none", label="pretrained"))
+    if refs and td.reference_point("retrained", axis) is not None:
+        n = len(td.refs.get("retrained", []))
+        _marker_with_interval(ax, [td.reference_value("retrained", m) for m in axis], RETRAINED_COLOR, marker="D",
+                              ms=8, mec="black", mew=0.6)
+        handles.append(Line2D([], [], marker="D", ms=7, color=RETRAINED_COLOR, mec="black", mew=0.6, ls="none",
+                              label=f"retrained without the forget set ({n} seed{'s' * (n != 1)})"))
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel(f"{axis[0]} ({_direction(mx[0])})")
+    ax.set_ylabel(f"{axis[1]} ({_direction(mx[1])})")
+    return handles, off
+
+
 def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
-    """Every entry's seed-mean points with 95 % intervals, its front, the pretrained point and exact fronts."""
+    """Every entry's seed-mean points with 95 % intervals, its front, the pretrained point and exact fronts; and a
+    second panel zoomed on the methods' points where the full view crowds them into a corner."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -166,55 +229,31 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
     allpts = np.concatenate([ps.mean for _, ps in series]) if series else np.zeros((0, 2))
     ref, ref_src = reference(td, axis)
     retrained = td.reference_point("retrained", axis)
-    xlim, ylim = limits(allpts, pre, curves, ref if ref_src == "fixed" else None, mx, also=(retrained,))
+    full = limits(allpts, pre, curves, ref if ref_src == "fixed" else None, mx, also=(retrained,))
+    zoom = zoom_limits(allpts, *full)
     with style():
-        fig = Figure(figsize=(6.6, 4.6))
-        ax = fig.add_subplot()
-        handles, off = [], 0
-        for entry, ps in series:
-            c, mk = styles[entry]
-            err = [np.nan_to_num(np.abs(ps.mean - ps.lo), nan=0.0), np.nan_to_num(np.abs(ps.hi - ps.mean), nan=0.0)]
-            ax.errorbar(ps.mean[:, 0], ps.mean[:, 1], xerr=[err[0][:, 0], err[1][:, 0]],
-                        yerr=[err[0][:, 1], err[1][:, 1]], fmt=mk, ms=5, mfc="white", mec=c, ecolor=c,
-                        elinewidth=0.9, capsize=2.5, zorder=2)
-            front = ps.mean[pareto_front(ps.mean, mx)]
-            ax.plot(front[:, 0], front[:, 1], "-", marker=mk, color=c, ms=5, lw=1.6, zorder=3)
-            for (x, y), g in zip(ps.mean, ps.grid):
-                ax.annotate(fmt(g), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6.5, color=c)
-            off += _clip_marks(ax, ps.mean, xlim, ylim, c)
-            n = int(ps.n.max()) if ps.n.size else 0
-            handles.append(Line2D([], [], color=c, marker=mk, ms=5, lw=1.6, label=f"{entry} ({n} seed{'s' * (n != 1)})"))
-        for i, (form, arr) in enumerate(curves):
-            arr = arr[np.argsort(arr[:, 0], kind="stable")]
-            ls = ["--", ":", "-.", (0, (5, 1, 1, 1))][i % 4]
-            ax.plot(arr[:, 0], arr[:, 1], linestyle=ls, color="#555555", lw=1.1, zorder=1)
-            kind = "fixed-weight curve" if form.startswith(("esd", "equal")) else "optimal front"
-            handles.append(Line2D([], [], color="#555555", linestyle=ls, lw=1.1, label=f"exact {kind} ({form})"))
-        if pre is not None:
-            _marker_with_interval(ax, [td.pretrained_value(m) for m in axis], PRETRAINED_COLOR, marker="*", ms=13)
-            handles.append(Line2D([], [], marker="*", ms=11, color=PRETRAINED_COLOR, ls="none", label="pretrained"))
-        if retrained is not None:
-            n = len(td.refs.get("retrained", []))
-            _marker_with_interval(ax, [td.reference_value("retrained", m) for m in axis], RETRAINED_COLOR, marker="D",
-                                  ms=8, mec="black", mew=0.6)
-            handles.append(Line2D([], [], marker="D", ms=7, color=RETRAINED_COLOR, mec="black", mew=0.6, ls="none",
-                                  label=f"retrained without the forget set ({n} seed{'s' * (n != 1)})"))
-        ax.set_xlim(*xlim)
-        ax.set_ylim(*ylim)
-        ax.set_xlabel(f"{axis[0]} ({_direction(mx[0])})")
-        ax.set_ylabel(f"{axis[1]} ({_direction(mx[1])})")
+        fig = Figure(figsize=(11.6 if zoom else 6.6, 4.6))
+        axes = fig.subplots(1, 2 if zoom else 1, squeeze=False)[0]
+        handles, off = _panel(axes[0], td, axis, series, curves, full, styles, refs=True)
         sources = {ps.source for _, ps in series}
         how = "95 % t-intervals over seeds" if sources == {"seeds"} else \
             "95 % intervals: over seeds, or from the evaluation stderr where one seed"
         if any(td.rates.get(m) for m in axis):
             how += " (rates: at least Wilson's k/n)"
         primary = " (primary)" if td.axes and tuple(axis) == tuple(td.axes[0]) else ""
-        ax.set_title(f"{td.name}: {axis[1]} vs {axis[0]}{primary}\nseed means, {how}; labels = grid value",
-                     fontsize=9)
+        title = f"{td.name}: {axis[1]} vs {axis[0]}{primary}\nseed means, {how}; labels = grid value"
+        if zoom:
+            fig.suptitle(title, fontsize=9.5, y=1.06)
+            axes[0].set_title("full view", fontsize=9)
+            _, zoff = _panel(axes[1], td, axis, series, curves, zoom, styles, refs=True)
+            axes[1].set_title(f"zoom on the bulk of the points (quartiles ± {ZOOM_FENCE:g} IQR)"
+                              + (f"; {zoff} beyond it: triangles on the edge" if zoff else ""), fontsize=9)
+        else:
+            axes[0].set_title(title, fontsize=9)
         if off:
             handles.append(Line2D([], [], marker="^", color="grey", ls="none", ms=7,
                                   label=f"{off} point(s) off-scale (values in the points table)"))
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+        axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
         save(fig, path)
     return True
 
