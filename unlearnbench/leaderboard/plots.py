@@ -166,10 +166,10 @@ def zoom_limits(pts: np.ndarray, xlim: tuple, ylim: tuple) -> tuple[tuple, tuple
     return (zx, zy) if area < ZOOM_AREA else None
 
 
-def _panel(ax: Any, td: TaskData, axis: Axis, series: list, curves: list, lims: tuple, styles: dict,
-           refs: bool) -> tuple[list, int]:
-    """One view of the fronts: points with intervals, fronts, exact curves, and (``refs``) the reference points.
-    Returns the legend handles and how many points fell off-scale."""
+def _panel(ax: Any, td: TaskData, axis: Axis, series: list, curves: list, lims: tuple,
+           styles: dict) -> tuple[list, int]:
+    """One view of the fronts: points with intervals, fronts, exact curves and the reference points (pretrained,
+    retrained). Returns the legend handles and how many points fell off-scale."""
     from matplotlib.lines import Line2D
 
     mx = td.maximize(axis)
@@ -196,10 +196,10 @@ def _panel(ax: Any, td: TaskData, axis: Axis, series: list, curves: list, lims: 
         ax.plot(arr[:, 0], arr[:, 1], linestyle=ls, color="#555555", lw=1.1, zorder=1)
         kind = "fixed-weight curve" if form.startswith(("esd", "equal")) else "optimal front"
         handles.append(Line2D([], [], color="#555555", linestyle=ls, lw=1.1, label=f"exact {kind} ({form})"))
-    if refs and td.pretrained(axis) is not None:
+    if td.pretrained(axis) is not None:
         _marker_with_interval(ax, [td.pretrained_value(m) for m in axis], PRETRAINED_COLOR, marker="*", ms=13)
         handles.append(Line2D([], [], marker="*", ms=11, color=PRETRAINED_COLOR, ls="none", label="pretrained"))
-    if refs and td.reference_point("retrained", axis) is not None:
+    if td.reference_point("retrained", axis) is not None:
         n = len(td.refs.get("retrained", []))
         _marker_with_interval(ax, [td.reference_value("retrained", m) for m in axis], RETRAINED_COLOR, marker="D",
                               ms=8, mec="black", mew=0.6)
@@ -234,7 +234,7 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
     with style():
         fig = Figure(figsize=(11.6 if zoom else 6.6, 4.6))
         axes = fig.subplots(1, 2 if zoom else 1, squeeze=False)[0]
-        handles, off = _panel(axes[0], td, axis, series, curves, full, styles, refs=True)
+        handles, off = _panel(axes[0], td, axis, series, curves, full, styles)
         sources = {ps.source for _, ps in series}
         how = "95 % t-intervals over seeds" if sources == {"seeds"} else \
             "95 % intervals: over seeds, or from the evaluation stderr where one seed"
@@ -245,7 +245,7 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
         if zoom:
             fig.suptitle(title, fontsize=9.5, y=1.06)
             axes[0].set_title("full view", fontsize=9)
-            _, zoff = _panel(axes[1], td, axis, series, curves, zoom, styles, refs=True)
+            _, zoff = _panel(axes[1], td, axis, series, curves, zoom, styles)
             axes[1].set_title(f"zoom on the bulk of the points (quartiles ± {ZOOM_FENCE:g} IQR)"
                               + (f"; {zoff} beyond it: triangles on the edge" if zoff else ""), fontsize=9)
         else:

@@ -8,9 +8,9 @@ satisfaction are counts ``k/n`` over the entry's valid trials.
 ``<task>_points.csv``: one row per entry and grid value: mean over seeds of every metric with the half-width of its
 95 % interval (``_ci95``; for rates, accuracy and regeneration, the interval of :func:`unlearnbench.pareto.mean_interval`
 with Wilson's interval of the pooled ``k/n``, asymmetric, and the column gives its larger side), the mean evaluation
-stderr, and ``k/n`` for rates; then one row
-per reference network evaluated by ``unlearnbench attack`` (``retrained (reference)``: the model trained without the
-forget set, scored by the same evaluation), outside every front.
+stderr, and ``k/n`` for rates; then one row per reference network evaluated by ``unlearnbench attack``
+(``retrained (reference)``: the model trained without the forget set, scored by the same evaluation), outside every
+front.
 """
 from __future__ import annotations
 
