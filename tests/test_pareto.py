@@ -138,8 +138,10 @@ def test_mean_interval_of_a_rate_uses_wilson_where_seeds_or_a_zero_stderr_unders
     assert (m, lo, n, src) == (0.0, 0.0, 1, "eval") and hi == pytest.approx(wilson(0.0, 200)[1]) and hi > 0.015
     m, lo, hi, n, src = mean_interval([0.0, 0.0, 0.0], [0.0] * 3, [200] * 3)  # t over identical seeds is [0, 0]
     assert src == "seeds" and lo == 0.0 and hi == pytest.approx(wilson(0.0, 600)[1])
-    spread = mean_interval([0.1, 0.5, 0.9], None, [200] * 3)  # seeds far apart: the t interval is the wider one
-    assert spread[1:3] == pytest.approx(mean_interval([0.1, 0.5, 0.9])[1:3])
+    spread = mean_interval([0.3, 0.5, 0.7], None, [200] * 3)  # seeds far apart: the t interval is the wider one
+    assert spread[1:3] == pytest.approx(mean_interval([0.3, 0.5, 0.7])[1:3])
+    m, lo, hi, _, _ = mean_interval([0.0, 0.0, 0.02], None, [200] * 3)  # t reaches below 0; a rate cannot
+    assert lo == 0.0 and mean_interval([0.0, 0.0, 0.02])[1] < 0 and hi > 0.02
     m, lo, hi, n, src = mean_interval([0.3], [0.01])  # not a rate: value +- 1.96 x stderr, as before
     assert (n, src) == (1, "eval") and (lo, hi) == pytest.approx((0.3 - 0.0196, 0.3 + 0.0196), rel=1e-3)
 

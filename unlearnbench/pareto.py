@@ -256,7 +256,7 @@ def mean_interval(values: Any, stderr: Any = None, counts: Any = None) -> tuple[
     ``counts`` (one per value) marks the quantity as a rate ``k/n`` of ``n`` evaluation samples. Then one seed gets
     Wilson's interval instead of ± 1.96 x stderr (a rate of 0/200 has a zero stderr, but not a zero uncertainty), and
     several seeds get the t interval widened, where it is narrower, to the Wilson interval of the pooled counts (three
-    seeds at 0/200 each are [0, 0.0063], not [0, 0]).
+    seeds at 0/200 each are [0, 0.0063], not [0, 0]), and clipped to [0, 1].
 
     Returns:
         ``(mean, lo, hi, n, source)``; NaNs and ``n = 0`` when there is no finite value.
@@ -277,8 +277,8 @@ def mean_interval(values: Any, stderr: Any = None, counts: Any = None) -> tuple[
     if v.size >= 2:
         half = float(student_t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
         lo, hi = m - half, m + half
-        if pooled is not None:
-            lo, hi = min(lo, pooled[0]), max(hi, pooled[1])
+        if pooled is not None:  # and a rate's interval stays inside [0, 1]
+            lo, hi = max(0.0, min(lo, pooled[0])), min(1.0, max(hi, pooled[1]))
         return m, lo, hi, int(v.size), "seeds"
     if pooled is not None:
         return m, pooled[0], pooled[1], 1, "eval"
