@@ -151,19 +151,19 @@ def _marker_with_interval(ax, coords: list, color: str, **marker) -> None:
     ax.plot([x], [y], color=color, ls="none", zorder=5, **marker)
 
 
-ZOOM_AREA = 0.1  # a second panel zooms on the methods' points when their box fills less of the full view than this
+ZOOM_SHARE = 0.25  # a second panel zooms on the methods' points when they span less than this share of an axis
 ZOOM_FENCE = 1.5  # Tukey's fence: points beyond it are left to the full view (drawn as edge triangles in the zoom)
 
 
 def zoom_limits(pts: np.ndarray, xlim: tuple, ylim: tuple) -> tuple[tuple, tuple] | None:
     """Limits of a zoom on the bulk of the methods' points (quartiles +- 1.5 IQR), or None when the full view already
-    shows them at a readable scale (their box fills at least ZOOM_AREA of it)."""
+    shows them at a readable scale (they span at least ZOOM_SHARE of both axes)."""
     pts = pts[np.all(np.isfinite(pts), axis=1)]
     if pts.shape[0] < 3:
         return None
     zx, zy = (robust_limits(pts[:, i], fence=True, k=ZOOM_FENCE) for i in range(2))
-    area = (zx[1] - zx[0]) * (zy[1] - zy[0]) / max((xlim[1] - xlim[0]) * (ylim[1] - ylim[0]), 1e-300)
-    return (zx, zy) if area < ZOOM_AREA else None
+    share = min((zx[1] - zx[0]) / max(xlim[1] - xlim[0], 1e-300), (zy[1] - zy[0]) / max(ylim[1] - ylim[0], 1e-300))
+    return (zx, zy) if share < ZOOM_SHARE else None
 
 
 def _panel(ax: Any, td: TaskData, axis: Axis, series: list, curves: list, lims: tuple,
