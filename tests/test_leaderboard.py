@@ -231,3 +231,21 @@ def test_a_zoom_panel_only_where_the_points_crowd_into_a_corner_of_the_full_view
     assert x0 < 0.0 and 0.18 < x1 < 0.3 and 0.9 < y0 < 0.97 and y1 > 1.0  # the bulk; the outlier left out
     spread = np.column_stack([np.linspace(0, 1, 10), np.linspace(0.7, 1.0, 10)])
     assert zoom_limits(spread, (-0.05, 1.05), (0.68, 1.02)) is None
+
+
+def test_two_entries_of_one_method_keep_their_own_sample_grids(tmp_path):
+    """rkl [trainable=full] and rkl [trainable=xattn] share trial ids (rkl-eps15-s0): their grids must not overwrite
+    each other."""
+    import matplotlib.image
+
+    recs = []
+    for lr, shade in ((1e-3, 0.2), (1e-4, 0.8)):
+        for v in (0.5, 1.0):
+            png = tmp_path / f"lr{lr:g}-{v:g}.png"
+            matplotlib.image.imsave(png, np.full((8, 24), shade), cmap="gray", vmin=0, vmax=1)
+            recs.append(make_record("toy-data", "fkl", v, 0, samples=str(png), lr=lr))
+    run = write_records(tmp_path / "run", recs)
+    result = build_leaderboard([run], tmp_path / "out")
+    files = sorted(result["tasks"]["toy-data"]["samples"])
+    assert len(files) == 4 and len({Path(f).read_bytes() for f in files}) == 2
+    assert len({Path(f).name for f in files}) == 4

@@ -99,7 +99,11 @@ def copy_samples(td: TaskData, out: Path, s: str) -> list[tuple[str, str]]:
             logger.warning("task %s, trial %s: sample grid %s is missing", td.name, r.get("trial_id"), src)
             continue
         seen.add(key)
-        rel = f"samples/{s}/{slug(r.get('trial_id'))}{src.suffix.lower() or '.png'}"
+        # trial ids repeat across entries of one method (rkl [trainable=full] and [trainable=xattn] both have
+        # rkl-eps15-s0): such entries get their own prefix
+        name = slug(r.get("trial_id")) if r["_entry"] == td.method_of(r["_entry"]) else \
+            f"{slug(r['_entry'])}--{slug(r.get('trial_id'))}"
+        rel = f"samples/{s}/{name}{src.suffix.lower() or '.png'}"
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.is_file() or dst.read_bytes() != src.read_bytes():
