@@ -307,3 +307,24 @@ def test_wilson_interval_is_not_degenerate_at_zero():
     lo, hi = wilson(0.5, 100)
     assert (lo, hi) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
     assert wilson(1.0, 50)[1] == 1.0
+
+
+def test_two_variants_of_a_method_are_two_models_not_two_seeds():
+    """rkl with trainable=full and with trainable=xattn, both at eps 30 seed 0: two rows labelled as the fronts label
+    the entries, never pooled as seeds of one model."""
+    from unlearnbench.leaderboard.robustness import attack_trials, rows_of
+
+    def rec(trainable, values):
+        return {"trial_id": f"relearn--rkl-{trainable}", "created_at": "2026-01-01", "status": "ok", "seed": 0,
+                "method": "rkl", "method_config": {"eps": 30.0, "trainable": trainable},
+                "grid": {"param": "eps", "value": 30.0}, "task": {"name": "gmm-concept", "options": {}},
+                "metrics": {}, "attack": {"name": "relearn", "reference": None, "budgets": [0, 10],
+                                          "values": values, "stderr": [0.01, 0.01], "measure": "forgotten_mass",
+                                          "steps_to_half": None}}
+
+    rows = rows_of(attack_trials([rec("full", [0.0, 0.2]), rec("xattn", [0.0, 0.8])])["gmm-concept"])
+    at10 = {r["model"]: r for r in rows if r["budget"] == 10}
+    assert set(at10) == {"rkl [trainable=full] eps=30", "rkl [trainable=xattn] eps=30"}
+    assert [at10[m]["n"] for m in sorted(at10)] == [1, 1]
+    assert at10["rkl [trainable=xattn] eps=30"]["mean"] == pytest.approx(0.8)
+    assert {r["method"] for r in rows} == {"rkl [trainable=full]", "rkl [trainable=xattn]"}

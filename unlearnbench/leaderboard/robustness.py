@@ -22,7 +22,7 @@ import numpy as np
 
 from unlearnbench.leaderboard.plots import PRETRAINED_COLOR, RETRAINED_COLOR
 from unlearnbench.pareto import grid_sort_key, mean_interval
-from unlearnbench.results import REFERENCE_EVAL, fmt, grid_of, settings_hash, task_key
+from unlearnbench.results import REFERENCE_EVAL, entry_labels, fmt, grid_of, settings_hash, task_key
 
 REF_STYLE = {"pretrained": (PRETRAINED_COLOR, "--"), "retrained": (RETRAINED_COLOR, ":")}
 RATE_MEASURES = {"acc_forget", "regen_rate"}  # shares of n samples (k/n); the mixtures' masses are means of posteriors
@@ -41,19 +41,25 @@ def attack_trials(records: Iterable[dict]) -> dict[str, list[dict]]:
                json.dumps(grid_of(r).get("value")), json.dumps(r.get("seed")))
         if key not in latest or str(r.get("created_at", "")) >= str(latest[key].get("created_at", "")):
             latest[key] = r
+    models = [dict(r, _task=key[0], _settings=key[3]) for key, r in latest.items()
+              if not r["attack"].get("reference")]
+    labels = entry_labels(models)  # "rkl [trainable=xattn]" where a method was attacked with several settings
     out: dict[str, list[dict]] = {}
     for key, r in sorted(latest.items(), key=lambda kv: (kv[0][0], str(kv[1].get("trial_id")), kv[0])):
-        out.setdefault(key[0], []).append(r)
+        entry = labels.get((key[0], key[2], key[3]))
+        out.setdefault(key[0], []).append(dict(r, _entry=entry) if entry else r)
     return out
 
 
 def model_of(r: dict) -> tuple[str, str, Any]:
-    """(model label, method, grid value): a reference by name, else the method and its grid value."""
+    """(model label, entry, grid value): a reference by name, else the entry (the method, with the settings that
+    tell its variants apart where it has several, as on the fronts) and its grid value."""
     ref = r["attack"].get("reference")
     if ref:
         return ref, ref, None
     g = grid_of(r)
-    return f"{r.get('method')} {g.get('param') or 'grid'}={fmt(g.get('value'))}", str(r.get("method")), g.get("value")
+    entry = str(r.get("_entry") or r.get("method"))
+    return f"{entry} {g.get('param') or 'grid'}={fmt(g.get('value'))}", entry, g.get("value")
 
 
 def _order(label_method_value: tuple) -> tuple:
@@ -124,7 +130,7 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
-    """One panel per method: its models' measure (or MIA AUC) against budget with 95 % intervals, darker = larger
+    """One panel per entry: its models' measure (or MIA AUC) against budget with 95 % intervals, darker = larger
     grid value, and in every panel the pretrained network (dashed black) and the retrained one (dotted gold);
     False if nothing to draw."""
     from matplotlib.figure import Figure
@@ -152,7 +158,8 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
     with style():
         fig = Figure(figsize=(3.6 * ncols + 0.4, 2.9 * nrows + 0.5))
         axes = fig.subplots(nrows, ncols, sharex=attack != "mia", sharey=True, squeeze=False).ravel()
-        for ax, method in zip(axes, methods):
+        for ax, method in zip(axes, methods):  # a panel per entry ("rkl [trainable=xattn]"), coloured by its method
+            base = method.split(" [", 1)[0]
             own = [m for m in models if m[1] == method]
             handles, ticks = [], []
             for label, ref, _ in refs:
@@ -171,12 +178,12 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
                 shade = 0.3 + 0.7 * (j + 1) / len(own)
                 if attack == "mia":
                     x = x + (j + 1) / (len(own) + 1) - 0.5
-                    ticks.append((float(x[0]), label.split(" ", 1)[1] if " " in label else label))
-                ax.errorbar(x, y, yerr=err, color=method_color(method), alpha=shade, lw=1.3, marker="o", ms=3.5,
+                    ticks.append((float(x[0]), label[len(method):].strip() or label))
+                ax.errorbar(x, y, yerr=err, color=method_color(base), alpha=shade, lw=1.3, marker="o", ms=3.5,
                             capsize=2, ls="none" if attack == "mia" else "-")
-                handles.append(Line2D([], [], color=method_color(method), alpha=shade, lw=1.3, marker="o", ms=3.5,
-                                      label=label.split(" ", 1)[1] if " " in label else label))
-            ax.set_title(method, fontsize=9, color=method_color(method) if method in {m[1] for m in models} else None)
+                handles.append(Line2D([], [], color=method_color(base), alpha=shade, lw=1.3, marker="o", ms=3.5,
+                                      label=label[len(method):].strip() or label))
+            ax.set_title(method, fontsize=9, color=method_color(base) if method in {m[1] for m in models} else None)
             ax.legend(handles=handles, fontsize=6, loc="best", frameon=False)
             if attack == "mia":
                 ax.axhline(0.5, color="#777777", lw=0.8)
