@@ -1,14 +1,15 @@
 """Robustness leaderboard: the attack records of ``unlearnbench attack`` as a table and plots per task.
 
 Rows are models: every entry and grid value of the run (its seeds pooled), the pretrained network and the retrained
-reference. For each ladder attack, the concept measure at every budget with a 95 % interval (Student's t over seeds;
+reference. Entries are named as on the fronts: a method attacked with several settings appears once per variant
+(``rkl [trainable=xattn]``, in the ``model`` and ``method`` columns), never pooled as seeds of one model. For each ladder attack, the concept measure at every budget with a 95 % interval (Student's t over seeds;
 one seed: Wilson's interval for the k/n rates, else the evaluation stderr) and the steps to half recovery (mean over
 the seeds that reached it, with k/n); for MIA, AUC and TPR at 1 % FPR (t over seeds, or the single seed's bootstrap
 interval). Each model's row says where its interval lies against the retrained reference's at the same budget
 (``vs_retrained``: above, below, overlaps). Output, byte-stable like the rest of the leaderboard::
 
     <task>_robustness.csv              one row per model x attack x budget (x MIA metric)
-    plots/<task>__robustness__<a>.png  measure against budget, a panel per method, both references in each
+    plots/<task>__robustness__<a>.png  measure against budget, a panel per entry, both references in each
     parts/<task>.robustness.html       the page section
 """
 from __future__ import annotations
