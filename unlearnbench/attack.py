@@ -45,8 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from unlearnbench.config import ConfigError, SweepPlan
-from unlearnbench.results import REFERENCE_EVAL  # not an attack: the retrained network scored by task.evaluate
 from unlearnbench.diffusion import add_noise, per_sample_mse, sample_t
+from unlearnbench.results import REFERENCE_EVAL  # not an attack: the retrained network scored by task.evaluate
 from unlearnbench.tasks.base import MetricValue
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import numpy as np
 
 from unlearnbench.cache import config_hash
 from unlearnbench.pareto import _to_float as to_float
-from unlearnbench.pareto import Z95, grid_sort_key, is_rate, mean_interval, wilson
+from unlearnbench.pareto import grid_sort_key, is_rate, mean_interval
 
 logger = logging.getLogger(__name__)
 
@@ -333,16 +333,14 @@ class TaskData:
         cell = [row for row in self._vals_any(metric + PRETRAINED_SUFFIX) if math.isfinite(row["value"])]
         if not cell:
             return None
-        m = float(np.mean([row["value"] for row in cell]))
         counts = [row["n"] for row in cell]
-        if self.rates.get(metric) and all(counts):
-            lo, hi = wilson(m, int(round(float(np.mean(counts)))))
-            return m, lo, hi
         ses = [row["stderr"] for row in cell if row["stderr"] is not None and math.isfinite(row["stderr"])]
-        if not ses:
-            return m, math.nan, math.nan
-        half = Z95 * float(np.mean(ses))
-        return m, m - half, m + half
+        rate = self.rates.get(metric) and all(counts)
+        # one evaluation of one network: mean_interval's single-value case (Wilson for a rate, else +-1.96 x stderr)
+        m, lo, hi, _, _ = mean_interval([float(np.mean([row["value"] for row in cell]))],
+                                        [float(np.mean(ses)) if ses else math.nan],
+                                        [round(float(np.mean(counts)))] if rate else None)
+        return m, lo, hi
 
     def reference_value(self, name: str, metric: str) -> tuple[float, float, float, int, str] | None:
         """A reference network's ``metric`` (``mean_interval`` over its seeds, Wilson-based for a rate), if it was

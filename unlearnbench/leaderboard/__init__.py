@@ -101,7 +101,7 @@ def copy_samples(td: TaskData, out: Path, s: str) -> list[tuple[str, str]]:
         seen.add(key)
         # trial ids repeat across entries of one method (rkl [trainable=full] and [trainable=xattn] both have
         # rkl-eps15-s0): such entries get their own prefix
-        name = slug(r.get("trial_id")) if r["_entry"] == td.method_of(r["_entry"]) else \
+        name = slug(r.get("trial_id")) if r["_entry"] == str(r.get("method")) else \
             f"{slug(r['_entry'])}--{slug(r.get('trial_id'))}"
         rel = f"samples/{s}/{name}{src.suffix.lower() or '.png'}"
         dst = out / rel
