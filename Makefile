@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
-#   make run    create .venv if missing, install, run the default benchmark (digits, CPU, 2 seeds: intervals)
+#   make run    create .venv if missing, install, run the default benchmark (digits, CPU, 2 seeds: intervals;
+#               the pretrained digits networks ship in unlearnbench/pretrained/)
 #   make test   same set-up, then the test suite (offline)
 VENV   ?= .venv
 PYTHON ?= python3

@@ -98,3 +98,79 @@ def test_version_follows_the_code_the_builder_reaches(tmp_path, monkeypatch):
     monkeypatch.setattr(inspect, "getsource", lambda o, _real=inspect.getsource: (
         "changed" if o is diffusion.add_noise else _real(o)))
     assert code_version(digits.load_unet) != before, "pretraining reaches diffusion.add_noise: its source is in the key"
+
+
+def _ship(tmp_path, monkeypatch, key):
+    """Build ``key`` into a scratch cache and lay that file out as the shipped directory; returns (shipped file, build
+    counter of the user's cache)."""
+    import unlearnbench.cache as cache
+
+    src = tmp_path / "maintainer"
+    cached_torch(str(src), "thing", key, _builder([]))
+    monkeypatch.setattr(cache, "SHIPPED_DIR", src)
+    return _only_file(src, "thing")
+
+
+def test_a_cache_miss_is_filled_from_the_shipped_file_without_building(tmp_path, monkeypatch, caplog):
+    import unlearnbench.cache as cache
+
+    caplog.set_level("INFO", logger="unlearnbench.cache")
+    shipped = _ship(tmp_path, monkeypatch, {"n": 3})
+    user, calls = tmp_path / "user", []
+    got = cached_torch(str(user), "thing", {"n": 3}, _builder(calls))
+    assert calls == [] and torch.equal(got["w"], torch.arange(1000, dtype=torch.float32))
+    copied = _only_file(user, "thing")
+    assert copied.read_bytes() == shipped.read_bytes() and copied.with_suffix(".json").exists()
+    assert f"using the shipped {shipped.name}" in caplog.text
+    assert cache.used_artefacts()[-1] == ("thing", copied, "shipped")
+    cached_torch(str(user), "thing", {"n": 4}, _builder(calls))
+    assert calls == [1], "another key is not shipped: built"
+
+
+def test_a_corrupt_or_disabled_shipped_file_is_built_instead(tmp_path, monkeypatch, caplog):
+    shipped = _ship(tmp_path, monkeypatch, {"n": 5})
+    good = shipped.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF
+    shipped.write_bytes(bytes(data))
+    calls: list = []
+    cached_torch(str(tmp_path / "a"), "thing", {"n": 5}, _builder(calls))
+    assert calls == [1] and f"shipped file {shipped} is corrupt: checksum mismatch" in caplog.text
+    shipped.write_bytes(good)
+    monkeypatch.setenv("UNLEARNBENCH_SHIPPED", "0")
+    cached_torch(str(tmp_path / "b"), "thing", {"n": 5}, _builder(calls))
+    assert calls == [1, 1], "UNLEARNBENCH_SHIPPED=0 builds even where a valid shipped file exists"
+
+
+def test_no_builds_names_what_would_be_built(tmp_path):
+    import pytest
+
+    from unlearnbench.cache import NotCached, no_builds
+
+    calls: list = []
+    with pytest.raises(NotCached, match=r"thing is neither in the cache nor shipped \(\w+\.pt, built by"):
+        with no_builds():
+            cached_torch(str(tmp_path), "thing", {"n": 6}, _builder(calls))
+    assert calls == [] and not (tmp_path / "thing").exists()
+    cached_torch(str(tmp_path), "thing", {"n": 6}, _builder(calls))
+    with no_builds() as used:
+        cached_torch(str(tmp_path), "thing", {"n": 6}, _builder(calls))
+    assert calls == [1] and [u[2] for u in used] == ["cache"]
+
+
+def test_the_shipped_digits_artefacts_are_what_the_current_code_builds(tmp_path):
+    """Every artefact of the default digits tasks is shipped under the key the current code gives it: a change to
+    the code that builds one fails here until ``python scripts/ship_pretrained.py`` ships the rebuilt file."""
+    from unlearnbench.cache import SHIPPED_DIR, NotCached, no_builds
+    from unlearnbench.tasks.digits import pretrain
+
+    try:
+        with no_builds() as used:
+            pretrain("digits", cache_dir=str(tmp_path), progress=False)
+    except NotCached as e:
+        raise AssertionError(f"{e}: refresh with python scripts/ship_pretrained.py") from e
+    kinds = {kind for kind, _, _ in used}
+    assert kinds == {"digits-unet", "digits-classifier", "digits-pool", "digits-data-unet", "digits-data-pool"}
+    assert {source for _, _, source in used} <= {"shipped", "cache"} and "shipped" in {s for _, _, s in used}
+    shipped = {p.relative_to(SHIPPED_DIR) for p in SHIPPED_DIR.glob("*/*.pt")}
+    assert shipped == {p.relative_to(tmp_path) for _, p, _ in used}, "no stale files ship"

@@ -1,5 +1,12 @@
 """On-disk cache for expensive shared artefacts (pretrained models, reference features), keyed by the hash of their
-configuration and of the code that built them; every load is checked against a stored sha256."""
+configuration and of the code that built them; every load is checked against a stored sha256.
+
+The package ships the artefacts of the default digits benchmark (``unlearnbench/pretrained/``, laid out as a cache
+directory): the networks behind the committed leaderboards. On a miss in the user's cache, a shipped file with the
+same key and code version is verified and copied in instead of building it; ``UNLEARNBENCH_SHIPPED=0`` (or
+``unlearnbench pretrain --no-shipped``) builds everything here instead. A shipped file built by older code has another
+key, so it is never used in place of what the current code builds.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +17,63 @@ import os
 import sys
 import tempfile
 import types
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 logger = logging.getLogger(__name__)
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+def shipped_enabled() -> bool:
+    """Whether a cache miss may be filled from :data:`SHIPPED_DIR` (``UNLEARNBENCH_SHIPPED=0`` turns it off)."""
+    return os.environ.get("UNLEARNBENCH_SHIPPED", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class NotCached(LookupError):
+    """Raised inside :func:`no_builds` where an artefact would have to be built."""
+
+    def __init__(self, kind: str, path: Path, builder: str):
+        super().__init__(f"{kind} is neither in the cache nor shipped ({path.name}, built by {builder})")
+        self.kind, self.path, self.builder = kind, path, builder
+
+
+_NO_BUILDS = False
+_USED: list[tuple[str, Path, str]] = []  # (kind, path in the cache, where it came from) of every cached_torch call
+
+
+@contextmanager
+def no_builds() -> Iterator[list[tuple[str, Path, str]]]:
+    """Within the block, :func:`cached_torch` raises :class:`NotCached` instead of building. Yields a list that, when
+    the block ends, holds the ``(kind, path, source)`` it resolved (source: ``cache`` or ``shipped``)."""
+    global _NO_BUILDS
+    prev, _NO_BUILDS = _NO_BUILDS, True
+    start = len(_USED)
+    out: list[tuple[str, Path, str]] = []
+    try:
+        yield out
+    finally:
+        _NO_BUILDS = prev
+        out.extend(_USED[start:])
+
+
+def artefact_digests(kinds: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``{kind: sha256 prefix}`` of the file of each kind this process loaded last (kinds it did not load are left
+    out): which pretrained networks and pools a record's numbers come from."""
+    out: dict[str, str] = {}
+    for kind, path, _ in _USED:
+        if kind in kinds:
+            try:
+                out[kind] = str(json.loads(path.with_suffix(".json").read_text())["sha256"])[:16]
+            except (OSError, ValueError, KeyError):
+                out.pop(kind, None)
+    return out
+
+
+def used_artefacts() -> list[tuple[str, Path, str]]:
+    """``(kind, path, source)`` of every artefact resolved in this process so far (source: cache, shipped, built)."""
+    return list(_USED)
 
 
 def default_cache_dir() -> str:
@@ -137,9 +197,10 @@ def _load_verified(path: Path) -> Any:
 
 
 def cached_torch(cache_dir: str, kind: str, key_obj: Any, build: Callable[[], Any]) -> Any:
-    """The ``torch.save``-d object at (key, code version of ``build``), verified against its checksum; built, saved
-    atomically with its key and checksum beside it, and returned when missing. A corrupt file (truncated, flipped
-    bytes, a torch load error) is reported by name and rebuilt."""
+    """The ``torch.save``-d object at (key, code version of ``build``), verified against its checksum. When missing,
+    the shipped copy (:data:`SHIPPED_DIR`, same file name) is verified and copied in; otherwise it is built, saved
+    atomically with its key and checksum beside it, and returned. A corrupt file (truncated, flipped bytes, a torch
+    load error) is reported by name and rebuilt."""
     import io
 
     import torch
@@ -150,15 +211,31 @@ def cached_torch(cache_dir: str, kind: str, key_obj: Any, build: Callable[[], An
         try:
             obj = _load_verified(path)
             logger.debug("cache hit %s", path)
+            _USED.append((kind, path, "cache"))
             return obj
         except _Corrupt as e:
             logger.warning("cache file %s is corrupt: %s; rebuilding it", path, e)
+    shipped = SHIPPED_DIR / kind / path.name
+    if shipped_enabled() and shipped.exists():
+        try:
+            obj = _load_verified(shipped)
+            atomic_write_bytes(path, shipped.read_bytes())
+            atomic_write_bytes(path.with_suffix(".json"), shipped.with_suffix(".json").read_bytes())
+            logger.info("%s: using the shipped %s (UNLEARNBENCH_SHIPPED=0 builds it here instead)", kind, shipped.name)
+            _USED.append((kind, path, "shipped"))
+            return obj
+        except _Corrupt as e:
+            logger.warning("shipped file %s is corrupt: %s; building it instead", shipped, e)
+    builder = f"{build.__module__}.{build.__qualname__}"
+    if _NO_BUILDS:
+        raise NotCached(kind, path, builder)
     obj = build()
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
-    meta = {"key": key_obj, "code": code, "builder": f"{build.__module__}.{build.__qualname__}",
+    meta = {"key": key_obj, "code": code, "builder": builder,
             "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     atomic_write_bytes(path, data)
     atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, sort_keys=True, indent=1, default=str).encode())
+    _USED.append((kind, path, "built"))
     return obj

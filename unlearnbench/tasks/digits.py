@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unlearnbench.cache import cached_torch
+from unlearnbench.cache import artefact_digests, cached_torch
 from unlearnbench.diffusion import Schedule, add_noise, ddim_sample, guided, predict_x0
 from unlearnbench.metrics.base import spec
 from unlearnbench.models import (CLASSIFIER_DEFAULTS, NULL_PROMPT, PRETRAIN_DEFAULTS, UNET_DEFAULTS, CondUNet,
@@ -355,6 +355,12 @@ class _DigitsTask(Task):
                            "split": _split()}
         return self._state
 
+    artefacts: tuple[str, ...] = ("digits-unet", "digits-classifier")
+
+    def describe(self) -> dict[str, Any]:
+        """Adds ``pretrained``: the sha256 prefix of each cached network and pool the evaluation used."""
+        return {**super().describe(), "pretrained": artefact_digests(self.artefacts)}
+
     def _bundle(self, net: CondUNet, kind: str, device, **kw) -> ModelBundle:
         device = torch.device(device)
         ref = frozen_copy(net).to(device)
@@ -405,6 +411,7 @@ class DigitsConceptTask(_DigitsTask):
     # the KL proxy of a working model is a few nats
     sane_ranges = {"acc_*": (0.0, 1.0), "kid_*": (-0.05, 2.0), "kl_proxy_kept": (-1.0, 500.0)}
     pretrained_points = ("acc_forget", "acc_kept", "kid_kept", "kl_proxy_kept")
+    artefacts = ("digits-unet", "digits-classifier", "digits-pool")
 
     def prepare(self, progress: bool = True) -> None:
         st = self._base(progress)
@@ -514,6 +521,7 @@ class DigitsDataTask(_DigitsTask):
              "forget_bpd": ("unlearning", True, "ELBO bits/dim of the forget images (continuous density)"),
              "retain_bpd": ("retention", False, "ELBO bits/dim of held-out retained images"),
              "forget_nll_ode": ("info", True, "probability-flow ODE NLL of the forget images (bits/dim)")}
+    artefacts = ("digits-unet", "digits-classifier", "digits-data-unet", "digits-data-pool")
     grids = {
         "eps": {"fkl": [20.0, 50.0, 100.0, 200.0, 400.0, 800.0], "siss": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]},
         "smoke": {"fkl": [50.0, 400.0], "siss": [0.3, 3.0]},
