@@ -4,8 +4,11 @@ a new run and the reference records share, seed values against seed values.
     python scripts/reproduce_check.py runs/digits-concept-20261201-205819 [--reference leaderboards/records]
                                       [--roles unlearning,retention] [--alpha 0.05]
 
-Runs on another machine (or after a cache rebuild) are not bit-identical: the pretrained weights differ in the last
-float digits (other thread counts reorder sums) and training amplifies that. So the question is statistical. A
+First, trial by trial: the values of every (entry, grid value, seed, metric) both sides ran, and how many are identical
+to the last bit. With the shipped pretrained networks (``unlearnbench/pretrained/``) a run on the same kind of machine
+can reproduce the committed trials exactly. On another machine, or after a cache rebuild, runs are not
+bit-identical: other CPUs and thread counts reorder float sums, and training amplifies that. So the main question is
+statistical. A
 metric is compared with Welch's t-test over seeds where both sides have two seeds or more (and some spread). Else a
 rate (``k/n`` of evaluation samples) is compared with Fisher's exact test on the pooled counts, which ignores
 seed-to-seed variation and so says "differs" too readily (two seeds of one committed run already differ at
@@ -71,6 +74,21 @@ def compare(new, ref, roles: set[str], alpha: float):
     return out
 
 
+def identical(new, ref, roles: set[str]) -> tuple[int, int, float]:
+    """(shared values, values identical to the last bit, largest relative difference) over the (task, forget set,
+    entry, grid value, seed, metric) that both sides have, ok trials only."""
+    keys = KEYS[:-1] + ["seed", "metric"]
+    pick = [(d[(d["status"] == "ok") & d["role"].isin(roles)].drop_duplicates(keys, keep="last")
+             .set_index(keys)["value"].astype(float)) for d in (new, ref)]
+    a, b = pick[0].align(pick[1], join="inner")
+    if not len(a):
+        return 0, 0, 0.0
+    same = (a.to_numpy() == b.to_numpy()) | (np.isnan(a.to_numpy()) & np.isnan(b.to_numpy()))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.abs(a.to_numpy() - b.to_numpy()) / np.maximum(np.abs(b.to_numpy()), 1e-12)
+    return len(a), int(same.sum()), float(np.nanmax(np.where(same, 0.0, rel)))
+
+
 def main(argv: list[str] | None = None) -> int:
     import unlearnbench
     from unlearnbench.results import fmt
@@ -83,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not 0 < args.alpha < 1:
         ap.error(f"--alpha {args.alpha} is out of range; valid: 0 < alpha < 1")
-    rows = compare(unlearnbench.load_results(args.new), unlearnbench.load_results([args.reference]),
-                   set(args.roles.split(",")), args.alpha)
+    new_df, ref_df = unlearnbench.load_results(args.new), unlearnbench.load_results([args.reference])
+    roles = set(args.roles.split(","))
+    rows = compare(new_df, ref_df, roles, args.alpha)
     if not rows:
         print(f"nothing in common between {', '.join(args.new)} and {args.reference} (task, forget set, entry, grid "
               f"value and metric must match)", file=sys.stderr)
@@ -101,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{differ} of {len(tested)} comparisons differ at p < {args.alpha:g} (by chance alone about "
           f"{args.alpha * len(tested):.1f}); {len(rows) - len(tested)} not testable (fewer than two seeds, or no "
           f"spread)")
+    shared, same, worst = identical(new_df, ref_df, roles)
+    print(f"trial by trial: {same} of {shared} values that both ran (same entry, grid value and seed) are identical "
+          f"to the last bit" + (f"; the others differ by up to {worst:.3g} relative" if same < shared else ""))
     return 0
 
 

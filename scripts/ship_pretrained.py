@@ -5,8 +5,9 @@
 Resolves everything the default digits tasks need (``unlearnbench pretrain --task digits``: the UNet, the classifier,
 the sample pools, the digits-data fine-tune), from ``DIR`` (default: the user cache), building what is missing there,
 and copies those files, each with its key, code version and sha256, into ``unlearnbench/pretrained/<kind>/``; older
-shipped files of the same kinds are removed. Run it after a change to the code that builds them (the test
-``test_shipped.py`` fails until then), and rebuild the committed digits leaderboards with the new networks.
+shipped files of the same kinds are removed. Run it after a change to the code that builds them (until then
+``tests/test_cache.py::test_the_shipped_digits_artefacts_are_what_the_current_code_builds`` fails), then rebuild
+the committed digits leaderboards on the new networks.
 """
 from __future__ import annotations
 

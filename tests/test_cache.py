@@ -174,3 +174,19 @@ def test_the_shipped_digits_artefacts_are_what_the_current_code_builds(tmp_path)
     assert {source for _, _, source in used} <= {"shipped", "cache"} and "shipped" in {s for _, _, s in used}
     shipped = {p.relative_to(SHIPPED_DIR) for p in SHIPPED_DIR.glob("*/*.pt")}
     assert shipped == {p.relative_to(tmp_path) for _, p, _ in used}, "no stale files ship"
+
+
+def test_pretrain_command_reports_where_each_network_came_from(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from unlearnbench.cache import NotCached, no_builds
+    from unlearnbench.cli.main import main
+
+    assert main(["pretrain", "--task", "digits", "--cache-dir", str(tmp_path / "a")]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("digits-") and "(" in ln]
+    assert sorted(ln.split(":")[0] for ln in lines) == sorted(
+        ["digits-unet", "digits-classifier", "digits-pool", "digits-data-unet", "digits-data-pool"])
+    assert all(": shipped (" in ln for ln in lines), lines
+    monkeypatch.setenv("UNLEARNBENCH_SHIPPED", "1")  # restored after the test: --no-shipped sets it to 0
+    with pytest.raises(NotCached, match="digits-unet is neither in the cache nor shipped"), no_builds():
+        main(["pretrain", "--task", "digits", "--no-shipped", "--cache-dir", str(tmp_path / "b")])

@@ -258,10 +258,14 @@ def pretrain(args) -> int:
     if args.task == "digits":
         from unlearnbench.tasks.digits import pretrain as digits_pretrain
 
+        start = len(used_artefacts())
         report = digits_pretrain("digits", cache_dir=args.cache_dir, progress=True)
         for k, v in (report or {}).items():
             print(f"{k}: {v}")
-        for kind, path, source in used_artefacts():
+        first: dict[tuple[str, object], str] = {}
+        for kind, path, source in used_artefacts()[start:]:
+            first.setdefault((kind, path), source)  # the data task loads the base UNet again, from the cache
+        for (kind, path), source in first.items():
             print(f"{kind}: {source} ({path})")
         return 0
     try:
