@@ -23,7 +23,7 @@ from unlearnbench.tasks.digits import pretrain  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache-dir", default=None, help="cache to ship from (default: %(default)s = the user cache)")
+    ap.add_argument("--cache-dir", default=None, help="cache to ship from (default: the user cache)")
     args = ap.parse_args()
     pretrain("digits", cache_dir=args.cache_dir or default_cache_dir(), progress=True)
     keep: dict[str, set[str]] = {}

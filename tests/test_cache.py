@@ -101,8 +101,7 @@ def test_version_follows_the_code_the_builder_reaches(tmp_path, monkeypatch):
 
 
 def _ship(tmp_path, monkeypatch, key):
-    """Build ``key`` into a scratch cache and lay that file out as the shipped directory; returns (shipped file, build
-    counter of the user's cache)."""
+    """Build ``key`` into a scratch cache and make that cache the shipped directory; returns the shipped file."""
     import unlearnbench.cache as cache
 
     src = tmp_path / "maintainer"

@@ -69,7 +69,7 @@ def add_validate_parser(sub) -> None:
 
 
 def add_pretrain_parser(sub) -> None:
-    p = sub.add_parser("pretrain", help="train and cache a task's pretrained model(s)",
+    p = sub.add_parser("pretrain", help="train and cache a task's pretrained model(s), or copy the shipped ones",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="example:\n  unlearnbench pretrain --task digits")
     p.add_argument("--task", default="digits", help="a task name, or 'digits' for both digits tasks")
