@@ -328,3 +328,4 @@ def test_two_variants_of_a_method_are_two_models_not_two_seeds():
     assert [at10[m]["n"] for m in sorted(at10)] == [1, 1]
     assert at10["rkl [trainable=xattn] eps=30"]["mean"] == pytest.approx(0.8)
     assert {r["method"] for r in rows} == {"rkl [trainable=full]", "rkl [trainable=xattn]"}
+    assert {r["base_method"] for r in rows} == {"rkl"}, "both variants take rkl's colour"

@@ -79,7 +79,8 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
     rows = []
     for (attack, label, method, value) in sorted(groups, key=lambda k: (k[0], _order(k[1:]))):
         rs = sorted(groups[(attack, label, method, value)], key=lambda r: grid_sort_key(r.get("seed")))
-        base = {"attack": attack, "model": label, "method": method, "grid_value": value}
+        base = {"attack": attack, "model": label, "method": method, "grid_value": value,
+                "base_method": method if method in REF_STYLE else str(rs[0].get("method"))}  # colour; not a column
         if attack == "mia":
             for metric in ("mia_auc", "mia_tpr_at_1fpr"):
                 vals = [r["metrics"][metric]["value"] for r in rs if metric in r["metrics"]]
@@ -144,6 +145,7 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
         return False
     models = sorted({(r["model"], r["method"], json.dumps(r["grid_value"])) for r in rows},
                     key=lambda k: _order((k[0], k[1], json.loads(k[2]))))
+    base_of = {r["method"]: r["base_method"] for r in rows}  # entry -> its method, whose colour it takes
     refs = [m for m in models if m[1] in REF_STYLE]
     methods = list(dict.fromkeys(m[1] for m in models if m[1] not in REF_STYLE)) or ["(references only)"]
     ncols = min(3, len(methods))
@@ -160,7 +162,7 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
         fig = Figure(figsize=(3.6 * ncols + 0.4, 2.9 * nrows + 0.5))
         axes = fig.subplots(nrows, ncols, sharex=attack != "mia", sharey=True, squeeze=False).ravel()
         for ax, method in zip(axes, methods):  # a panel per entry ("rkl [trainable=xattn]"), coloured by its method
-            base = method.split(" [", 1)[0]
+            base = base_of.get(method, method)
             own = [m for m in models if m[1] == method]
             handles, ticks = [], []
             for label, ref, _ in refs:
