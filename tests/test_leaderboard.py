@@ -231,6 +231,12 @@ def test_a_zoom_panel_only_where_the_points_crowd_into_a_corner_of_the_full_view
     assert x0 < 0.0 and 0.18 < x1 < 0.3 and 0.9 < y0 < 0.97 and y1 > 1.0  # the bulk; the outlier left out
     spread = np.column_stack([np.linspace(0, 1, 10), np.linspace(0.7, 1.0, 10)])
     assert zoom_limits(spread, (-0.05, 1.05), (0.68, 1.02)) is None
+    # The full view stops at a fixed hypervolume reference (kid_kept 0.1 on digits-concept), the points beyond it
+    # drawn as edge triangles: the zoom was taller than the "full view" (up to 0.14); it now stays inside it.
+    kid = np.column_stack([rng.uniform(0, 0.2, 20), rng.uniform(-0.02, 0.1, 20)])
+    kid = np.vstack([kid, [[0.01, 0.14], [0.0, 0.12], [0.02, 0.13], [0.19, 0.25]], [[1.0, -0.01]]])
+    (x0, x1), (y0, y1) = zoom_limits(kid[:-1], (-0.05, 1.05), (-0.03, 0.06))
+    assert -0.05 <= x0 < x1 <= 0.3 and -0.03 <= y0 < y1 <= 0.06
 
 
 def test_two_entries_of_one_method_keep_their_own_sample_grids(tmp_path):
@@ -249,3 +255,26 @@ def test_two_entries_of_one_method_keep_their_own_sample_grids(tmp_path):
     files = sorted(result["tasks"]["toy-data"]["samples"])
     assert len(files) == 4 and len({Path(f).read_bytes() for f in files}) == 2
     assert len({Path(f).name for f in files}) == 4
+
+
+def test_summary_cells_show_three_significant_digits_and_keep_the_full_values_in_their_tooltip(built):
+    import csv
+    import re
+
+    from unlearnbench.leaderboard.page import short
+
+    assert [short(x) for x in (0.0713831, 190.296, 27735.3, -0.0, 5e22, 1.0, 7, None)] == \
+        ["0.0714", "190", "27700", "0", "5e+22", "1", "7", ""]
+    tmp, _, _ = built
+    out = tmp / "out"
+    page = (out / "index.html").read_text(encoding="utf-8")
+    cells = re.findall(r'<span title="([^"]+)">([^<]+)</span>', page)
+    rows = list(csv.DictReader((out / "toy-concept.csv").open()))
+    hv = next(c for c in rows[0] if c.startswith("hv["))
+    full = f"{rows[0][hv]} [{rows[0][hv + '_lo']}, {rows[0][hv + '_hi']}]"
+    assert full in dict(cells)  # the CSV's precision in the tooltip
+    shown = dict(cells)[full]
+    assert shown == f"{short(float(rows[0][hv]))} [{short(float(rows[0][hv + '_lo']))}, " \
+                    f"{short(float(rows[0][hv + '_hi']))}]"
+    assert all(len(re.sub(r"[^0-9]", "", n.split("e")[0]).lstrip("0")) <= 3
+               for _, s in cells for n in re.findall(r"-?[0-9.]+(?:e[+-][0-9]+)?", s))

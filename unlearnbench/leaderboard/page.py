@@ -12,6 +12,8 @@ import html
 import math
 from typing import Any, Sequence
 
+import numpy as np
+
 from unlearnbench.leaderboard.plots import method_color
 from unlearnbench.leaderboard.stats import common_levels
 from unlearnbench.leaderboard.tables import reference_notes
@@ -24,7 +26,7 @@ figure{display:inline-block;margin:0.4em;vertical-align:top}img.plot{max-width:1
 img.sample{image-rendering:pixelated;max-width:100%}figcaption{font-size:12px}
 .holds{color:#070;font-weight:bold}.fails{color:#a00;font-weight:bold}.inconclusive{color:#a60;font-weight:bold}
 .nodata{color:#777}.swatch{display:inline-block;width:0.8em;height:0.8em;margin-right:0.3em;border-radius:2px}
-.note{color:#555;font-size:13px}"""
+.note{color:#555;font-size:13px}.nw{white-space:nowrap}"""
 
 
 def e(s: Any) -> str:
@@ -36,18 +38,34 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[s
     def cls(h: str) -> str:
         return ' class="l"' if h in left else ""
 
-    out = ['<div class="scroll"><table>', "<tr>" + "".join(f"<th{cls(h)}>{e(h)}</th>" for h in header) + "</tr>"]
+    def head(h: str) -> str:  # long metric names may wrap after "@" and "/" rather than widen the table
+        return e(h).replace("@", "@<wbr>").replace("/", "/<wbr>")
+
+    out = ['<div class="scroll"><table>', "<tr>" + "".join(f"<th{cls(h)}>{head(h)}</th>" for h in header) + "</tr>"]
     for row in rows:
         out.append("<tr>" + "".join(f"<td{cls(h)}>{v if raw else e(v)}</td>" for h, v in zip(header, row)) + "</tr>")
     out.append("</table></div>")
     return "\n".join(out)
 
 
+def short(x: Any) -> str:
+    """A number as the page's summary shows it: 3 significant digits, plain up to 999999 (the CSVs, and each
+    summary cell's tooltip, keep :func:`fmt`'s 6)."""
+    if not isinstance(x, (float, np.floating)) or not fmt(x):
+        return fmt(x)
+    v = float(f"{float(x):.3g}")
+    return "0" if v == 0 else f"{v:.0f}" if 1e3 <= abs(v) < 1e6 else f"{v:.3g}"
+
+
 def _ci(v: dict, col: str) -> str:
+    """HTML of a value and its 95 % interval, 3 significant digits, the full values in its tooltip."""
     if not fmt(v.get(col)):
         return ""
-    lo, hi = fmt(v.get(f"{col}_lo")), fmt(v.get(f"{col}_hi"))
-    return f"{fmt(v.get(col))} [{lo}, {hi}]" if lo and hi else fmt(v.get(col))
+    mean, lo, hi = v.get(col), v.get(f"{col}_lo"), v.get(f"{col}_hi")
+    if not (fmt(lo) and fmt(hi)):
+        return f'<span title="{e(fmt(mean))}">{e(short(mean))}</span>'
+    full, shown = f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}]", f"{short(mean)} [{short(lo)}, {short(hi)}]"
+    return f'<span title="{e(full)}">{e(shown)}</span>'
 
 
 def _swatch(method: str) -> str:
@@ -67,15 +85,15 @@ def summary_fragment(td: TaskData, slug: str, rows: list[dict]) -> str:
     header += [label for _, label in cols] + ["converged", "constraints met"]
     body = []
     for v in rows:
-        body.append([e(fmt(v.get("rank"))), _swatch(v["method"]) + e(v["entry"]),
+        body.append([e(fmt(v.get("rank"))), f'<span class="nw">{_swatch(v["method"])}{e(v["entry"])}</span>',
                      e(f"{v['n_ok']} / {v['n_diverged']} / {v['n_failed']}"), e(fmt(v["seeds"])), e(v["interval"])]
-                    + [e(_ci(v, c)) for c, _ in cols] + [e(v["converged"] or "-"), e(v["constraints_met"] or "-")])
+                    + [_ci(v, c) for c, _ in cols] + [e(v["converged"] or "-"), e(v["constraints_met"] or "-")])
     notes = [f"{e(a)}: hypervolume reference {e(ref)}" for a, ref in reference_notes(td).items()]
     metrics = list(dict.fromkeys(m for axis in td.axes for m in axis))
 
     def shown(vals: list) -> str:
-        return "; ".join(f"{m} = {fmt(v[0])} [{fmt(v[1])}, {fmt(v[2])}]" if math.isfinite(v[1]) else
-                         f"{m} = {fmt(v[0])}" for m, v in vals if v is not None) or "-"
+        return "; ".join(f"{m} = {short(v[0])} [{short(v[1])}, {short(v[2])}]" if math.isfinite(v[1]) else
+                         f"{m} = {short(v[0])}" for m, v in vals if v is not None) or "-"
 
     pre = [(m, td.pretrained_value(m)) for m in metrics]
     if any(v is not None for _, v in pre):

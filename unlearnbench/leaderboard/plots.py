@@ -156,12 +156,17 @@ ZOOM_FENCE = 1.5  # Tukey's fence: points beyond it are left to the full view (d
 
 
 def zoom_limits(pts: np.ndarray, xlim: tuple, ylim: tuple) -> tuple[tuple, tuple] | None:
-    """Limits of a zoom on the bulk of the methods' points (quartiles +- 1.5 IQR), or None when the full view already
-    shows them at a readable scale (they span at least ZOOM_SHARE of both axes)."""
+    """Limits of a zoom on the bulk of the methods' points (quartiles +- 1.5 IQR, within the full view's limits), or
+    None when the full view already shows them at a readable scale (they span at least ZOOM_SHARE of both axes)."""
     pts = pts[np.all(np.isfinite(pts), axis=1)]
     if pts.shape[0] < 3:
         return None
-    zx, zy = (robust_limits(pts[:, i], fence=True, k=ZOOM_FENCE) for i in range(2))
+    zoom = []
+    for i, full in enumerate((xlim, ylim)):  # never wider than the full view on either axis
+        z = robust_limits(pts[:, i], fence=True, k=ZOOM_FENCE)
+        lo, hi = max(z[0], full[0]), min(z[1], full[1])
+        zoom.append((lo, hi) if lo < hi else full)
+    zx, zy = zoom
     share = min((zx[1] - zx[0]) / max(xlim[1] - xlim[0], 1e-300), (zy[1] - zy[0]) / max(ylim[1] - ylim[0], 1e-300))
     return (zx, zy) if share < ZOOM_SHARE else None
 
@@ -244,7 +249,9 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
         title = f"{td.name}: {axis[1]} vs {axis[0]}{primary}\nseed means, {how}; labels = grid value"
         if zoom:
             fig.suptitle(title, fontsize=9.5, y=1.06)
-            axes[0].set_title("full view", fontsize=9)
+            axes[0].set_title("full view" + (f"; {off} beyond the hypervolume reference: edge triangles"
+                                             if off and ref_src == "fixed" else
+                                             f"; {off} outliers: edge triangles" if off else ""), fontsize=9)
             _, zoff = _panel(axes[1], td, axis, series, curves, zoom, styles)
             axes[1].set_title(f"zoom on the bulk of the points (quartiles ± {ZOOM_FENCE:g} IQR)"
                               + (f"; {zoff} beyond it: triangles on the edge" if zoff else ""), fontsize=9)
