@@ -329,3 +329,31 @@ def test_two_variants_of_a_method_are_two_models_not_two_seeds():
     assert at10["rkl [trainable=xattn] eps=30"]["mean"] == pytest.approx(0.8)
     assert {r["method"] for r in rows} == {"rkl [trainable=full]", "rkl [trainable=xattn]"}
     assert {r["base_method"] for r in rows} == {"rkl"}, "both variants take rkl's colour"
+
+
+def test_a_perfectly_separated_mia_is_not_certain():
+    """One forget image ranked above all 256 held-out digits: AUC 1 with a [1, 1] bootstrap on every seed. Its
+    interval must be at least Wilson's for 256 held-out (one seed) or 3 x 256 (three seeds); TPR at 1 % FPR, a share
+    of one distinct member, at least Wilson's for 1/1 (or 3/3)."""
+    from unlearnbench.leaderboard.robustness import attack_trials, rows_of
+    from unlearnbench.pareto import wilson
+
+    def rec(seed):
+        return {"trial_id": f"mia-0--fkl-eps20-s{seed}", "created_at": "2026-01-01", "status": "ok", "seed": seed,
+                "method": "fkl", "method_config": {"eps": 20.0}, "grid": {"param": "eps", "value": 20.0},
+                "task": {"name": "digits-data", "options": {}},
+                "metrics": {m: {"value": 1.0, "stderr": 0.0, "n": 1, "role": "robustness"}
+                            for m in ("mia_auc", "mia_tpr_at_1fpr")},
+                "attack": {"name": "mia", "reference": None, "budgets": [0], "measure": "regen_rate",
+                           "intervals": {"mia_auc": [1.0, 1.0], "mia_tpr_at_1fpr": [1.0, 1.0], "n_heldout": 256}}}
+
+    for seeds in ([0], [0, 1, 2]):
+        rows = {r["metric"]: r for r in rows_of(attack_trials([rec(s) for s in seeds])["digits-data"])}
+        auc, tpr = rows["mia_auc"], rows["mia_tpr_at_1fpr"]
+        assert auc["mean"] == 1.0 and auc["n"] == len(seeds) and auc["ci_hi"] == 1.0
+        assert auc["ci_lo"] == pytest.approx(wilson(1.0, 256 * len(seeds))[0]) and auc["ci_lo"] < 0.996
+        assert tpr["ci_lo"] == pytest.approx(wilson(1.0, len(seeds))[0]) and tpr["ci_lo"] < 0.6
+    legacy = rec(0)
+    del legacy["attack"]["intervals"]["n_heldout"]  # a record without the counts keeps its bootstrap interval
+    rows = {r["metric"]: r for r in rows_of(attack_trials([legacy])["digits-data"])}
+    assert (rows["mia_auc"]["ci_lo"], rows["mia_auc"]["ci_hi"]) == (1.0, 1.0)

@@ -5,7 +5,7 @@ reference. Entries are named as on the fronts: a method attacked with several se
 (``rkl [trainable=xattn]``, in the ``model`` and ``method`` columns), never pooled as seeds of one model. For each ladder attack, the concept measure at every budget with a 95 % interval (Student's t over seeds;
 one seed: Wilson's interval for the k/n rates, else the evaluation stderr) and the steps to half recovery (mean over
 the seeds that reached it, with k/n); for MIA, AUC and TPR at 1 % FPR (t over seeds, or the single seed's bootstrap
-interval). Each model's row says where its interval lies against the retrained reference's at the same budget
+interval; either widened to at least a rate's Wilson interval, see :func:`mia_counts`). Each model's row says where its interval lies against the retrained reference's at the same budget
 (``vs_retrained``: above, below, overlaps). Output, byte-stable like the rest of the leaderboard::
 
     <task>_robustness.csv              one row per model x attack x budget (x MIA metric)
@@ -84,10 +84,11 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
         if attack == "mia":
             for metric in ("mia_auc", "mia_tpr_at_1fpr"):
                 vals = [r["metrics"][metric]["value"] for r in rs if metric in r["metrics"]]
-                m, lo, hi, n, src = mean_interval(vals, [r["metrics"][metric]["stderr"] for r in rs])
-                if n == 1:  # one seed: its bootstrap percentile interval
-                    lo, hi = rs[0]["attack"].get("intervals", {}).get(metric, [lo, hi])
-                    src = "bootstrap"
+                m, lo, hi, n, src = mean_interval(vals, [r["metrics"][metric]["stderr"] for r in rs],
+                                                  mia_counts(rs, metric))
+                if n == 1:  # one seed: its bootstrap percentile interval, at least the counts' Wilson interval
+                    blo, bhi = rs[0]["attack"].get("intervals", {}).get(metric, [lo, hi])
+                    lo, hi, src = min(lo, blo), max(hi, bhi), "bootstrap"
                 rows.append({**base, "metric": metric, "budget": None, "mean": m, "ci_lo": lo, "ci_hi": hi, "n": n,
                              "interval": src, "steps_to_half": None, "half_reached": None})
             continue
@@ -114,6 +115,16 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
         r["vs_retrained"] = None if r["model"] in REF_STYLE else vs_reference(r, ref.get((r["attack"], r["metric"],
                                                                                          r["budget"])))
     return rows
+
+
+def mia_counts(rs: list[dict], metric: str) -> list[int] | None:
+    """The ``n`` behind each seed's MIA metric, so that its interval is at least a rate's (a perfectly separated forget
+    set gives AUC 1 with a zero-width bootstrap and no spread over seeds): the AUC ranks each member against
+    ``n_heldout`` held-out samples, so it is no surer than a rate of ``n_heldout``; TPR at 1 % FPR is a share of the
+    ``n`` distinct members. None where a record lacks them (the t or bootstrap interval alone)."""
+    counts = [(r["attack"].get("intervals") or {}).get("n_heldout") if metric == "mia_auc" else
+              (r["metrics"].get(metric) or {}).get("n") for r in rs]
+    return counts if all(isinstance(c, int) and c > 0 for c in counts) else None
 
 
 def vs_reference(row: dict, ref: dict | None) -> str | None:
