@@ -1,12 +1,14 @@
 """Robustness leaderboard: the attack records of ``unlearnbench attack`` as a table and plots per task.
 
 Rows are models: every entry and grid value of the run (its seeds pooled), the pretrained network and the retrained
-reference. Entries are named as on the fronts: a method attacked with several settings appears once per variant
-(``rkl [trainable=xattn]``, in the ``model`` and ``method`` columns), never pooled as seeds of one model. For each ladder attack, the concept measure at every budget with a 95 % interval (Student's t over seeds;
-one seed: Wilson's interval for the k/n rates, else the evaluation stderr) and the steps to half recovery (mean over
-the seeds that reached it, with k/n); for MIA, AUC and TPR at 1 % FPR (t over seeds, or the single seed's bootstrap
-interval; either widened to at least a rate's Wilson interval, see :func:`mia_counts`). Each model's row says where its interval lies against the retrained reference's at the same budget
-(``vs_retrained``: above, below, overlaps). Output, byte-stable like the rest of the leaderboard::
+reference. Entries are named as on the fronts: a method attacked with several settings appears once per variant (``rkl
+[trainable=xattn]``, in the ``model`` and ``method`` columns), never pooled as seeds of one model. For each ladder
+attack, the concept measure at every budget with a 95 % interval (Student's t over seeds; one seed: Wilson's interval
+for the k/n rates, else the evaluation stderr) and the steps to half recovery (mean over the seeds that reached it,
+with k/n); for MIA, AUC and TPR at 1 % FPR (t over seeds, or the single seed's bootstrap interval; either widened to
+at least a rate's Wilson interval, see :func:`mia_counts`). Each model's row says where its interval lies against the
+retrained reference's at the same budget (``vs_retrained``: above, below, overlaps). Output, byte-stable like the rest
+of the leaderboard::
 
     <task>_robustness.csv              one row per model x attack x budget (x MIA metric)
     plots/<task>__robustness__<a>.png  measure against budget, a panel per entry, both references in each
@@ -84,11 +86,11 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
         if attack == "mia":
             for metric in ("mia_auc", "mia_tpr_at_1fpr"):
                 vals = [r["metrics"][metric]["value"] for r in rs if metric in r["metrics"]]
-                m, lo, hi, n, src = mean_interval(vals, [r["metrics"][metric]["stderr"] for r in rs],
-                                                  mia_counts(rs, metric))
+                counts = mia_counts(rs, metric)
+                m, lo, hi, n, src = mean_interval(vals, [r["metrics"][metric]["stderr"] for r in rs], counts)
                 if n == 1:  # one seed: its bootstrap percentile interval, at least the counts' Wilson interval
                     blo, bhi = rs[0]["attack"].get("intervals", {}).get(metric, [lo, hi])
-                    lo, hi, src = min(lo, blo), max(hi, bhi), "bootstrap"
+                    lo, hi, src = (min(lo, blo), max(hi, bhi), "bootstrap") if counts else (blo, bhi, "bootstrap")
                 rows.append({**base, "metric": metric, "budget": None, "mean": m, "ci_lo": lo, "ci_hi": hi, "n": n,
                              "interval": src, "steps_to_half": None, "half_reached": None})
             continue
