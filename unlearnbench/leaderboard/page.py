@@ -9,7 +9,6 @@ No script, no absolute path, nothing outside the folder is linked.
 from __future__ import annotations
 
 import html
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,15 +56,17 @@ def short(x: Any) -> str:
     return "0" if v == 0 else f"{v:.0f}" if 1e3 <= abs(v) < 1e6 else f"{v:.3g}"
 
 
+def interval_text(mean: Any, lo: Any, hi: Any, f=short) -> str:
+    """``mean [lo, hi]`` with the number format ``f``; the mean alone where either bound is missing or not finite."""
+    return f"{f(mean)} [{f(lo)}, {f(hi)}]" if fmt(lo) and fmt(hi) else f(mean)
+
+
 def _ci(v: dict, col: str) -> str:
     """HTML of a value and its 95 % interval, 3 significant digits, the full values in its tooltip."""
     if not fmt(v.get(col)):
         return ""
     mean, lo, hi = v.get(col), v.get(f"{col}_lo"), v.get(f"{col}_hi")
-    if not (fmt(lo) and fmt(hi)):
-        return f'<span title="{e(fmt(mean))}">{e(short(mean))}</span>'
-    full, shown = f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}]", f"{short(mean)} [{short(lo)}, {short(hi)}]"
-    return f'<span title="{e(full)}">{e(shown)}</span>'
+    return f'<span title="{e(interval_text(mean, lo, hi, fmt))}">{e(interval_text(mean, lo, hi))}</span>'
 
 
 def _swatch(method: str) -> str:
@@ -92,8 +93,7 @@ def summary_fragment(td: TaskData, slug: str, rows: list[dict]) -> str:
     metrics = list(dict.fromkeys(m for axis in td.axes for m in axis))
 
     def shown(vals: list) -> str:
-        return "; ".join(f"{m} = {short(v[0])} [{short(v[1])}, {short(v[2])}]" if math.isfinite(v[1]) else
-                         f"{m} = {short(v[0])}" for m, v in vals if v is not None) or "-"
+        return "; ".join(f"{m} = {interval_text(*v[:3])}" for m, v in vals if v is not None) or "-"
 
     pre = [(m, td.pretrained_value(m)) for m in metrics]
     if any(v is not None for _, v in pre):

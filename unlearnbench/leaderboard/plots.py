@@ -249,9 +249,8 @@ def plot_axis(td: TaskData, axis: Axis, path: Path) -> bool:
         title = f"{td.name}: {axis[1]} vs {axis[0]}{primary}\nseed means, {how}; labels = grid value"
         if zoom:
             fig.suptitle(title, fontsize=9.5, y=1.06)
-            axes[0].set_title("full view" + (f"; {off} beyond the hypervolume reference: edge triangles"
-                                             if off and ref_src == "fixed" else
-                                             f"; {off} outliers: edge triangles" if off else ""), fontsize=9)
+            beyond = "beyond the hypervolume reference" if ref_src == "fixed" else "outliers"
+            axes[0].set_title(f"full view; {off} {beyond}: edge triangles" if off else "full view", fontsize=9)
             _, zoff = _panel(axes[1], td, axis, series, curves, zoom, styles)
             axes[1].set_title(f"zoom on the bulk of the points (quartiles ± {ZOOM_FENCE:g} IQR)"
                               + (f"; {zoff} beyond it: triangles on the edge" if zoff else ""), fontsize=9)

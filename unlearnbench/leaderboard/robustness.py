@@ -85,11 +85,12 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
                 "base_method": method if method in REF_STYLE else str(rs[0].get("method"))}  # colour; not a column
         if attack == "mia":
             for metric in ("mia_auc", "mia_tpr_at_1fpr"):
-                vals = [r["metrics"][metric]["value"] for r in rs if metric in r["metrics"]]
-                counts = mia_counts(rs, metric)
-                m, lo, hi, n, src = mean_interval(vals, [r["metrics"][metric]["stderr"] for r in rs], counts)
+                have = [r for r in rs if metric in r["metrics"]]
+                counts = mia_counts(have, metric)
+                m, lo, hi, n, src = mean_interval([r["metrics"][metric]["value"] for r in have],
+                                                  [r["metrics"][metric]["stderr"] for r in have], counts)
                 if n == 1:  # one seed: its bootstrap percentile interval, at least the counts' Wilson interval
-                    blo, bhi = rs[0]["attack"].get("intervals", {}).get(metric, [lo, hi])
+                    blo, bhi = have[0]["attack"].get("intervals", {}).get(metric, [lo, hi])
                     lo, hi, src = (min(lo, blo), max(hi, bhi), "bootstrap") if counts else (blo, bhi, "bootstrap")
                 rows.append({**base, "metric": metric, "budget": None, "mean": m, "ci_lo": lo, "ci_hi": hi, "n": n,
                              "interval": src, "steps_to_half": None, "half_reached": None})
@@ -125,7 +126,7 @@ def mia_counts(rs: list[dict], metric: str) -> list[int] | None:
     ``n_heldout`` held-out samples, so it is no surer than a rate of ``n_heldout``; TPR at 1 % FPR is a share of the
     ``n`` distinct members. None where a record lacks them (the t or bootstrap interval alone)."""
     counts = [(r["attack"].get("intervals") or {}).get("n_heldout") if metric == "mia_auc" else
-              (r["metrics"].get(metric) or {}).get("n") for r in rs]
+              r["metrics"][metric].get("n") for r in rs]
     return counts if all(isinstance(c, int) and c > 0 for c in counts) else None
 
 
