@@ -87,6 +87,23 @@ def make_record(task: str, method: str, value: float, seed: int, *, status: str 
     return rec
 
 
+RETRAINED = {"kl_concept_min": 2.0, "forgotten_mass": 0.8, "kl_pretrained": 0.1, "regen_rate": 0.1, "forget_nll": 2.5,
+             "kid_retain": 0.02, "retain_nll": 1.1}
+
+
+def reference_record(task: str, seed: int, shift: float = 0.0) -> dict:
+    """The retrained reference scored by the task's evaluation (an ``unlearnbench attack`` record named
+    ``reference``): the anchor of the comparison protocol's levels."""
+    names = [m for a in (GMM_AXES if "concept" in task else TOY_AXES) for m in a]
+    return {"schema_version": 1, "run_id": f"ref-{task}", "trial_id": f"reference--retrained-s{seed}",
+            "created_at": "2026-01-01T00:00:00.000+00:00", "status": "ok", "error": None,
+            "task": {"name": task, "kind": "concept" if "concept" in task else "data", "forget_set": "pair",
+                     "options": {}},
+            "method": "retrained", "method_config": {}, "grid": None, "seed": seed,
+            "metrics": {m: _metric(m, RETRAINED[m] + shift * (seed - 1)) for m in dict.fromkeys(names)},
+            "attack": {"name": "reference", "reference": "retrained", "budgets": []}}
+
+
 def write_records(path: Path, records: list[dict]) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "records.jsonl", "w", encoding="utf-8") as f:
@@ -95,8 +112,11 @@ def write_records(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def grid_records(task: str, costs: dict[str, float], seeds=(0, 1, 2), values=(0.5, 1.0, 2.0), **kw) -> list[dict]:
-    return [make_record(task, m, v, s, cost=c, **kw) for m, c in costs.items() for v in values for s in seeds]
+def grid_records(task: str, costs: dict[str, float], seeds=(0, 1, 2), values=(0.5, 1.0, 2.0), references=False,
+                 **kw) -> list[dict]:
+    """Every method x grid value x seed, plus the retrained reference's evaluation at each seed (``references``)."""
+    out = [make_record(task, m, v, s, cost=c, **kw) for m, c in costs.items() for v in values for s in seeds]
+    return out + ([reference_record(task, s) for s in seeds] if references else [])
 
 
 def synthetic_runs(tmp_path: Path) -> list[Path]:
@@ -106,7 +126,7 @@ def synthetic_runs(tmp_path: Path) -> list[Path]:
 
     sample_dir = tmp_path / "artifacts"
     sample_dir.mkdir(exist_ok=True)
-    gmm = grid_records("toy-concept", {"rkl": 1.0, "esd": 1.6})
+    gmm = grid_records("toy-concept", {"rkl": 1.0, "esd": 1.6}, references=True)
     toy = []
     for method, cost in (("fkl", 1.0), ("siss", 1.5)):
         for v in (0.5, 1.0, 2.0):

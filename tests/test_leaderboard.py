@@ -14,7 +14,7 @@ from synthetic import grid_records, make_record, synthetic_runs, write_records
 from unlearnbench.cli import leaderboard as cli_lb
 from unlearnbench.leaderboard import build_leaderboard
 from unlearnbench.leaderboard.plots import METHOD_COLORS, method_color, robust_limits
-from unlearnbench.leaderboard.stats import hypervolume_ci
+from unlearnbench.leaderboard.stats import clipped, hypervolume_ci
 from unlearnbench.pareto import hypervolume_2d
 from unlearnbench.results import collect_tasks, oracle_fronts
 
@@ -47,15 +47,28 @@ def test_leaderboard_csv_has_intervals(built):
     td = collect_tasks(json.loads(x) for p in runs for x in (p / "records.jsonl").read_text().splitlines())
     pts = td["toy-concept"].points("rkl", KL_AXIS).mean
     hv = float(rkl["hv[kl_concept_min/kl_pretrained]"])
-    assert hv == pytest.approx(hypervolume_2d(pts, hypervolume_ref(td["toy-concept"]), (True, False)), rel=1e-5)
+    # unlearning past the retrained model (kl 2.0) is clipped there: it earns nothing more
+    clipped_pts = clipped(td["toy-concept"], KL_AXIS, pts)
+    assert clipped_pts[:, 0].max() == 2.0 and clipped(td["toy-concept"], KL_AXIS, pts + [1.0, 0.0])[:, 0].max() == 2.0
+    assert hv == pytest.approx(hypervolume_2d(clipped_pts, hypervolume_ref(td["toy-concept"]), (True, False)),
+                               rel=1e-5)
     assert float(rkl["hv[kl_concept_min/kl_pretrained]_lo"]) <= hv <= float(rkl["hv[kl_concept_min/kl_pretrained]_hi"])
-    # retention at levels every front reaches: no blank cell, rkl retains more than esd
+    # retention at the fixed levels, 25/50/75/100 % of the way from the pretrained kl (0) to the retrained one (2):
+    # rkl retains more than esd; esd's seed-mean front stops at 1.995 (its seed 1 failed at 2.0): blank at 2
     level_cols = [k for k in rkl if "@kl_concept_min=" in k and not k.endswith(("_lo", "_hi"))]
-    assert len(level_cols) == 3 and all(rkl[c] and esd[c] for c in level_cols)
+    assert level_cols == [f"kl_pretrained@kl_concept_min={v}" for v in ("0.5", "1", "1.5", "2")]
+    assert all(rkl[c] for c in level_cols) and esd[level_cols[-1]] == ""
+    level_cols = level_cols[:3]
     assert all(float(rkl[c]) < float(esd[c]) for c in level_cols)
     assert all(float(rkl[c + "_lo"]) <= float(rkl[c]) <= float(rkl[c + "_hi"]) for c in level_cols)
     # convergence and constraint satisfaction as k/n over valid trials; unconstrained methods blank
     assert rkl["converged"] == "6/9" and rkl["constraints_met"] == "7/9" and esd["constraints_met"] == ""
+    assert rkl["settled"] == "7/9" and esd["settled"] == ""
+    assert float(rkl["overshoot[kl_concept_min]"]) == 0 and rkl["past_retrained[kl_concept_min]"] == "0/3"
+    # forgotten mass 1 - exp(-2) = 0.865 against the retrained model's 0.8: 0.081 of the way past it
+    assert float(rkl["overshoot[forgotten_mass]"]) == pytest.approx((1 - np.exp(-2) - 0.8) / 0.8, rel=1e-4)
+    assert rkl["past_retrained[forgotten_mass]"] == "1/3"
+    assert (rkl["rank_group"], esd["rank_group"]) == ("1", "2")
     assert float(rkl["oracle_gap[rkl]"]) == pytest.approx(0.01 * np.mean([0.5, 1, 2]), rel=1e-5)
     assert rkl["git_sha"] == "abc123" and rkl["packages"] == "numpy=2.4.6;torch=2.14.1"
     toy = read_csv(out / "toy-data.csv")
@@ -80,7 +93,8 @@ def test_points_csv_has_ci_and_rates(built):
     tmp, _, _ = built
     rows = read_csv(tmp / "out" / "toy-concept_points.csv")
     assert [(r["entry"], r["grid_value"]) for r in rows] == [
-        ("esd", "0.5"), ("esd", "1"), ("esd", "2"), ("rkl", "0.5"), ("rkl", "1"), ("rkl", "2")]
+        ("esd", "0.5"), ("esd", "1"), ("esd", "2"), ("rkl", "0.5"), ("rkl", "1"), ("rkl", "2"),
+        ("retrained (reference)", "")]
     rkl1 = rows[4]
     assert rkl1["n_seeds"] == "3" and rkl1["grid_param"] == "b" and rkl1["interval"] == "seeds"
     assert float(rkl1["kl_concept_min_mean"]) == pytest.approx(1.0)

@@ -70,12 +70,15 @@ ATTACK_DIR = "attack"
 # ------------------------------------------------------------------------------------------------------------------
 # planning
 def parse_attacks(value: str | None, task_name: str, kind: str) -> list[str]:
-    """``None``: the kind's defaults; ``all``: every attack that applies; else a comma list, checked."""
+    """``None``: the kind's defaults; ``all``: every attack that applies; ``none``: no attack (only the retrained
+    reference's evaluation, the anchor of the comparison protocol); else a comma list, checked."""
     fits = [a for a, kinds in ATTACKS.items() if kind in kinds]
     if value is None:
         return list(DEFAULT_ATTACKS[kind])
     if value.strip() == "all":
         return fits
+    if value.strip() == "none":
+        return []
     names = [a.strip() for a in value.split(",") if a.strip()]
     if not names:
         raise ConfigError(f"--attacks {value!r}: no attack given; valid: {', '.join(sorted(ATTACKS))}")

@@ -248,6 +248,7 @@ class TaskData:
     trials: list[dict]
     rows: list[dict]  # tidy_rows(trials)
     refs: dict[str, list[dict]] = field(default_factory=dict)  # reference name -> its evaluation records (a seed each)
+    anchors: dict = field(default_factory=dict)  # unlearning metric -> protocol.Anchor (pretrained, retrained)
 
     def __post_init__(self) -> None:
         self.entries = sorted({r["_entry"] for r in self.trials})
@@ -391,8 +392,10 @@ def reference_evals(records: Iterable[dict]) -> dict[str, dict[str, list[dict]]]
     return out
 
 
-def collect_tasks(records: Iterable[dict]) -> dict[str, TaskData]:
-    """Per task (leaderboard key), the newest trials grouped into entries; sorted by task name."""
+def collect_tasks(records: Iterable[dict], rejudge_trials: bool = True) -> dict[str, TaskData]:
+    """Per task (leaderboard key), the newest trials grouped into entries; sorted by task name. With
+    ``rejudge_trials`` (the default) each task gets its anchors and its ok trials are judged by the protocol (see
+    :func:`unlearnbench.protocol.rejudge`)."""
     records = list(records)
     refs = reference_evals(records)
     by_task: dict[str, list[dict]] = {}
@@ -407,9 +410,24 @@ def collect_tasks(records: Iterable[dict]) -> dict[str, TaskData]:
                 if m in info and info[m].higher_is_better is None:
                     logger.warning("task %s: metric %s has no higher_is_better; assuming lower is better", name, m)
         kind = next((r["task"].get("kind") for r in reversed(trials) if isinstance(r.get("task"), dict)), None)
-        out[name] = TaskData(name, kind, _task_axes(name, trials, info), info, trials, tidy_rows(trials),
-                             refs.get(name, {}))
+        td = TaskData(name, kind, _task_axes(name, trials, info), info, trials, tidy_rows(trials), refs.get(name, {}))
+        if rejudge_trials:
+            td = _rejudged(td)
+        out[name] = td
     return out
+
+
+def _rejudged(td: TaskData) -> TaskData:
+    """``td`` with its anchors (:func:`unlearnbench.protocol.anchors`) and its trials judged by today's protocol: an
+    ok trial far past the retrained model, or outside the task's sane ranges, becomes ``diverged``."""
+    from unlearnbench.protocol import anchors, rejudge
+
+    found = anchors(td)
+    trials = [dict(r) for r in td.trials]
+    if rejudge(td.name, trials, found):
+        td = TaskData(td.name, td.kind, td.axes, td.info, trials, tidy_rows(trials), td.refs)
+    td.anchors = found
+    return td
 
 
 def fmt(x: Any) -> str:

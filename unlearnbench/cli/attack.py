@@ -19,8 +19,9 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made with `unlearnbench run --save-models`")
     p.add_argument("--attacks", default=None,
-                   help="comma-separated: relearn, embedding, mia, or 'all' (default: relearn,embedding on concept "
-                        "tasks, relearn,mia on data tasks)")
+                   help="comma-separated: relearn, embedding, mia, or 'all', or 'none' (only the retrained reference "
+                        "scored by the task's evaluation: the anchor of `unlearnbench compare`) (default: "
+                        "relearn,embedding on concept tasks, relearn,mia on data tasks)")
     p.add_argument("--budgets", action="append", default=None, metavar="[ATTACK=]K,K,...",
                    help="the ladder of optimisation steps (default 0,10,50,200), for every ladder attack or, with "
                         "ATTACK=, one of them; repeatable")

@@ -52,9 +52,10 @@ def add_claims_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p = subparsers.add_parser(
         "claims", help="check the paper's three claims on run records",
         description="Check the paper's claims (rkl dominates ESD on concept tasks, fkl dominates SISS on data "
-                    "tasks, lik preserves retained concepts better at matched unlearning) as paired tests at "
-                    "matched unlearning levels: each verdict with its levels, seeds and the 95 %% bootstrap "
-                    "interval of the retention difference; 'inconclusive' when the interval contains 0.",
+                    "tasks, lik preserves retained concepts better at matched unlearning), each a family of "
+                    "`unlearnbench compare` comparisons at unlearning levels fixed from the pretrained and retrained "
+                    "models: per comparison the verdict, the retention difference with its 95 % t interval, the "
+                    "Holm-adjusted p-value, the effect size, the levels and seeds.",
         epilog=_CLAIMS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_runs_flag(p)
     p.set_defaults(func=run_claims)

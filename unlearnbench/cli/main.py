@@ -1,4 +1,4 @@
-"""``unlearnbench`` command line: run, ls, pretrain, leaderboard, claims, validate, attack."""
+"""``unlearnbench`` command line: run, ls, pretrain, leaderboard, claims, compare, validate, attack."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import sys
 
 from unlearnbench import __version__
 from unlearnbench.cli import attack as attack_cmd
+from unlearnbench.cli import compare as compare_cmd
 from unlearnbench.cli import ls as ls_cmd
 from unlearnbench.cli import run as run_cmd
 from unlearnbench.registry import UnknownNameError
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls_cmd.add_parser(sub)
     run_cmd.add_pretrain_parser(sub)
     attack_cmd.add_parser(sub)
+    compare_cmd.add_parser(sub)
     try:
         from unlearnbench.cli import leaderboard as lb_cmd
     except ImportError:  # pragma: no cover - optional during development

@@ -16,6 +16,7 @@ import numpy as np
 from unlearnbench.leaderboard.plots import method_color
 from unlearnbench.leaderboard.stats import common_levels
 from unlearnbench.leaderboard.tables import reference_notes
+from unlearnbench.protocol import DEFAULT_OVERSHOOT_LIMIT, REJUDGED, declared
 from unlearnbench.results import TaskData, axis_label, fmt, grid_of
 
 CSS = """body{font-family:sans-serif;max-width:1250px;margin:1em auto;padding:0 1em;color:#222}
@@ -73,23 +74,48 @@ def _swatch(method: str) -> str:
     return f'<span class="swatch" style="background:{method_color(method)}"></span>'
 
 
+def _ceiling_note(td: TaskData, rows: list[dict]) -> str:
+    """'; the top k tie at ...' where more than one entry shares the best primary hypervolume."""
+    primary = f"hv[{axis_label(td.axes[0])}]" if td.axes else None
+    best = [v for v in rows if primary and v.get("rank") == 1]
+    if len(best) < 2:
+        return ""
+    return (f"; {', '.join(v['entry'] for v in best)} tie at the primary hypervolume's ceiling "
+            f"({short(best[0].get(primary))}): read the other columns to separate them")
+
+
 def summary_fragment(td: TaskData, slug: str, rows: list[dict]) -> str:
     """The task's ranking: hypervolume and retention at matched levels with 95 % intervals, trial counts."""
-    header = ["rank", "entry", "ok / diverged / failed", "seeds", "interval"]
+    header = ["rank", "group", "entry", "ok / diverged / failed", "seeds", "interval"]
     cols: list[tuple[str, str]] = []
     for axis in td.axes:
         cols.append((f"hv[{axis_label(axis)}]", f"hypervolume {axis_label(axis)}"))
     for axis in td.axes:
-        for lv in common_levels(td, axis)[0]:
+        levels = common_levels(td, axis)[0]
+        # anchored levels (25/50/75/100 % of the way to the retrained model): the page shows 50 and 100 %, the CSV all
+        for lv in (levels[1::2] if td.anchors.get(axis[0]) is not None else levels):
             c = f"{axis[1]}@{axis[0]}={fmt(lv)}"
             cols.append((c, c))
-    header += [label for _, label in cols] + ["converged", "constraints met"]
+    past = [u for u in dict.fromkeys(a[0] for a in td.axes) if td.anchors.get(u) is not None]
+    header += [label for _, label in cols] + [f"past retrained {u}: points, furthest" for u in past]
+    header += ["converged", "constraints met", "settled"]
     body = []
     for v in rows:
-        body.append([e(fmt(v.get("rank"))), f'<span class="nw">{_swatch(v["method"])}{e(v["entry"])}</span>',
+        body.append([e(fmt(v.get("rank"))), e(fmt(v.get("rank_group"))),
+                     f'<span class="nw">{_swatch(v["method"])}{e(v["entry"])}</span>',
                      e(f"{v['n_ok']} / {v['n_diverged']} / {v['n_failed']}"), e(fmt(v["seeds"])), e(v["interval"])]
-                    + [_ci(v, c) for c, _ in cols] + [e(v["converged"] or "-"), e(v["constraints_met"] or "-")])
+                    + [_ci(v, c) for c, _ in cols]
+                    + [e(f"{v.get(f'past_retrained[{u}]') or '-'}, {short(v.get(f'overshoot[{u}]')) or '-'}x")
+                       for u in past]
+                    + [e(v["converged"] or "-"), e(v["constraints_met"] or "-"), e(v.get("settled") or "-")])
     notes = [f"{e(a)}: hypervolume reference {e(ref)}" for a, ref in reference_notes(td).items()]
+    notes.append("group: entries whose primary hypervolume intervals overlap the group's best entry share its group"
+                 + _ceiling_note(td, rows))
+    if past:
+        notes.append("unlearning past the retrained model earns nothing (hypervolume and retention clip there); "
+                     "'past retrained' counts the grid points beyond it and how far the furthest went, in "
+                     "pretrained-to-retrained distances (beyond "
+                     f"{fmt(declared(td.name, 'overshoot_limit', DEFAULT_OVERSHOOT_LIMIT))}x a trial is diverged)")
     metrics = list(dict.fromkeys(m for axis in td.axes for m in axis))
 
     def shown(vals: list) -> str:
@@ -103,8 +129,9 @@ def summary_fragment(td: TaskData, slug: str, rows: list[dict]) -> str:
                      f"the points table): {e(shown([(m, td.reference_value(name, m)) for m in metrics]))}")
     for axis in td.axes:
         levels, why = common_levels(td, axis)
+        shown_note = "; the table shows 50 and 100 %, the CSV all four" if td.anchors.get(axis[0]) is not None else ""
         notes.append(f"retention on {e(axis[1])} read at {e(axis[0])} = {e(', '.join(fmt(x) for x in levels) or '-')}"
-                     f" ({e(why)})")
+                     f" ({e(why)}{e(shown_note)})")
     return "\n".join([f'<h3 id="summary-{e(slug)}">{e(td.name)} <span class="note">(kind {e(td.kind or "?")}; '
                       f'<a href="{e(slug)}.csv">{e(slug)}.csv</a>, <a href="{e(slug)}_points.csv">points</a>; '
                       f'<a href="#task-{e(slug)}">fronts</a>)</span></h3>',
@@ -114,7 +141,7 @@ def summary_fragment(td: TaskData, slug: str, rows: list[dict]) -> str:
 
 def _trial_rows(trials: list[dict]) -> list[list[str]]:
     return [[str(r["_entry"]), str(r.get("trial_id")), fmt(grid_of(r).get("value")), fmt(r.get("seed")),
-             str(r.get("run_id")), str(r.get("error") or "")] for r in trials]
+             str(r.get("run_id")), str(r.get("error") or r.get(REJUDGED) or "")] for r in trials]
 
 
 def detail_fragment(td: TaskData, slug: str, plots: list[tuple[str, str]], duals: list[tuple[str, str]],
@@ -137,8 +164,8 @@ def detail_fragment(td: TaskData, slug: str, plots: list[tuple[str, str]], duals
     out.append(table(points[0], points[1], left=("entry", "method", "grid_param", "interval")))
     out.append("</details>")
     trial_header = ["entry", "trial_id", "grid value", "seed", "run_id", "error"]
-    for status, title, why in (("diverged", "Diverged", "a metric left its sane range or the loss exploded: a "
-                                "result, kept off the fronts"), ("failed", "Failed", "raised an error")):
+    for status, title, why in (("diverged", "Diverged", "a metric left its sane range, the loss exploded, or the "
+                                "model went far past the retrained one: a result, kept off the fronts"), ("failed", "Failed", "raised an error")):
         trials = [r for r in td.invalid() if (r.get("status") == "diverged") == (status == "diverged")]
         if trials:
             out.append(f'<h3 id="{status}-{e(slug)}">{title} trials ({len(trials)})</h3><p class="note">{e(why)}</p>')
@@ -148,10 +175,16 @@ def detail_fragment(td: TaskData, slug: str, plots: list[tuple[str, str]], duals
 
 
 def claims_fragment(claims: list) -> str:
-    out = ['<h2 id="claims">Claims</h2><p class="note">Paired comparisons at matched unlearning levels (each '
-           "method's front per seed, levels every compared front reaches); 95 % bootstrap interval over seeds of "
-           "the retention difference (positive = the claimed method retains more). A verdict only when the "
-           "interval excludes 0.</p>"]
+    out = ['<h2 id="claims">Claims</h2><p class="note">Each comparison (<code>unlearnbench compare</code>): per '
+           "seed both entries ran, the retention difference at fixed levels, 25/50/75/100 % of the way from the "
+           "pretrained model to the retrained one (unlearning past it is clipped there; an entry that does not reach "
+           "a level is missing at it), averaged over the levels both reach; positive = the claimed method retains "
+           "more. Mean over seeds with its 95 % t interval, a paired t test (p, Holm-adjusted over the claim's "
+           "comparisons), Cohen's d_z, and TOST against the task's equivalence margin. a_better / b_better: adjusted "
+           "p &lt; 0.05 and at least the minimum effect; equivalent: TOST adjusted p &lt; 0.05; otherwise "
+           "inconclusive, with the seeds that would settle it at the observed spread. Constrained entries count "
+           "their settled trials only. A claim holds when every comparison is a_better and fails when any is "
+           "b_better.</p>"]
     rows = []
     for c in claims:
         css = "holds" if c.verdict == "holds" else "fails" if c.verdict == "fails" else \

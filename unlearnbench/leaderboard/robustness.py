@@ -256,6 +256,8 @@ def build_robustness(records: list[dict], out: Path, slug) -> dict[str, dict]:
     for task, trials in attack_trials(records).items():
         s = slug(task)
         rows = rows_of(trials)
+        if not rows:  # only the retrained reference's evaluation (the protocol's anchor): no ladder to show
+            continue
         write_text(out / f"{s}_robustness.csv", csv_text(rows))
         plots = []
         for attack in sorted({r["attack"] for r in rows}):

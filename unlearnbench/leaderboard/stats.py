@@ -4,8 +4,12 @@ coordinate, k/n, is also redrawn within each seed from its Jeffreys posterior: s
 
 Reference points: each sits at the "useless" end of both axes, so that every sensible point beats it; a point worse
 than the reference on an axis adds nothing to the hypervolume. Axes not listed use the worst observed values.
-Levels: retention is read where *every* entry's front reaches, at 25, 50 and 75 % of that range (see
-:func:`unlearnbench.pareto.retention_at`), so no cell is blank because one method stops short.
+Anchored at the retrained model (:mod:`unlearnbench.protocol`): where the task has both anchors on an unlearning
+axis, a point's unlearning coordinate is clipped at the retrained value before any hypervolume or retention is read
+(overshoot earns nothing; the summary shows it as its own column), and retention is read at the fixed levels 25, 50,
+75 and 100 % of the way from the pretrained model to the retrained one; an entry that does not reach a level has a
+blank cell there. Without anchors (a task with no retrained reference and no declared target), the levels are 25, 50
+and 75 % of the range where *every* entry's front reaches (see :func:`unlearnbench.pareto.retention_at`).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from unlearnbench.pareto import hypervolume_2d, level_range, percentile_interval, replicates, retention_at
+from unlearnbench.protocol import FRACTIONS
 from unlearnbench.results import Axis, PointSet, TaskData, fmt
 
 REFERENCE_POINTS: dict[str, dict[Axis, tuple[float, float]]] = {
@@ -70,8 +75,14 @@ def reference(td: TaskData, axis: Axis) -> tuple[tuple[float, float] | None, str
 
 
 def common_levels(td: TaskData, axis: Axis, entries: list[str] | None = None) -> tuple[list[float], str]:
-    """Unlearning levels every given entry reaches (25/50/75 % of :func:`unlearnbench.pareto.level_range` over
-    their seed-mean fronts), and a note saying so."""
+    """The unlearning levels retention is read at, and a note saying where they come from: the protocol's fixed
+    fractions of the way from the pretrained to the retrained model where the task has both anchors; else 25/50/75 %
+    of :func:`unlearnbench.pareto.level_range` over the given entries' seed-mean fronts."""
+    anchor = td.anchors.get(axis[0])
+    if anchor is not None:
+        levels = [float(f"{v:.3g}") for v in anchor.levels()]
+        return levels, (f"{'/'.join(f'{f:.0%}' for f in FRACTIONS)} of the way from the pretrained model "
+                        f"({fmt(anchor.pretrained)}) to the retrained one ({fmt(anchor.retrained)}, {anchor.source})")
     mx = td.maximize(axis)
     fronts = [td.points(e, axis).mean for e in (entries if entries is not None else td.entries)]
     rng = level_range([f for f in fronts if f.shape[0]], mx)
@@ -84,11 +95,39 @@ def common_levels(td: TaskData, axis: Axis, entries: list[str] | None = None) ->
     return levels, f"25/50/75 % of the range where every front has points, {fmt(weak)} to {fmt(strong)}"
 
 
-def front_replicates(ps: PointSet, seed: int = 0) -> tuple[np.ndarray, str]:
-    """[B, k, 2] bootstrap replicates of the seed-mean points (see :func:`unlearnbench.pareto.replicates`)."""
+def clipped(td: TaskData, axis: Axis, points: np.ndarray) -> np.ndarray:
+    """``points`` [..., 2] with the unlearning coordinate clipped at the retrained value (where the task has both
+    anchors on that axis): past the retrained model earns nothing more."""
+    anchor = td.anchors.get(axis[0])
+    if anchor is None or points.size == 0:
+        return points
+    out = np.array(points, dtype=float, copy=True)
+    u = out[..., 0]
+    with np.errstate(invalid="ignore"):
+        past = np.isfinite(u) & ((u - anchor.pretrained) / anchor.span >= anchor.progress(anchor.reached_at))
+    u[past] = anchor.retrained
+    return out
+
+
+def overshoot(td: TaskData, entry: str, axis: Axis) -> tuple[float, int, int]:
+    """(largest overshoot of the entry's seed-mean points past the retrained value, in pretrained-to-retrained
+    distances; how many of its grid points lie past it; how many grid points): NaN, 0, k without anchors."""
+    ps = td.points(entry, axis)
+    anchor = td.anchors.get(axis[0])
+    k = ps.mean.shape[0]
+    if anchor is None or k == 0:
+        return math.nan, 0, k
+    over = [anchor.overshoot(float(u)) for u in ps.mean[:, 0] if math.isfinite(u)]
+    return (max(over) if over else math.nan), sum(o > 0 for o in over), k
+
+
+def front_replicates(td: TaskData, ps: PointSet, axis: Axis, seed: int = 0) -> tuple[np.ndarray, str]:
+    """[B, k, 2] bootstrap replicates of the seed-mean points (see :func:`unlearnbench.pareto.replicates`), clipped
+    at the retrained value."""
     if ps.values.shape[0] == 0:
         return np.zeros((0, 0, 2)), ps.source
-    return replicates(ps.values, ps.stderr, seed=seed, counts=ps.counts)
+    reps, src = replicates(ps.values, ps.stderr, seed=seed, counts=ps.counts)
+    return clipped(td, axis, reps), src
 
 
 def hypervolume_ci(td: TaskData, entry: str, axis: Axis) -> tuple[float, float, float, str]:
@@ -98,9 +137,9 @@ def hypervolume_ci(td: TaskData, entry: str, axis: Axis) -> tuple[float, float, 
     if ref is None or ps.mean.shape[0] == 0:
         return math.nan, math.nan, math.nan, "none"
     mx = td.maximize(axis)
-    reps, src = front_replicates(ps)
+    reps, src = front_replicates(td, ps, axis)
     hv = [hypervolume_2d(rep, ref, mx) for rep in reps]
-    est = hypervolume_2d(ps.mean, ref, mx)
+    est = hypervolume_2d(clipped(td, axis, ps.mean), ref, mx)
     return (est, *_covering(est, percentile_interval(hv)), src)
 
 
@@ -119,7 +158,7 @@ def retention_at_levels(td: TaskData, entry: str, axis: Axis, levels: list[float
     if ps.mean.shape[0] == 0 or not levels:
         return [(math.nan, math.nan, math.nan) for _ in levels]
     mx = td.maximize(axis)
-    point = retention_at(ps.mean, levels, mx)
-    reps, _ = front_replicates(ps)
+    point = retention_at(clipped(td, axis, ps.mean), levels, mx)
+    reps, _ = front_replicates(td, ps, axis)
     boot = np.array([retention_at(rep, levels, mx) for rep in reps]).reshape(-1, len(levels))
     return [(float(point[i]), *_covering(float(point[i]), percentile_interval(boot[:, i]))) for i in range(len(levels))]

@@ -1,9 +1,13 @@
 """The leaderboard's two CSV tables of one task, as a header and formatted rows.
 
-``<task>.csv``: one row per entry (method and settings), ranked by hypervolume on the primary axes; every
-hypervolume and retention-at-level value comes with its 95 % interval (``_lo``/``_hi`` columns) and the interval's
-source (``seeds``: over seeds; ``eval``: one seed, from the evaluation stderr). Convergence and constraint
-satisfaction are counts ``k/n`` over the entry's valid trials.
+``<task>.csv``: one row per entry (method and settings), ranked by hypervolume on the primary axes; entries whose
+hypervolume intervals overlap the group leader's share a ``rank_group`` (the leader is the best entry not yet in a
+group). Every hypervolume and retention-at-level value comes with its 95 % interval (``_lo``/``_hi`` columns) and
+the interval's source (``seeds``: over seeds; ``eval``: one seed, from the evaluation stderr). Unlearning past the
+retrained model earns nothing (:mod:`unlearnbench.leaderboard.stats`); ``overshoot[U]`` is how far the entry's
+furthest seed-mean point went past it (in pretrained-to-retrained distances) and ``past_retrained[U]`` how many of its
+grid points did. Convergence, constraint satisfaction and ``settled`` (duals changed <= 5 % over the last 20 % of the
+steps and every constraint met within 5 %: the trials a claim counts) are ``k/n`` over the entry's valid trials.
 
 ``<task>_points.csv``: one row per entry and grid value: mean over seeds of every metric with the half-width of its
 95 % interval (``_ci95``; for rates, accuracy and regeneration, the interval of :func:`unlearnbench.pareto.mean_interval`
@@ -22,8 +26,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from unlearnbench.leaderboard.stats import common_levels, hypervolume_ci, reference, retention_at_levels
+from unlearnbench.leaderboard.stats import common_levels, hypervolume_ci, overshoot, reference, retention_at_levels
 from unlearnbench.pareto import _to_float, mean_interval, pareto_front
+from unlearnbench.protocol import settled
 from unlearnbench.results import TaskData, axis_label, fmt, grid_of, grid_sort_key, oracle_fronts
 
 _NOT_PACKAGES = {"unlearnbench", "git_sha", "platform", "gpu", "python"}  # env keys that are not package versions
@@ -66,7 +71,7 @@ def _wall(r: dict) -> float:
 
 
 def summary_header(td: TaskData) -> list[str]:
-    header = ["rank", "entry", "method", "n_ok", "n_diverged", "n_failed", "seeds", "interval"]
+    header = ["rank", "rank_group", "entry", "method", "n_ok", "n_diverged", "n_failed", "seeds", "interval"]
     for axis in td.axes:
         a = axis_label(axis)
         header += [f"hv[{a}]", f"hv[{a}]_lo", f"hv[{a}]_hi"]
@@ -74,7 +79,9 @@ def summary_header(td: TaskData) -> list[str]:
         for lv in common_levels(td, axis)[0]:
             c = f"{axis[1]}@{axis[0]}={fmt(lv)}"
             header += [c, f"{c}_lo", f"{c}_hi"]
-    header += ["converged", "constraints_met"]
+    for u in unlearning_metrics(td):
+        header += [f"overshoot[{u}]", f"past_retrained[{u}]"]
+    header += ["converged", "constraints_met", "settled"]
     header += [f"oracle_gap[{f}]" for f in formulations(td)]
     header += ["mean_steps", "mean_total_s", "unlearnbench", "git_sha", "packages", "config_hashes"]
     return header
@@ -102,6 +109,12 @@ def entry_values(td: TaskData, entry: str) -> dict[str, Any]:
     conv = [convergence(r) for r in ok]
     v["converged"] = k_of_n(c["converged"] for c in conv)
     v["constraints_met"] = k_of_n(c["constraints_met"] for c in conv)
+    v["settled"] = k_of_n(settled(r) for r in ok)
+    for u in unlearning_metrics(td):
+        axis = next(a for a in td.axes if a[0] == u)
+        worst, n_past, k = overshoot(td, entry, axis)
+        v[f"overshoot[{u}]"] = worst
+        v[f"past_retrained[{u}]"] = f"{n_past}/{k}" if td.anchors.get(u) is not None and k else ""
     for form in formulations(td):
         v[f"oracle_gap[{form}]"] = _mean_of(oracle_fronts(r).get(form, {}).get("gap") for r in ok)
     v["mean_steps"] = _mean_of((r.get("train") or {}).get("steps") for r in ok)
@@ -125,14 +138,24 @@ def summary_table(td: TaskData) -> tuple[list[str], list[dict[str, Any]]]:
 
     rows.sort(key=lambda v: (not math.isfinite(hv(v)), -hv(v) if math.isfinite(hv(v)) else 0.0, v["entry"]))
     rank, prev = 0, None
+    group, leader_lo = 0, math.nan
     for i, v in enumerate(rows):
         if not math.isfinite(hv(v)):
-            v["rank"] = None
+            v["rank"] = v["rank_group"] = None
             continue
         if hv(v) != prev:
             rank, prev = i + 1, hv(v)
         v["rank"] = rank
+        hi = v.get(f"{primary}_hi", math.nan)
+        if group == 0 or not (math.isfinite(hi) and math.isfinite(leader_lo) and hi >= leader_lo):
+            group, leader_lo = group + 1, v.get(f"{primary}_lo", math.nan)
+        v["rank_group"] = group
     return header, rows
+
+
+def unlearning_metrics(td: TaskData) -> list[str]:
+    """The task's unlearning metrics, in axis order, each once."""
+    return list(dict.fromkeys(a[0] for a in td.axes))
 
 
 def formatted(header: list[str], rows: list[dict[str, Any]]) -> list[list[str]]:

@@ -149,6 +149,14 @@ class Task(abc.ABC):
             kept survives (a non-finite value is diverged whatever its role).
         loss_explosion: a training loss term whose batch mean exceeds this many times max(1, its median over the first
             10 steps) has exploded: the trial stops there and is ``diverged``.
+        equivalence_margins: ``{retention metric: margin}`` in the metric's units: two entries whose retention differs
+            by less than this at matched unlearning count as equivalent (``unlearnbench compare``'s TOST margin).
+        minimum_effects: ``{retention metric: effect}``: the smallest difference that counts as "better" (default: the
+            equivalence margin).
+        retrained_targets: ``{unlearning metric: value}``: the retrained model's value where the task has no
+            retrained reference to evaluate (a reference evaluation, ``unlearnbench attack``, takes precedence).
+        overshoot_limit: a trial more than this many pretrained-to-retrained distances past the retrained model on an
+            unlearning axis is ``diverged`` (:mod:`unlearnbench.protocol`).
         scored_prompt: concept tasks: ``"erased"`` (each erased prompt's output is scored) or ``"null"`` (the null
             prompt's output is, as on the mixtures; methods that only train erased prompts refuse such a task).
         default_options / option_types: the options ``--set task.X=...`` accepts, typed by their default (or by
@@ -173,6 +181,10 @@ class Task(abc.ABC):
     default_options: ClassVar[dict[str, Any]] = {}
     sane_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
     loss_explosion: ClassVar[float] = 1e4
+    equivalence_margins: ClassVar[dict[str, float]] = {}
+    minimum_effects: ClassVar[dict[str, float]] = {}
+    retrained_targets: ClassVar[dict[str, float]] = {}
+    overshoot_limit: ClassVar[float] = 10.0
     scored_prompt: ClassVar[str] = "erased"
     option_types: ClassVar[dict[str, type]] = {}  # options without a default: name -> type
     emits: ClassVar[dict[str, tuple[str, bool, str] | None]] = {}
@@ -269,8 +281,10 @@ class Task(abc.ABC):
         raise ValueError(f"grid {grid_name!r} of task {self.name} has no values for method {method!r}; "
                          f"it has: {', '.join(own)} (a method declares its own with default_grids)")
 
-    def insane_metrics(self, metrics: dict[str, "MetricValue"]) -> list[str]:
-        """``"name=value outside [lo, hi]"`` for every metric that is non-finite or leaves its sane range."""
+    @classmethod
+    def insane_metrics(cls, metrics: dict[str, "MetricValue"]) -> list[str]:
+        """``"name=value outside [lo, hi]"`` for every metric that is non-finite or leaves its sane range (a class
+        method: the leaderboard re-applies today's ranges to recorded metrics)."""
         bad = []
         for name, m in sorted(metrics.items()):
             if m.value is None:
@@ -279,7 +293,7 @@ class Task(abc.ABC):
                 if m.role != "info":
                     bad.append(f"{name}={m.value} (not finite)")
                 continue
-            for pattern, (lo, hi) in self.sane_ranges.items():
+            for pattern, (lo, hi) in cls.sane_ranges.items():
                 if fnmatch.fnmatchcase(name, pattern) and ((lo is not None and m.value < lo) or
                                                            (hi is not None and m.value > hi)):
                     bad.append(f"{name}={m.value:.4g} outside [{lo}, {hi}]")

@@ -72,6 +72,9 @@ class DDPMDataTask(PaperTask):
     """Data unlearning in a pixel-space DDPM (see the module docstring)."""
 
     name = "ddpm-data"
+    # no retrained DDPM to evaluate: a model that never saw the forget images does not regenerate them
+    retrained_targets = {"regen_rate": 0.0}
+    equivalence_margins = {"kid_retain_*": 0.005, "retain_bpd": 0.02}
     kind = "data"
     default_model = "google/ddpm-celebahq-256"
     forget_sets = {"folder": "task.forget_dir"}

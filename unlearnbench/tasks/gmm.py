@@ -254,6 +254,8 @@ class GMMConceptTask(_GMMTask):
     # concepts' KLs are unlearning distances, open above (the pretrained model is ~15-30 nats from each)
     sane_ranges = {"kl_pretrained": (-1.0, 200.0), "kl_kept": (-1.0, 200.0), "kl_concept_*": (-1.0, None),
                    "mass_*": (0.0, 1.0), "forgotten_mass*": (0.0, 1.0)}
+    # the retrained model is 0.28 nats from the pretrained one; 0.05 nats (a sixth of that) is "the same retention"
+    equivalence_margins = {"kl_pretrained": 0.05, "kl_kept": 0.05}
     default_options = dict(_GMMTask.base_options)
 
     def layout(self) -> dict:
@@ -381,12 +383,15 @@ class GMMDataTask(_GMMTask):
     # dual_lr 0.01 swung lambda between 0 and its cap 1/N = 0.017 every few updates (measured); 0.001 moves it by 6% of
     # the cap per nat of violation
     method_defaults = {"fkl": {"lr": 3e-4, "dual_lr": 0.001, "n_estimate": 256}, "siss": {"lr": 3e-4}}
-    # KLs in nats between 2-D densities: a model 50 nats from the retrained one (the kept data) has broken down (SISS
-    # at scaling_norm >= 0.1 reaches 1e11-1e22). The forget KLs and NLL are unlearning distances, open above, and so
-    # is kl_pretrained: q holds the forget points, so it inherits their distance (SISS at 0.001-0.01 puts one forget
-    # point 1e4-1e6 nats away, kl_pretrained 100-1e5, while kl_retrain stays at 0.07-0.14)
-    sane_ranges = {"kl_retrain": (-1.0, 50.0), "kl_pretrained": (-1.0, None), "forget_kl*": (-1.0, None),
+    # KLs in nats between 2-D densities: a model 50 nats from the retrained one, or from the pretrained one, has broken
+    # down (SISS at scaling_norm >= 0.1 reaches 1e11-1e22; at 0.001-0.01 it puts one forget point 1e4-1e6 nats away and
+    # kl_pretrained at 100-1e5, far past the retrained model, which is a few nats from the pretrained one). The forget
+    # KLs and NLL are unlearning distances, open above: a model far past the retrained one is judged by the protocol's
+    # overshoot limit instead (unlearnbench.protocol)
+    sane_ranges = {"kl_retrain": (-1.0, 50.0), "kl_pretrained": (-1.0, 50.0), "forget_kl*": (-1.0, None),
                    "forget_nll": (-10.0, None)}
+    # 0.05 nats: a sixth of the pretrained-to-retrained KL of the concept task, the same scale here
+    equivalence_margins = {"kl_pretrained": 0.05, "kl_retrain": 0.05}
     pretrained_points = ("kl_pretrained", "kl_retrain", "forget_kl_min", "forget_kl_gain_min")
     axes = [("forget_kl_min", "kl_pretrained"), ("forget_kl_min", "kl_retrain"),
             ("forget_kl_gain_min", "kl_pretrained")]
