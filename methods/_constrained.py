@@ -26,8 +26,14 @@ class ConstrainedConfig(MethodConfig):
     n_estimate: int = field(default=256, metadata={"help": "model samples per constraint estimate"})
     n_t_estimate: int = field(default=4, metadata={"help": "timestep draws per sample in an estimate"})
     met_tol: float = field(default=0.05, metadata={"help": "relative slack counted as 'constraint met' in the record"})
-    converge_tol: float = field(default=0.1, metadata={"help": "duals count as settled when their relative change over "
-                                                               "the last 20% of steps is at most this"})
+    converge_tol: float = field(default=0.1, metadata={"help": "duals count as converged when their relative change "
+                                                               "over the last 20% of steps is at most this"})
+    settle_tol: float = field(default=0.05, metadata={"help": "a trial is settled when its duals changed by at most this "
+                                                            "(relative) over the last 20% of its steps and every "
+                                                            "constraint is met within met_tol"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "stop rule: past `steps`, keep training until the trial is settled or has run this many steps in all "
+                "(None: stop at `steps`); an unsettled trial is recorded as such and never enters a claim"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -38,6 +44,11 @@ class ConstrainedConfig(MethodConfig):
                              f"{self.dual_lr}, {self.dual_warmup}, {self.dual_init}, {self.dual_every}")
         if not 0 <= self.dual_ema < 1:
             raise ValueError(f"dual_ema must be in [0, 1), got {self.dual_ema}")
+        if not 0 < self.settle_tol < 1:
+            raise ValueError(f"settle_tol must be in (0, 1), got {self.settle_tol}")
+        if self.max_steps is not None and self.steps is not None and self.max_steps < self.steps:
+            raise ValueError(f"max_steps={self.max_steps} is below steps={self.steps}: the stop rule only extends "
+                             f"training; leave it out or choose max_steps >= steps")
 
 
 @dataclass

@@ -143,7 +143,7 @@ def _out_of_range(name: str, metrics: dict) -> str | None:
             continue
         role = m.get("role") if isinstance(m, dict) and m.get("role") in ("unlearning", "retention") else "info"
         values[metric] = MetricValue(v, role=role)
-    bad = cls.insane_metrics(values)
+    bad = cls.__new__(cls).insane_metrics(values)  # today's class-level ranges; no task is built
     return f"{bad[0]}: outside the task's sane range" if bad else None
 
 
@@ -175,6 +175,8 @@ def settled(record: dict) -> bool | None:
     met within 5 % (``train.convergence``). None for an unconstrained trial (no duals)."""
     train = record.get("train") if isinstance(record.get("train"), dict) else {}
     conv = train.get("convergence") if isinstance(train.get("convergence"), dict) else {}
+    if isinstance(conv.get("settled"), bool):  # recorded by the runner since the stop rule
+        return conv["settled"]
     change = conv.get("dual_rel_change")
     met = conv.get("constraints_met", train.get("constraints_met"))
     if change is None and met is None:

@@ -70,12 +70,19 @@ def oracle_fronts(record: dict) -> dict[str, dict]:
     return {}
 
 
+# Settings added after records were made, at the value that trains exactly as before they existed (the stop rule off;
+# settle_tol only labels a trial): a record that has them at that value and one that predates them are one entry.
+NEUTRAL_DEFAULTS: dict[str, Any] = {"max_steps": None, "settle_tol": 0.05}
+
+
 def settings_of(r: dict) -> dict[str, Any]:
-    """Resolved settings that define an entry: the method config without the grid parameter, and the task options
-    without the forget set (which is part of the task key)."""
+    """Resolved settings that define an entry: the method config without the grid parameter (and without the
+    :data:`NEUTRAL_DEFAULTS` at their neutral value), and the task options without the forget set (which is part of
+    the task key)."""
     cfg = r.get("method_config") if isinstance(r.get("method_config"), dict) else {}
     param = grid_of(r).get("param")
-    out = {f"{k}": v for k, v in cfg.items() if k != param}
+    out = {f"{k}": v for k, v in cfg.items()
+           if k != param and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
     opts = _task(r).get("options") if isinstance(_task(r).get("options"), dict) else {}
     out.update({f"task.{k}": v for k, v in opts.items() if k != "forget"})
     return out

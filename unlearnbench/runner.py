@@ -67,18 +67,23 @@ def check_losses(losses: dict[str, torch.Tensor], obj: torch.Tensor, step: int, 
                                f"{ref:.3g}")
 
 
-def convergence(cfg, duals: list, slack: list[float] | None, met: bool | None) -> dict[str, Any]:
+def convergence(cfg, duals: list, slack: list[float] | None, met: bool | None,
+                steps: int | None = None) -> dict[str, Any]:
     """How settled the duals are: ``dual_rel_change = ||lambda_T - lambda_0.8T||_1 / max(||lambda_T||_1,
-    ||lambda_0.8T||_1)`` over the last 20% of steps (0 when both are 0), ``converged`` when it is at most
-    ``cfg.converge_tol``; with the final constraint slack and whether the constraints are met."""
+    ||lambda_0.8T||_1)`` over the last 20% of the ``steps`` run (default ``cfg.steps``; 0 when both are 0),
+    ``converged`` when it is at most ``cfg.converge_tol``, ``settled`` when it is at most ``cfg.settle_tol`` and the
+    constraints are met; with the final constraint slack."""
     if not duals:
-        return {"dual_rel_change": None, "converged": None, "final_slack": slack, "constraints_met": met}
-    start = 0.8 * cfg.steps
+        return {"dual_rel_change": None, "converged": None, "settled": None, "final_slack": slack,
+                "constraints_met": met}
+    start = 0.8 * (steps or cfg.steps)
     before = [d for s, d in duals if s <= start] or [duals[0][1]]
     a, b = np.asarray(before[-1], dtype=float), np.asarray(duals[-1][1], dtype=float)
     denom = max(np.abs(a).sum(), np.abs(b).sum())
     rel = float(np.abs(b - a).sum() / denom) if denom > 0 else 0.0
-    return {"dual_rel_change": rel, "converged": rel <= cfg.converge_tol, "final_slack": slack, "constraints_met": met}
+    return {"dual_rel_change": rel, "converged": rel <= cfg.converge_tol,
+            "settled": bool(met) and rel <= getattr(cfg, "settle_tol", 0.05), "final_slack": slack,
+            "constraints_met": met}
 
 
 def train(method, log_every: int = 50, loss_explosion: float = 1e4) -> dict[str, Any]:
@@ -99,7 +104,11 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4) -> dict[str,
     scale: dict[str, list[float]] = {}
     diverged = None
     accum = int(method.bundle.extras.get("grad_accum", 1))  # micro-batches per optimizer step (paper-scale tasks)
-    for step in range(cfg.steps):
+    # the stop rule: a constrained method with max_steps trains past `steps` until it is settled (or the cap)
+    total = max(cfg.steps, int(getattr(cfg, "max_steps", None) or 0)) if constrained else cfg.steps
+    ran = 0
+    for step in range(total):
+        ran = step + 1
         method.step = step
         try:
             for _ in range(accum):
@@ -124,18 +133,21 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4) -> dict[str,
             new = method.dual_step(est)
             estimates.append([step + 1, est.tolist()])
             duals.append([step + 1, new.tolist()])
-        if step % log_every == 0 or step == cfg.steps - 1:
+            if total > cfg.steps and step + 1 >= cfg.steps and \
+                    convergence(cfg, duals, None, method.constraints_met(est), step + 1)["settled"]:
+                break
+        if step % log_every == 0 or step == total - 1:
             row = {k: float(v.detach().float().mean()) for k, v in losses.items()}
             row["objective"] = float(obj)
             history.append([step, row])
             logger.debug("step %d %s", step, row)
-    out: dict[str, Any] = {"steps": cfg.steps, "history": history, "diverged": diverged}
+    out: dict[str, Any] = {"steps": ran if total > cfg.steps else cfg.steps, "history": history, "diverged": diverged}
     if constrained and diverged is None:
         final = method.estimate_constraints()
         slack, met = (-method.violation(final.double())).tolist(), method.constraints_met(final)
         out.update(final_duals=method.duals.tolist(), duals=duals, estimates=estimates,
                    constraint_estimates=final.tolist(), constraint_slack=slack, constraints_met=met,
-                   convergence=convergence(cfg, duals, slack, met))
+                   convergence=convergence(cfg, duals, slack, met, out["steps"]))
     else:
         out.update(final_duals=method.duals.tolist() if constrained else None, duals=duals, constraint_estimates=None,
                    constraint_slack=None, constraints_met=None, convergence=convergence(cfg, [], None, None))

@@ -281,10 +281,9 @@ class Task(abc.ABC):
         raise ValueError(f"grid {grid_name!r} of task {self.name} has no values for method {method!r}; "
                          f"it has: {', '.join(own)} (a method declares its own with default_grids)")
 
-    @classmethod
-    def insane_metrics(cls, metrics: dict[str, "MetricValue"]) -> list[str]:
-        """``"name=value outside [lo, hi]"`` for every metric that is non-finite or leaves its sane range (a class
-        method: the leaderboard re-applies today's ranges to recorded metrics)."""
+    def insane_metrics(self, metrics: dict[str, "MetricValue"]) -> list[str]:
+        """``"name=value outside [lo, hi]"`` for every metric that is non-finite or leaves its sane range (reads the
+        class's ``sane_ranges``, or an instance's where a task sets its own)."""
         bad = []
         for name, m in sorted(metrics.items()):
             if m.value is None:
@@ -293,7 +292,7 @@ class Task(abc.ABC):
                 if m.role != "info":
                     bad.append(f"{name}={m.value} (not finite)")
                 continue
-            for pattern, (lo, hi) in cls.sane_ranges.items():
+            for pattern, (lo, hi) in self.sane_ranges.items():
                 if fnmatch.fnmatchcase(name, pattern) and ((lo is not None and m.value < lo) or
                                                            (hi is not None and m.value > hi)):
                     bad.append(f"{name}={m.value:.4g} outside [{lo}, {hi}]")
