@@ -46,6 +46,13 @@ def gmm_attacked(gmm_run):
     return {(r["attack"]["name"], r["attack"]["reference"] or r["method"]): r for r in recs}
 
 
+def test_attacks_none_plans_only_the_retrained_reference(gmm_run):
+    """``--attacks none``: the retrained reference scored by the task's evaluation (the comparison protocol's
+    anchor), one trial per seed, and no attack."""
+    plan = plan_attacks(gmm_run, "none")
+    assert [(t["trial_id"], t["attack"]["name"]) for t in plan.trials] == [("reference--retrained-s0", "reference")]
+
+
 def ladder(rec: dict) -> list[tuple[float, float]]:
     return list(zip(rec["attack"]["values"], rec["attack"]["stderr"]))
 
