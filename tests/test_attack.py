@@ -357,3 +357,23 @@ def test_a_perfectly_separated_mia_is_not_certain():
     del legacy["attack"]["intervals"]["n_heldout"]  # a record without the counts keeps its bootstrap interval
     rows = {r["metric"]: r for r in rows_of(attack_trials([legacy])["digits-data"])}
     assert (rows["mia_auc"]["ci_lo"], rows["mia_auc"]["ci_hi"]) == (1.0, 1.0)
+
+
+def test_saved_weights_are_looked_for_only_inside_the_run_folder(tmp_path, caplog):
+    """A record whose artifacts.model is absolute or climbs out of its run folder is not attacked or loaded."""
+    from unlearnbench.saving import load_unlearned
+
+    elsewhere = tmp_path / "elsewhere" / "model"
+    elsewhere.mkdir(parents=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    recs = [{"trial_id": f"rkl-s{i}", "status": "ok", "method": "rkl", "seed": i, "task": {"name": "gmm-concept"},
+             "artifacts": {"model": p}} for i, p in enumerate([str(elsewhere), "../elsewhere/model"])]
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(ConfigError, match="no ok trial saved its weights"):
+        plan_attacks(run, "relearn", ["0,10"])
+    for r in recs:
+        assert f"record {r['trial_id']!r} in {run}: artifacts.model" in caplog.text
+        with pytest.raises(FileNotFoundError, match=f"trial {r['trial_id']} saved no weights inside {run}"):
+            load_unlearned(run, r["trial_id"])
+    assert sorted(p.name for p in run.iterdir()) == ["records.jsonl"]

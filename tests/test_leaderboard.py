@@ -245,11 +245,12 @@ def test_two_entries_of_one_method_keep_their_own_sample_grids(tmp_path):
     import matplotlib.image
 
     recs = []
+    (tmp_path / "run").mkdir()
     for lr, shade in ((1e-3, 0.2), (1e-4, 0.8)):
         for v in (0.5, 1.0):
-            png = tmp_path / f"lr{lr:g}-{v:g}.png"
+            png = tmp_path / "run" / f"lr{lr:g}-{v:g}.png"
             matplotlib.image.imsave(png, np.full((8, 24), shade), cmap="gray", vmin=0, vmax=1)
-            recs.append(make_record("toy-data", "fkl", v, 0, samples=str(png), lr=lr))
+            recs.append(make_record("toy-data", "fkl", v, 0, samples=png.name, lr=lr))
     run = write_records(tmp_path / "run", recs)
     result = build_leaderboard([run], tmp_path / "out")
     files = sorted(result["tasks"]["toy-data"]["samples"])
@@ -278,3 +279,28 @@ def test_summary_cells_show_three_significant_digits_and_keep_the_full_values_in
                     f"{short(float(rows[0][hv + '_hi']))}]"
     assert all(len(re.sub(r"[^0-9]", "", n.split("e")[0]).strip("0")) <= 3  # significant digits of each number
                for _, s in cells for n in re.findall(r"-?[0-9.]+(?:e[+-][0-9]+)?", s))
+
+
+def test_sample_paths_leading_out_of_the_run_folder_are_skipped_by_name(tmp_path, caplog):
+    """A record is data from whoever wrote the run folder: an absolute path, a ../ path or a link out of the folder
+    never makes the leaderboard copy (and publish) a file from elsewhere."""
+    import matplotlib.image
+
+    secret = tmp_path / "private.png"
+    matplotlib.image.imsave(secret, np.full((8, 24), 0.3), cmap="gray", vmin=0, vmax=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "link.png").symlink_to(secret)
+    ok = run / "artifacts" / "fkl.png"
+    ok.parent.mkdir()
+    matplotlib.image.imsave(ok, np.full((8, 24), 0.6), cmap="gray", vmin=0, vmax=1)
+    paths = {0.25: str(secret), 0.5: "../private.png", 1.0: "link.png", 2.0: "artifacts/../../private.png",
+             4.0: "artifacts/fkl.png"}
+    write_records(run, [make_record("toy-data", "fkl", v, 0, samples=p) for v, p in paths.items()])
+    result = build_leaderboard([run], tmp_path / "out")
+    copied = result["tasks"]["toy-data"]["samples"]
+    assert [Path(f).read_bytes() for f in copied] == [ok.read_bytes()], "only the file inside the run folder"
+    for v in (0.25, 0.5, 1.0, 2.0):
+        assert f"record 'fkl-g{v:g}-s0' in {run}: artifacts.samples" in caplog.text
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert "private" not in html and str(tmp_path) not in html

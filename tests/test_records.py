@@ -143,3 +143,23 @@ def test_second_writer_is_refused(plugin, tmp_path):
     assert {k: v for k, v in snapshot(out).items() if k != LOCK} == before
     assert not (out / LOCK).exists()
     RunDirLock(out).acquire().release()  # free again once released
+
+
+def test_artifact_paths_resolve_only_inside_the_run_folder(tmp_path, caplog):
+    from unlearnbench.records import artifact_path
+
+    run = tmp_path / "run"
+    (run / "artifacts" / "t").mkdir(parents=True)
+    (run / "out.png").symlink_to(tmp_path)
+    rec = {"trial_id": "t", "_dir": str(run)}
+    good = {"samples": "artifacts/t", "model": "./artifacts/t"}
+    for key, value in good.items():
+        assert artifact_path({**rec, "artifacts": {key: value}}, key) == run / "artifacts" / "t"
+    assert artifact_path({**rec, "artifacts": {}}, "samples") is None and caplog.text == ""
+    bad = ["/etc/passwd", "../x", "artifacts/../../x", "out.png", 3, ["a"], "a\0b"]
+    for value in bad:
+        caplog.clear()
+        assert artifact_path({**rec, "artifacts": {"samples": value}}, "samples") is None, value
+        assert f"record 't' in {run}: artifacts.samples {value!r}" in caplog.text and "skipped" in caplog.text
+    assert artifact_path({**rec, "artifacts": "nope"}, "samples") is None
+

@@ -112,13 +112,17 @@ def parse_budgets(values: list[str] | None, attacks: list[str]) -> dict[str, lis
 
 def source_trials(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(ok trials with saved weights, every latest trial) of a run directory; attack records are not trials."""
-    from unlearnbench.records import RECORDS, iter_latest, read_records
+    from unlearnbench.records import RECORDS, artifact_path, iter_latest, read_records
 
     path = run_dir / RECORDS
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no {RECORDS}; give a run directory made by `unlearnbench run --save-models`")
     trials = sorted((r for r in iter_latest(read_records([path])) if not r.get("attack")), key=lambda r: r["trial_id"])
-    saved = [r for r in trials if r.get("status") == "ok" and (r.get("artifacts") or {}).get("model")]
+    saved = []
+    for r in trials:
+        model = artifact_path(r, "model") if r.get("status") == "ok" else None  # only inside the run folder
+        if model is not None:
+            saved.append({**r, "_model": str(model)})
     return saved, trials
 
 
@@ -161,10 +165,7 @@ def plan_attacks(run_dir: str | os.PathLike, attacks: str | None = None, budgets
         sources = [(r["trial_id"], r, None) for r in saved] + [(f"{ref}-s{s}", None, (ref, s)) for ref in refs
                                                                for s in seeds]
         for sid, rec, ref in sources:
-            model = None
-            if rec is not None:
-                model = rec["artifacts"]["model"]
-                model = model if os.path.isabs(model) else str(Path(rec.get("_dir") or run) / model)
+            model = rec["_model"] if rec is not None else None
             tid = f"{tag}--{sid}"
             plan.trials.append({
                 "run_id": plan.run_id, "trial_id": tid, "task": task_name,

@@ -152,6 +152,26 @@ def read_records(paths: Iterable[str | os.PathLike], problems: list[str] | None 
     return out
 
 
+def artifact_path(rec: dict, key: str) -> Path | None:
+    """The file or folder the record's ``artifacts[key]`` names, inside the record's run folder (``_dir``, the folder
+    of its records file); None where it names none. A record is data from whoever wrote the run folder, so a path
+    that is not a relative path inside that folder (absolute, climbing with ``..``, or leading out through a link)
+    is never followed: it is skipped with a warning naming the record."""
+    value = (rec.get("artifacts") or {}).get(key) if isinstance(rec.get("artifacts"), dict) else None
+    if not value:
+        return None
+    root = Path(rec.get("_dir") or ".").resolve()
+    where = f"record {rec.get('trial_id')!r} in {root}"
+    if not isinstance(value, str) or os.path.isabs(value) or ".." in Path(value).parts or "\0" in value:
+        logger.warning("%s: artifacts.%s %r is not a relative path inside its run folder; skipped", where, key, value)
+        return None
+    path = (root / value).resolve()
+    if not path.is_relative_to(root):
+        logger.warning("%s: artifacts.%s %r leads out of its run folder (to %s); skipped", where, key, value, path)
+        return None
+    return path
+
+
 def iter_latest(records: Iterable[dict]) -> Iterator[dict]:
     """The newest record per (task, trial_id) (a resumed trial supersedes its failed attempt)."""
     latest: dict[tuple, dict] = {}

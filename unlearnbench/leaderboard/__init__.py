@@ -34,7 +34,7 @@ from unlearnbench.leaderboard import page
 from unlearnbench.leaderboard.plots import method_color, plot_axis, plot_duals
 from unlearnbench.leaderboard.stats import REFERENCE_POINTS, common_levels, hypervolume_ci, reference
 from unlearnbench.leaderboard.tables import csv_text, formatted, points_table, summary_table
-from unlearnbench.records import read_records
+from unlearnbench.records import artifact_path, read_records
 from unlearnbench.results import TaskData, axis_label, collect_tasks, fmt, grid_of
 
 __all__ = ["build_leaderboard", "REFERENCE_POINTS", "collect_tasks", "method_color", "common_levels",
@@ -90,11 +90,12 @@ def copy_samples(td: TaskData, out: Path, s: str) -> list[tuple[str, str]]:
     """Copy the sample grid of the first seed of every entry and grid value; (relative path, caption) each."""
     copied, seen = [], set()
     for r in td.with_status("ok"):
-        src = (r.get("artifacts") or {}).get("samples")
         key = (r["_entry"], json.dumps(grid_of(r).get("value")))
-        if not src or key in seen:
+        if key in seen:
             continue
-        src = Path(src) if Path(src).is_absolute() else Path(r.get("_dir") or ".") / src
+        src = artifact_path(r, "samples")  # only a file inside the record's run folder
+        if src is None:
+            continue
         if not src.is_file():
             logger.warning("task %s, trial %s: sample grid %s is missing", td.name, r.get("trial_id"), src)
             continue
