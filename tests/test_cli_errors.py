@@ -20,6 +20,9 @@ FILES = {  # written into the test's directory before each case; {tmp} in argume
     "g_params.yaml": "values: {rkl: [20]}\nparams: {rkll: eps}\n",
     "c_gridname.yaml": "grids: {eps: {rkll: [20, 30]}}\n",
     "badrun/args.json": "{not json\n",
+    "g_escape.yaml": "grid: ../../../../escape\nvalues: {rkl: [20]}\n",
+    "g_slash.yaml": "grid: a/b\nvalues: {rkl: [20]}\n",
+    "c_gridspace.yaml": "grids: {'my grid': {rkl: [20]}}\n",
 }
 
 CASES = [  # (arguments, substrings the message must hold)
@@ -92,6 +95,12 @@ CASES = [  # (arguments, substrings the message must hold)
     (["ls", "metrics", "kid"], ["ls metrics takes no NAME (got 'kid')", "NAME works with: methods, tasks"]),
     (["ls", "nothing"], ["invalid choice: 'nothing'", "'methods', 'metrics', 'tasks', 'grids'"]),
     (["pretrain", "--task", "gmm-concep"], ["unknown task 'gmm-concep'", "Valid tasks:"]),
+    # names become paths and Ray trial names: one pattern, checked before any work
+    ([*RUN, "--grid", "{tmp}/g_escape.yaml", "--save-models", "--executor", "serial"],
+     ["grid name '../../../../escape' is not a valid name", "letters, digits, '_', '.' or '-'"]),
+    ([*RUN, "--grid", "{tmp}/g_slash.yaml"], ["grid name 'a/b' is not a valid name"]),
+    ([*RUN, "--config", "{tmp}/c_gridspace.yaml", "--grid", "my grid"], ["grid name 'my grid' is not a valid name"]),
+    ([*RUN, "--out", "{tmp}/run$x"], ["run name (the last part of the run directory) 'run$x' is not a valid name"]),
 ]
 
 

@@ -163,3 +163,12 @@ def test_artifact_paths_resolve_only_inside_the_run_folder(tmp_path, caplog):
         assert f"record 't' in {run}: artifacts.samples {value!r}" in caplog.text and "skipped" in caplog.text
     assert artifact_path({**rec, "artifacts": "nope"}, "samples") is None
 
+
+def test_records_whose_names_could_become_paths_or_markup_are_skipped_by_name(tmp_path, caplog):
+    path = tmp_path / "records.jsonl"
+    bad = [rec(1, method="$\\alpha$"), rec(2, trial_id="../../x"), rec(3, task={"name": "a/b"}), rec(4, method=7)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [rec(0), *bad]))
+    problems: list[str] = []
+    assert [r["trial_id"] for r in read_records([tmp_path], problems)] == ["t0"]
+    assert [p.split("skipped, ")[1].split(" is not")[0] for p in problems] == [
+        "method '$\\\\alpha$'", "trial_id '../../x'", "task.name 'a/b'", "method 7"]

@@ -25,7 +25,7 @@ import yaml
 from unlearnbench.methods import METHODS
 from unlearnbench.methods.base import make_config
 from unlearnbench.registry import parse_list
-from unlearnbench.settings import ConfigError
+from unlearnbench.settings import ConfigError, check_name
 
 logger = logging.getLogger(__name__)
 from unlearnbench.tasks import TASKS
@@ -175,9 +175,11 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
     method_names = resolve_methods(methods, task_cls, grid, (cfg.get("grids") or {}).get(grid) or {})
     method_overrides = check_overrides(cfg.get("methods") or {})
     grid_name, grid_values, grid_params = resolve_grid(grid, method_names, task_obj, cfg.get("grids") or {})
+    check_name("grid name", grid_name)  # it becomes part of every trial name and artefact folder
     seed_list = parse_seeds(seeds)
     run_dir = os.path.abspath(run_dir)
-    plan = SweepPlan(run_id=os.path.basename(run_dir), run_dir=run_dir, task=task_name, task_options=task_options)
+    plan = SweepPlan(run_id=check_name("run name (the last part of the run directory)", os.path.basename(run_dir)),
+                     run_dir=run_dir, task=task_name, task_options=task_options)
     for m in method_names:
         overrides = dict(method_overrides.get(m) or {})
         if steps is not None:
@@ -186,7 +188,7 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
             g = {"name": grid_name, "param": grid_param(m, grid_name, grid_params), "value": float(value)}
             check_method_config(task_obj, m, overrides, g)
             for seed in seed_list:
-                tid = f"{m}-{grid_name}{fmt_value(value)}-s{seed}"
+                tid = check_name("trial name", f"{m}-{grid_name}{fmt_value(value)}-s{seed}")
                 plan.trials.append({
                     "run_id": plan.run_id, "trial_id": tid, "task": task_name, "task_options": task_options,
                     "method": m, "method_config": overrides, "grid": g, "seed": seed, "cache_dir": task_obj.cache_dir,

@@ -25,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from unlearnbench.settings import SAFE_NAME_TEXT, is_safe_name
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -114,13 +116,19 @@ def _repair_tail(path: Path, f) -> None:
 
 def record_problem(rec: Any) -> str | None:
     """Why a parsed JSON line is not a record (None if it is one): it needs task.name, trial_id, status, method,
-    seed. Records may carry any further fields, so nothing else is checked."""
+    seed; the names (task.name, trial_id, method) become file names and plot text, so each must be a safe name.
+    Records may carry any further fields, so nothing else is checked."""
     if not isinstance(rec, dict):
         return f"a JSON {type(rec).__name__}, not an object"
     missing = [k for k in REQUIRED if k not in rec]
     if not isinstance(rec.get("task"), dict) or not rec["task"].get("name"):
         missing.insert(0, "task.name")
-    return f"missing {', '.join(missing)}" if missing else None
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key, value in (("task.name", rec["task"]["name"]), ("trial_id", rec["trial_id"]), ("method", rec["method"])):
+        if not is_safe_name(value):
+            return f"{key} {value!r} is not a valid name ({SAFE_NAME_TEXT})"
+    return None
 
 
 def read_records(paths: Iterable[str | os.PathLike], problems: list[str] | None = None) -> list[dict]:

@@ -12,6 +12,7 @@ value to a fixed set.
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from typing import Any, Mapping
@@ -21,6 +22,24 @@ _MISSING = object()
 
 class ConfigError(ValueError):
     """Bad user input, found before any work starts."""
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+SAFE_NAME_TEXT = "1 to 100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def is_safe_name(name: Any) -> bool:
+    """Whether ``name`` may become a path component, a Ray trial name and plot text as it is (:data:`SAFE_NAME`):
+    no '/', no '..' component, no shell or markup characters."""
+    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None
+
+
+def check_name(what: str, name: Any) -> str:
+    """``name`` if it is a safe name; ``ConfigError`` naming it and the pattern otherwise (a grid, method, task or run
+    name becomes part of file paths and Ray trial names)."""
+    if not is_safe_name(name):
+        raise ConfigError(f"{what} {name!r} is not a valid name: use {SAFE_NAME_TEXT}")
+    return name
 
 
 def coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any] | None = None, default: Any = _MISSING,
