@@ -101,6 +101,11 @@ CASES = [  # (arguments, substrings the message must hold)
     ([*RUN, "--grid", "{tmp}/g_slash.yaml"], ["grid name 'a/b' is not a valid name"]),
     ([*RUN, "--config", "{tmp}/c_gridspace.yaml", "--grid", "my grid"], ["grid name 'my grid' is not a valid name"]),
     ([*RUN, "--out", "{tmp}/run$x"], ["run name (the last part of the run directory) 'run$x' is not a valid name"]),
+    # a leaderboard writes only into a new or empty folder or one it marked before
+    (["leaderboard", "--runs", "{tmp}/badrun", "--out", "/"], ["--out / already holds files that `unlearnbench "
+                                                               "leaderboard` did not write", "give a new or empty"]),
+    (["leaderboard", "--runs", "{tmp}/badrun", "--out", "{tmp}"], ["already holds files", "(afile, badrun, "]),
+    (["leaderboard", "--runs", "{tmp}/badrun", "--out", "{tmp}/afile"], ["afile is an existing file"]),
 ]
 
 

@@ -179,17 +179,19 @@ def test_diverged_points_never_enter_fronts(tmp_path):
     assert 3.0 not in td.points("rkl", KL_AXIS).grid and len(td.with_status("diverged")) == 1
 
 
-def test_all_failed_and_unknown_task(tmp_path):
-    """A task whose trials all failed still gets a table row per entry and its failures listed."""
-    recs = [make_record("toy-data", "fkl", v, 0, status="failed") for v in (0.5, 1.0)]
-    for r in recs:
-        r["task"] = {"name": "broken task", "kind": "data"}  # no axes, odd name
+def test_all_failed_and_unknown_task(tmp_path, caplog):
+    """A task whose trials all failed still gets a table row per entry and its failures listed; a task name that is
+    not a safe name (it would become a file name) is skipped with a warning."""
+    recs = [make_record("toy-data", "fkl", v, 0, status="failed") for v in (0.5, 1.0, 2.0)]
+    for r, name in zip(recs, ["Broken.Task", "Broken.Task", "broken task"]):
+        r["task"] = {"name": name, "kind": "data"}  # no axes, unknown name
     recs.append(make_record("toy-concept", "rkl", 1.0, 0))
     result = build_leaderboard([write_records(tmp_path / "runs", recs)], tmp_path / "out")
-    rows = read_csv(Path(result["tasks"]["broken task"]["csv"]))
+    rows = read_csv(Path(result["tasks"]["Broken.Task"]["csv"]))
     assert [(r["rank"], r["entry"], r["n_ok"], r["n_failed"]) for r in rows] == [("", "fkl", "0", "2")]
-    assert Path(result["tasks"]["broken task"]["csv"]).name == "broken_task.csv"
-    assert len(result["failed"]) == 2
+    assert Path(result["tasks"]["Broken.Task"]["csv"]).name == "Broken.Task.csv"
+    assert len(result["failed"]) == 2 and "broken task" not in result["tasks"]
+    assert "records.jsonl:3: skipped, task.name 'broken task' is not a valid name" in caplog.text
 
 
 def test_oracle_fronts_accepts_both_layouts():
@@ -304,3 +306,36 @@ def test_sample_paths_leading_out_of_the_run_folder_are_skipped_by_name(tmp_path
         assert f"record 'fkl-g{v:g}-s0' in {run}: artifacts.samples" in caplog.text
     html = (tmp_path / "out" / "index.html").read_text()
     assert "private" not in html and str(tmp_path) not in html
+
+
+def test_the_output_folder_is_new_empty_or_marked_by_an_earlier_build(tmp_path, capsys):
+    """A leaderboard never overwrites files it did not write: a folder of other files is refused and left
+    byte-identical; a new or empty folder is marked and can be rebuilt; a run's own leaderboard/ is its own."""
+    from unlearnbench.cli.main import main
+    from unlearnbench.rundir import OUT_MARKER, OutDirRefused
+
+    runs = synthetic_runs(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "index.html").write_text("someone's page\n")
+    with pytest.raises(OutDirRefused, match=f"{other} already holds files .* \\(index.html\\)"):
+        build_leaderboard(runs, other)
+    argv = ["leaderboard", "--runs", *map(str, runs)]
+    assert main([*argv, "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and err.count("\n") == 1
+    assert [p.name for p in other.iterdir()] == ["index.html"] and (other / "index.html").read_text() == \
+        "someone's page\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (empty, tmp_path / "new" / "lb"):
+        assert main([*argv, "--out", str(out)]) == 0
+        assert (out / OUT_MARKER).is_file() and (out / "index.html").is_file()
+        first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert main([*argv, "--out", str(out)]) == 0, "a folder an earlier build marked is rebuilt"
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+    legacy = tmp_path / "runs" / "b" / "leaderboard"  # a run's own folder, from before the marker
+    legacy.mkdir()
+    (legacy / "index.html").write_text("old\n")
+    build_leaderboard(runs[1:], legacy, own=True)
+    assert (legacy / OUT_MARKER).is_file() and (legacy / "index.html").read_text() != "old\n"

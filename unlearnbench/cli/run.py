@@ -223,7 +223,7 @@ def _sweep(args, plan) -> int:
         try:
             from unlearnbench.leaderboard import build_leaderboard
 
-            build_leaderboard([plan.run_dir], os.path.join(plan.run_dir, "leaderboard"))
+            build_leaderboard([plan.run_dir], os.path.join(plan.run_dir, "leaderboard"), own=True)
             print(f"leaderboard: {os.path.join(plan.run_dir, 'leaderboard', 'index.html')}")
         except ImportError:
             pass
