@@ -127,7 +127,9 @@ def test_budgets_parse():
     assert parse_budgets(["50,0,10", "embedding=0,5"], ["relearn", "embedding"]) == {"relearn": [0, 10, 50],
                                                                                      "embedding": [0, 5]}
     for bad, msg in ((["a,b"], "comma-separated whole numbers"), (["-1,2"], ">= 0"),
-                     (["mia=0,1"], "mia has no budget ladder"), (["relearnn=0,1"], "not among the attacks run")):
+                     (["mia=0,1"], "mia has no budget ladder"), (["relearnn=0,1"], "not among the attacks run"),
+                     (["0,1000000000"], "each at most 10000 optimizer steps"),
+                     ([",".join(map(str, range(21)))], "at most 20 budgets"), (["1e9"], "whole numbers")):
         with pytest.raises(ConfigError, match=msg):
             parse_budgets(bad, ["relearn", "mia"])
 
@@ -199,6 +201,7 @@ def test_cli_bad_input(gmm_run, tmp_path):
         (["--attacks", ","], "no attack given; valid: embedding, mia, relearn"),
         (["--budgets", "0,x"], "--budgets '0,x': expected comma-separated whole numbers"),
         (["--cpus-per-trial", "0"], "--cpus-per-trial 0"),
+        (["--budgets", "0,1000000000"], "--budgets '0,1000000000': at most 20 budgets, each at most 10000"),
     ]
     before = sorted(p.name for p in gmm_run.iterdir())
     for extra, msg in cases:

@@ -23,6 +23,8 @@ FILES = {  # written into the test's directory before each case; {tmp} in argume
     "g_escape.yaml": "grid: ../../../../escape\nvalues: {rkl: [20]}\n",
     "g_slash.yaml": "grid: a/b\nvalues: {rkl: [20]}\n",
     "c_gridspace.yaml": "grids: {'my grid': {rkl: [20]}}\n",
+    "c_big.yaml": "# " + "x" * (1 << 20) + "\n",
+    "g_many.yaml": "values: {rkl: [" + ", ".join(str(20 + i / 1000) for i in range(10_001)) + "]}\n",
 }
 
 CASES = [  # (arguments, substrings the message must hold)
@@ -101,6 +103,18 @@ CASES = [  # (arguments, substrings the message must hold)
     ([*RUN, "--grid", "{tmp}/g_slash.yaml"], ["grid name 'a/b' is not a valid name"]),
     ([*RUN, "--config", "{tmp}/c_gridspace.yaml", "--grid", "my grid"], ["grid name 'my grid' is not a valid name"]),
     ([*RUN, "--out", "{tmp}/run$x"], ["run name (the last part of the run directory) 'run$x' is not a valid name"]),
+    # every size is bounded: files are read only when regular and at most 1 MiB; counts have declared maxima
+    ([*RUN, "--config", "/dev/zero"], ["config file '/dev/zero' is not a regular file"]),
+    ([*RUN, "--grid", "/dev/zero"], ["grid file '/dev/zero' is not a regular file"]),
+    ([*RUN, "--config", "{tmp}/c_big.yaml"], ["c_big.yaml' is larger than 1048576 bytes"]),
+    ([*RUN, "--grid", "{tmp}/g_many.yaml"], ["10001 trials", "at most 10000 per sweep"]),
+    ([*RUN, "--steps", "1000000001"], ["--steps 1000000001: must be a whole number from 0 to 1000000"]),
+    ([*RUN, "--seeds", "0,-1"], ["seed -1 is out of range", "0 to 2147483647"]),
+    ([*RUN, "--seeds", "0-1100"], ["expected comma-separated integers"]),
+    ([*RUN, "--seeds", ",".join(map(str, range(1001)))], ["1001 seeds; at most 1000"]),
+    ([*RUN, "--set", "methods.rkl.batch_size=1e9"], ["batch_size=1000000000 is out of range",
+                                                     "valid: an integer > 0 and <= 1000000"]),
+    ([*RUN, "--set", "task.eval_samples=100000000"], ["task.eval_samples=100000000 is out of range", "<= 1000000"]),
     # a leaderboard writes only into a new or empty folder or one it marked before
     (["leaderboard", "--runs", "{tmp}/badrun", "--out", "/"], ["--out / already holds files that `unlearnbench "
                                                                "leaderboard` did not write", "give a new or empty"]),
@@ -152,3 +166,14 @@ def test_a_broken_plugin_is_named_not_a_traceback(capsys, tmp_path):
     finally:
         METHODS._items.pop("zz-broken")
         METHODS._origin.pop("zz-broken")
+
+
+def test_a_fifo_config_or_grid_is_refused_without_waiting_for_a_writer(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    for flag in ("--config", "--grid"):
+        assert _run([*RUN, flag, str(fifo), "--out", str(tmp_path / "out")]) == 2
+        assert "is not a regular file (a device, FIFO or socket)" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe.yaml"]

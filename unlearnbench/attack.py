@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from unlearnbench.config import ConfigError, SweepPlan
 from unlearnbench.diffusion import add_noise, per_sample_mse, sample_t
 from unlearnbench.results import REFERENCE_EVAL  # not an attack: the retrained network scored by task.evaluate
+from unlearnbench.settings import MAX_BUDGET, MAX_RUNGS, read_small_file
 from unlearnbench.tasks.base import MetricValue
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,9 @@ def parse_budgets(values: list[str] | None, attacks: list[str]) -> dict[str, lis
                               f"(or ATTACK=0,10,50)") from None
         if not ladder or ladder[0] < 0:
             raise ConfigError(f"--budgets {item!r}: expected whole numbers >= 0, e.g. 0,10,50,200")
+        if ladder[-1] > MAX_BUDGET or len(ladder) > MAX_RUNGS:
+            raise ConfigError(f"--budgets {item[:60]!r}: at most {MAX_RUNGS} budgets, each at most {MAX_BUDGET} "
+                              f"optimizer steps")
         for a in targets:
             out[a] = ladder
     return out
@@ -150,8 +154,8 @@ def plan_attacks(run_dir: str | os.PathLike, attacks: str | None = None, budgets
                           f"rerun with `unlearnbench run --save-models`")
     if cache_dir is None:
         try:
-            cache_dir = json.loads((run / "args.json").read_text()).get("cache_dir")
-        except (OSError, ValueError, AttributeError):
+            cache_dir = json.loads(read_small_file(run / "args.json", "args.json")).get("cache_dir")
+        except (ValueError, AttributeError):  # ConfigError is a ValueError
             cache_dir = None
     task = TASKS.get(task_name)(saved[0]["task"].get("options") or {}, cache_dir=cache_dir)
     out = run / ATTACK_DIR

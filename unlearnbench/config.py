@@ -25,7 +25,8 @@ import yaml
 from unlearnbench.methods import METHODS
 from unlearnbench.methods.base import make_config
 from unlearnbench.registry import parse_list
-from unlearnbench.settings import ConfigError, check_name
+from unlearnbench.settings import (MAX_COUNT, MAX_SEED, MAX_SEEDS, MAX_TRIALS, ConfigError, check_name,
+                                   read_small_file)
 
 logger = logging.getLogger(__name__)
 from unlearnbench.tasks import TASKS
@@ -66,14 +67,11 @@ def deep_merge(a: dict, b: dict) -> dict:
 
 def load_yaml(path: str, what: str = "config file") -> dict:
     """A YAML mapping from ``path``; ``what`` (config file, grid file) names it in messages."""
+    text = read_small_file(path, what)  # a regular file of at most 1 MiB: /dev/zero or a FIFO is refused unread
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path!r} does not exist") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path!r} is not valid YAML: {e}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{what} {path!r} cannot be read as text: {e}; give a YAML file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -132,15 +130,19 @@ def check_writable_dir(path: str, flag: str = "--out") -> str:
 
 
 def parse_seeds(text: str | list[int]) -> list[int]:
-    if isinstance(text, list):
-        return text
     try:
-        seeds = [int(s) for s in str(text).split(",") if s.strip()]
+        seeds = [int(s) for s in (text if isinstance(text, list) else str(text).split(",")) if str(s).strip()]
     except ValueError:
         raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if not seeds:
         raise ConfigError("--seeds is empty")
-    return list(dict.fromkeys(seeds))
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ConfigError(f"--seeds {text!r}: seed {bad[0]} is out of range; valid: whole numbers 0 to {MAX_SEED}")
+    seeds = list(dict.fromkeys(seeds))
+    if len(seeds) > MAX_SEEDS:
+        raise ConfigError(f"--seeds {str(text)[:40]!r}...: {len(seeds)} seeds; at most {MAX_SEEDS}")
+    return seeds
 
 
 @dataclass
@@ -177,6 +179,12 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
     grid_name, grid_values, grid_params = resolve_grid(grid, method_names, task_obj, cfg.get("grids") or {})
     check_name("grid name", grid_name)  # it becomes part of every trial name and artefact folder
     seed_list = parse_seeds(seeds)
+    if steps is not None and not 0 <= steps <= MAX_COUNT:
+        raise ConfigError(f"--steps {steps}: must be a whole number from 0 to {MAX_COUNT}")
+    n_trials = sum(len(grid_values[m]) for m in method_names) * len(seed_list)
+    if n_trials > MAX_TRIALS:
+        raise ConfigError(f"{n_trials} trials (methods x grid values x seeds); at most {MAX_TRIALS} per sweep: "
+                          f"split it into several runs")
     run_dir = os.path.abspath(run_dir)
     plan = SweepPlan(run_id=check_name("run name (the last part of the run directory)", os.path.basename(run_dir)),
                      run_dir=run_dir, task=task_name, task_options=task_options)

@@ -47,15 +47,15 @@ def check_resume(plan: SweepPlan) -> None:
     """``ConfigError`` unless ``plan`` is the sweep its run directory holds (its ``plan.json``): the same trials with
     the same settings. A resumed sweep that ran other trials would count records made under other settings as
     done and mix them into one table."""
-    from unlearnbench.settings import ConfigError
+    from unlearnbench.settings import ConfigError, read_small_file
 
     path = Path(plan.run_dir) / PLAN
     if not path.exists():
         return  # stopped before planning (or made by an older version): args.json alone defines it
     try:
-        held = json.loads(path.read_text(encoding="utf-8"))
+        held = json.loads(read_small_file(path, PLAN, 64 << 20))  # MAX_TRIALS trials of ~1 kB each
         old = _trial_keys(held["trials"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"--resume {plan.run_dir}: {path} cannot be read ({e}); is it a run directory?") from None
     new = _trial_keys(json.loads(json.dumps(plan.trials, sort_keys=True)))
     if old == new:

@@ -119,14 +119,14 @@ def _resume_args(args) -> None:
     import json
 
     from unlearnbench.config import ConfigError
+    from unlearnbench.settings import read_small_file
 
     path = os.path.join(args.resume, "args.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume {args.resume}: no args.json there; is it a run directory?")
     try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as e:
+        saved = json.loads(read_small_file(path, "args.json"))
+    except ValueError as e:  # ConfigError (not a small regular text file) or JSON
         raise ValueError(f"--resume {args.resume}: {path} cannot be read ({e}); is it a run directory?") from None
     if not isinstance(saved, dict):
         raise ValueError(f"--resume {args.resume}: {path} does not hold the saved arguments; is it a run directory?")
