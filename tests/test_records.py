@@ -172,3 +172,32 @@ def test_records_whose_names_could_become_paths_or_markup_are_skipped_by_name(tm
     assert [r["trial_id"] for r in read_records([tmp_path], problems)] == ["t0"]
     assert [p.split("skipped, ")[1].split(" is not")[0] for p in problems] == [
         "method '$\\\\alpha$'", "trial_id '../../x'", "task.name 'a/b'", "method 7"]
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"status": "weird"}, "status 'weird' is not one of ok, diverged, failed"),
+    ({"seed": "zero"}, "seed 'zero' is not an integer"),
+    ({"seed": True}, "seed True is not an integer"),
+    ({"metrics": [1, 2]}, "metrics is a list, not an object"),
+    ({"metrics": {"kid": "x"}}, "metrics.kid is a str, not an object"),
+    ({"metrics": {"kid": {"value": "high"}}}, "metrics.kid.value 'high' is not a finite number"),
+    ({"metrics": {"kid": {"value": 1.0, "n": "many"}}}, "metrics.kid.n 'many' is not a finite number"),
+    ({"metrics": {"kid": {"value": float("inf")}}}, "metrics.kid.value inf is not a finite number"),
+    ({"metrics": {"kid": {"value": 1.0, "higher_is_better": "yes"}}}, "higher_is_better true, false or null"),
+    ({"train": "x"}, "train is a str, not an object"),
+    ({"timing": "x"}, "timing is a str, not an object"),
+    ({"timing": {"total_s": "x"}}, "timing.total_s 'x' is not a finite number"),
+    ({"env": "x"}, "env is a str, not an object"),
+    ({"grid": "eps"}, "grid is a str, not an object"),
+    ({"grid": {"value": "big"}}, "grid.value 'big' is not a finite number"),
+    ({"task": {"name": "toy", "options": [1]}}, "task.options is a list, not an object"),
+    ({"task": {"name": "toy", "axes": [["a", "b", "c"]]}}, "task.axes"),
+    ({"created_at": 5}, "created_at 5 is not a time stamp"),
+])
+def test_records_with_wrong_field_types_are_skipped_with_a_warning(tmp_path, caplog, change, why):
+    """The results, leaderboard and claims read these fields: a record with another type is skipped by name (it
+    used to end the leaderboard in a traceback), the others are read."""
+    (tmp_path / "records.jsonl").write_text(json.dumps(rec(0)) + "\n" + json.dumps(rec(1, **change)) + "\n")
+    problems: list[str] = []
+    assert [r["trial_id"] for r in read_records([tmp_path], problems)] == ["t0"]
+    assert len(problems) == 1 and ":2: skipped, " in problems[0] and why in problems[0], problems

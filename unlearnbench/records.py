@@ -128,6 +128,50 @@ def record_problem(rec: Any) -> str | None:
     for key, value in (("task.name", rec["task"]["name"]), ("trial_id", rec["trial_id"]), ("method", rec["method"])):
         if not is_safe_name(value):
             return f"{key} {value!r} is not a valid name ({SAFE_NAME_TEXT})"
+    return type_problem(rec)
+
+
+STATUSES = ("ok", "diverged", "failed")
+_MAPPINGS = ("task.options", "grid", "method_config", "metrics", "oracle", "train", "timing", "env", "artifacts",
+             "attack")  # each a JSON object (or null) where present
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def type_problem(rec: dict) -> str | None:
+    """Why the fields that the results, leaderboard and claims read do not have their schema types (None if they
+    do): status one of :data:`STATUSES`, an integer seed, objects where objects belong, metric values, stderrs, counts
+    and timings finite numbers or null, axes pairs of names. A record is data from whoever wrote the run folder."""
+    if rec["status"] not in STATUSES:
+        return f"status {rec['status']!r} is not one of {', '.join(STATUSES)}"
+    if isinstance(rec["seed"], bool) or not isinstance(rec["seed"], int):
+        return f"seed {rec['seed']!r} is not an integer"
+    for key in _MAPPINGS:
+        head, _, tail = key.partition(".")
+        value = rec.get(head) if not tail else (rec.get(head) or {}).get(tail)
+        if value is not None and not isinstance(value, dict):
+            return f"{key} is a {type(value).__name__}, not an object"
+    if not isinstance(rec.get("created_at", ""), str):
+        return f"created_at {rec['created_at']!r} is not a time stamp"
+    if rec.get("grid") and not (rec["grid"].get("value") is None or _number(rec["grid"]["value"])):
+        return f"grid.value {rec['grid']['value']!r} is not a finite number"
+    for name, m in (rec.get("metrics") or {}).items():
+        if not isinstance(m, dict):
+            return f"metrics.{name} is a {type(m).__name__}, not an object"
+        for field in ("value", "stderr", "n"):
+            if m.get(field) is not None and not _number(m[field]):
+                return f"metrics.{name}.{field} {m[field]!r} is not a finite number"
+        if not isinstance(m.get("role", ""), str) or not isinstance(m.get("higher_is_better", False), (bool, type(None))):
+            return f"metrics.{name}: role must be a name and higher_is_better true, false or null"
+    for name, v in (rec.get("timing") or {}).items():
+        if v is not None and not _number(v):
+            return f"timing.{name} {v!r} is not a finite number"
+    axes = rec["task"].get("axes")
+    if axes is not None and not (isinstance(axes, list) and all(
+            isinstance(a, list) and len(a) == 2 and all(isinstance(x, str) for x in a) for a in axes)):
+        return f"task.axes {axes!r} is not a list of [unlearning metric, retention metric] pairs"
     return None
 
 
