@@ -115,6 +115,13 @@ CASES = [  # (arguments, substrings the message must hold)
     ([*RUN, "--set", "methods.rkl.batch_size=1e9"], ["batch_size=1000000000 is out of range",
                                                      "valid: an integer > 0 and <= 1000000"]),
     ([*RUN, "--set", "task.eval_samples=100000000"], ["task.eval_samples=100000000 is out of range", "<= 1000000"]),
+    # tracebacks seen before: each is one error: line
+    (["pretrain", "--task", "sd-concept"], ["pretrain --task sd-concept: this task unlearns from weights you give",
+                                            "pretrain builds the models of digits-concept"]),
+    (["pretrain", "--task", "gmm-concept", "--cache-dir", "/proc/unlearnbench-test"],
+     ["--cache-dir '/proc/unlearnbench-test': cannot create a directory in '/proc'"]),
+    (["leaderboard", "--runs", "{tmp}/badrun", "--out", "/proc/unlearnbench-test"],
+     ["--out '/proc/unlearnbench-test': cannot create a directory in '/proc'", "give a path under a writable"]),
     # a leaderboard writes only into a new or empty folder or one it marked before
     (["leaderboard", "--runs", "{tmp}/badrun", "--out", "/"], ["--out / already holds files that `unlearnbench "
                                                                "leaderboard` did not write", "give a new or empty"]),

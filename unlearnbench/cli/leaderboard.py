@@ -82,13 +82,15 @@ def resolve_runs(runs: list[str] | None) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from unlearnbench.leaderboard import build_leaderboard
     from unlearnbench.records import read_records
+    from unlearnbench.config import ConfigError, check_writable_dir
     from unlearnbench.rundir import OutDirRefused, check_out_dir
 
     out = Path(args.out).resolve()
     try:
         check_out_dir(out)
+        check_writable_dir(str(out), "--out")
         runs = resolve_runs(args.runs)
-    except (FileNotFoundError, OutDirRefused) as e:
+    except (FileNotFoundError, OutDirRefused, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not read_records(runs):

@@ -245,6 +245,7 @@ def run(args) -> int:
 
 def _sweep(args, plan) -> int:
     """Run the plan in its (locked) run directory, then print the table and build the run's leaderboard."""
+    from unlearnbench.pipelines import ModelPathError
     from unlearnbench.rundir import write_args
     from unlearnbench.sweep import format_table, run_sweep
 
@@ -259,7 +260,7 @@ def _sweep(args, plan) -> int:
                             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                             echo=lambda s: print(s, flush=True), tune_callbacks=args.tune_callback,
                             rerun_diverged=args.rerun_diverged)
-    except RuntimeError as e:
+    except (RuntimeError, ModelPathError) as e:  # a model that passed the checks but does not load in the driver
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
@@ -296,9 +297,21 @@ def validate(args) -> int:
 
 
 def pretrain(args) -> int:
-    from unlearnbench.cache import used_artefacts
+    from unlearnbench.cache import default_cache_dir, used_artefacts
+    from unlearnbench.config import ConfigError, check_writable_dir
     from unlearnbench.tasks import TASKS
 
+    try:
+        check_writable_dir(args.cache_dir or default_cache_dir(), "--cache-dir" if args.cache_dir else
+                           "cache directory ($UNLEARNBENCH_CACHE or ~/.cache/unlearnbench)")
+        name = "digits" if args.task == "digits" else TASKS.canonical(args.task)
+        if name != "digits" and "model" in TASKS.get(name).default_options:
+            raise ConfigError(f"pretrain --task {name}: this task unlearns from weights you give "
+                              f"(`unlearnbench run --task {name} --model PATH`), nothing is pretrained for it; "
+                              f"pretrain builds the models of {', '.join(_pretrained_tasks())} (or 'digits')")
+    except (ConfigError, KeyError) as e:
+        print(f"error: {e}{' (or digits)' if isinstance(e, KeyError) else ''}", file=sys.stderr)
+        return 2
     if args.no_shipped:
         os.environ["UNLEARNBENCH_SHIPPED"] = "0"
     if args.task == "digits":
@@ -314,11 +327,13 @@ def pretrain(args) -> int:
         for (kind, path), source in first.items():
             print(f"{kind}: {source} ({path})")
         return 0
-    try:
-        name = TASKS.canonical(args.task)
-    except KeyError as e:
-        print(f"error: {e} (or 'digits')", file=sys.stderr)
-        return 2
     TASKS.get(name)(None, cache_dir=args.cache_dir).prepare()
     print(f"{name}: pretrained models cached")
     return 0
+
+
+def _pretrained_tasks() -> list[str]:
+    """The tasks whose models unlearnbench builds (no ``model`` option)."""
+    from unlearnbench.tasks import TASKS
+
+    return [n for n in TASKS.names() if "model" not in TASKS.get(n).default_options]
