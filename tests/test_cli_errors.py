@@ -184,3 +184,21 @@ def test_a_fifo_config_or_grid_is_refused_without_waiting_for_a_writer(tmp_path,
         assert _run([*RUN, flag, str(fifo), "--out", str(tmp_path / "out")]) == 2
         assert "is not a regular file (a device, FIFO or socket)" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["pipe.yaml"]
+
+
+def test_the_bad_inputs_script_answers_every_case_without_a_traceback():
+    """scripts/bad_inputs.py shows the answer to each case of the battery and to each planted file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bad_inputs.py"
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0 and "Traceback" not in r.stdout + r.stderr, r.stderr[-2000:]
+    part1, part2 = r.stdout.split("\nFiles from others")
+    answers = [ln for ln in part1.splitlines() if ln.startswith("    exit ")]
+    assert len(answers) == len(CASES) and all(ln.startswith("    exit 2: ") and "error: " in ln for ln in answers)
+    for answer in ("code ran: False", "samples copied: 0", "exit 2: error: --resume", "is not a readable image",
+                   "is not a readable safetensors file", "status diverged: diverged in training"):
+        assert answer in part2, answer
