@@ -339,3 +339,14 @@ def test_the_output_folder_is_new_empty_or_marked_by_an_earlier_build(tmp_path, 
     (legacy / "index.html").write_text("old\n")
     build_leaderboard(runs[1:], legacy, own=True)
     assert (legacy / OUT_MARKER).is_file() and (legacy / "index.html").read_text() != "old\n"
+
+
+def test_dollar_signs_from_records_are_shown_not_parsed_as_mathtext(tmp_path):
+    """An entry label built from a record's settings (here trainable='$\\foo{$') reaches titles and legends: it is
+    shown as text, where matplotlib's mathtext used to end the build in a ParseFatalException."""
+    recs = [make_record("toy-concept", "rkl", v, s) for v in (0.5, 1.0) for s in (0, 1)]
+    for r in recs[:2]:
+        r["method_config"]["trainable"] = "$\\foo{$"
+    result = build_leaderboard([write_records(tmp_path / "run", recs)], tmp_path / "out")
+    assert len(result["tasks"]["toy-concept"]["plots"]) == 3
+    assert 'rkl [trainable=$\\foo{$]' in result["tasks"]["toy-concept"]["ranking"]
