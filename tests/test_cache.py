@@ -260,3 +260,21 @@ def test_every_shipped_artefact_loads_with_weights_only(tmp_path):
     assert files
     for f in files:
         assert isinstance(torch.load(f, map_location="cpu", weights_only=True), dict), f
+
+
+def test_a_cache_file_that_is_a_device_or_fifo_is_never_read_from(tmp_path, caplog):
+    """A cache file replaced by a link to /dev/zero (or a FIFO) is refused unread and rebuilt, not read until the
+    memory runs out (or forever)."""
+    import os
+
+    calls: list = []
+    cached_torch(str(tmp_path), "thing", {"n": 10}, _builder(calls))
+    path = _only_file(tmp_path, "thing")
+    for make in (lambda p: p.symlink_to("/dev/zero"), os.mkfifo):
+        path.unlink()
+        make(path)
+        got = cached_torch(str(tmp_path), "thing", {"n": 10}, _builder(calls))
+        assert torch.equal(got["w"], torch.arange(1000, dtype=torch.float32)) and path.is_file()
+        assert "is not a regular file" in caplog.text
+        caplog.clear()
+    assert len(calls) == 3

@@ -182,13 +182,16 @@ class _Corrupt(Exception):
 
 def _load_verified(path: Path) -> Any:
     """Load a cached file after checking it against the sha256 stored beside it; ``_Corrupt`` says why not."""
-    try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-        data = path.read_bytes()
-    except (OSError, ValueError) as e:
+    from unlearnbench.settings import read_regular_bytes
+
+    try:  # regular files of the recorded size only: a link to /dev/zero or a FIFO is never read from
+        meta = json.loads(read_regular_bytes(path.with_suffix(".json"), "checksum file", 1 << 20))
+        size = int(meta["bytes"])
+        data = read_regular_bytes(path, "cache file", size)
+    except (ValueError, KeyError, TypeError) as e:  # a ConfigError (missing, not a small regular file) too
         raise _Corrupt(f"unreadable or without its checksum file ({e})") from e
-    if not isinstance(meta, dict) or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise _Corrupt(f"checksum mismatch ({len(data)} bytes, expected {meta.get('bytes') if isinstance(meta, dict) else '?'})")
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise _Corrupt(f"checksum mismatch ({len(data)} bytes, expected {size})")
     try:
         return _safe_load(data)
     except Exception as e:  # noqa: BLE001 - any load error means: rebuild

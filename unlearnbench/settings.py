@@ -193,7 +193,17 @@ def check_range(key: str, value: Any, tp: Any, meta: Mapping[str, Any] | None = 
 
 
 def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BYTES) -> str:
-    """The text of a regular file of at most ``limit`` bytes; ``ConfigError`` naming ``what`` and ``path`` otherwise.
+    """The text of a regular file of at most ``limit`` bytes; ``ConfigError`` naming ``what`` and ``path`` otherwise
+    (see :func:`read_regular_bytes`)."""
+    data = read_regular_bytes(path, what, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read as text: {e}; give a YAML file") from None
+
+
+def read_regular_bytes(path: str | os.PathLike, what: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; ``ConfigError`` naming ``what`` and ``path`` otherwise.
 
     A device (``/dev/zero``), FIFO or socket is refused without reading from it (opened non-blocking, checked with
     ``fstat``), and at most ``limit + 1`` bytes are ever read, so no input can make the reader grow without bound.
@@ -222,7 +232,4 @@ def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BY
         raise ConfigError(f"{what} {str(path)!r} cannot be read ({e.strerror})") from None
     finally:
         os.close(fd)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{what} {str(path)!r} cannot be read as text: {e}; give a YAML file") from None
+    return data
