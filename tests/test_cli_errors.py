@@ -25,6 +25,9 @@ FILES = {  # written into the test's directory before each case; {tmp} in argume
     "c_gridspace.yaml": "grids: {'my grid': {rkl: [20]}}\n",
     "c_big.yaml": "# " + "x" * (1 << 20) + "\n",
     "g_many.yaml": "values: {rkl: [" + ", ".join(str(20 + i / 1000) for i in range(10_001)) + "]}\n",
+    "c_aliases.yaml": "task:\n  T:\n  - &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(  # 10^8 values in 300 bytes
+        f"  - &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefg", "bcdefgh")),
+    "c_forget.yaml": "task: {forget: [1]}\n",
 }
 
 CASES = [  # (arguments, substrings the message must hold)
@@ -108,6 +111,12 @@ CASES = [  # (arguments, substrings the message must hold)
     ([*RUN, "--grid", "/dev/zero"], ["grid file '/dev/zero' is not a regular file"]),
     ([*RUN, "--config", "{tmp}/c_big.yaml"], ["c_big.yaml' is larger than 1048576 bytes"]),
     ([*RUN, "--grid", "{tmp}/g_many.yaml"], ["10001 trials", "at most 10000 per sweep"]),
+    ([*RUN, "--config", "{tmp}/c_aliases.yaml"], ["c_aliases.yaml' holds more than 100000 values (YAML aliases"]),
+    ([*RUN, "--set", "task.T=[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], "
+      "&c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], "
+      "&e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d], [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]]"],
+     ["holds more than 100000 values"]),
+    ([*RUN, "--config", "{tmp}/c_forget.yaml"], ["forget=[1] is not a forget set name; valid: pair, one"]),
     ([*RUN, "--steps", "1000000001"], ["--steps 1000000001: must be a whole number from 0 to 1000000"]),
     ([*RUN, "--seeds", "0,-1"], ["seed -1 is out of range", "0 to 2147483647"]),
     ([*RUN, "--seeds", "0-1100"], ["expected comma-separated integers"]),

@@ -32,12 +32,34 @@ logger = logging.getLogger(__name__)
 from unlearnbench.tasks import TASKS
 
 
+MAX_YAML_VALUES = 100_000  # numbers, strings, lists and mappings in one file or --set value, aliases expanded
+
+
+def check_expansion(data: Any, where: str) -> Any:
+    """``data`` if it holds at most :data:`MAX_YAML_VALUES` values counting every use of a YAML alias; a small file
+    of nested aliases can otherwise stand for billions of values (and any message quoting it too)."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(f"{where} holds more than {MAX_YAML_VALUES} values (YAML aliases expanded); "
+                              f"such files are small")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+            count += len(node)  # the keys
+        elif isinstance(node, list):
+            stack.extend(node)
+    return data
+
+
 def parse_value(text: str) -> Any:
     """``--set`` values: YAML scalars (numbers, booleans, null, strings)."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    return check_expansion(value, f"--set value {text[:40]!r}")
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -72,6 +94,7 @@ def load_yaml(path: str, what: str = "config file") -> dict:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path!r} is not valid YAML: {e}") from e
+    check_expansion(data, f"{what} {path!r}")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -13,7 +13,8 @@ field declares another ``max``: a size is never so large that a run only ends by
 Bounds on the command line and its files (checked before any work, like the settings): :data:`MAX_COUNT` steps,
 :data:`MAX_SEEDS` seeds in ``[0, MAX_SEED]``, :data:`MAX_TRIALS` trials per sweep, attack budgets up to
 :data:`MAX_BUDGET` with at most :data:`MAX_RUNGS` rungs, and config, grid and ``args.json`` files of at most
-:data:`MAX_FILE_BYTES` that are regular files (``plan.json``: 64 MiB).
+:data:`MAX_FILE_BYTES` that are regular files (``plan.json``: 64 MiB), holding at most ``config.MAX_YAML_VALUES`` values
+with YAML aliases expanded.
 """
 from __future__ import annotations
 
