@@ -201,3 +201,18 @@ def test_records_with_wrong_field_types_are_skipped_with_a_warning(tmp_path, cap
     problems: list[str] = []
     assert [r["trial_id"] for r in read_records([tmp_path], problems)] == ["t0"]
     assert len(problems) == 1 and ":2: skipped, " in problems[0] and why in problems[0], problems
+
+
+def test_a_records_file_that_is_a_device_or_fifo_is_skipped_unread(tmp_path, caplog):
+    import os
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "records.jsonl").write_text(json.dumps(rec(0)) + "\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "records.jsonl").symlink_to("/dev/zero")
+    (tmp_path / "c").mkdir()
+    os.mkfifo(tmp_path / "c" / "records.jsonl")
+    problems: list[str] = []
+    assert [r["trial_id"] for r in read_records([tmp_path], problems)] == ["t0"]
+    assert [p.split(str(tmp_path))[1] for p in problems] == [
+        "/b/records.jsonl: skipped, not a regular file", "/c/records.jsonl: skipped, not a regular file"]

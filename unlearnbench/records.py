@@ -185,6 +185,12 @@ def read_records(paths: Iterable[str | os.PathLike], problems: list[str] | None 
         p = Path(p)
         files = [p] if p.is_file() else sorted(p.rglob(RECORDS))
         for f in files:
+            if not f.is_file():  # a link to /dev/zero or a FIFO named records.jsonl: never read from
+                msg = f"{f}: skipped, not a regular file"
+                logger.warning("%s", msg)
+                if problems is not None:
+                    problems.append(msg)
+                continue
             for lineno, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
                 if not line.strip():
                     continue
