@@ -197,6 +197,7 @@ def test_resume_runs_the_sweep_the_folder_holds_and_refuses_other_settings(plugi
     r = cli(["run", "--resume", str(out), "--methods", "esd, mymethod", "--grid", "eps", "--seeds", "0", *base],
             plugin_path=plugin)
     assert r.returncode == 0 and "4 trial(s) already done, 0 to run" in r.stdout, r.stderr
+    assert (out / "args.json").read_bytes() == before["args.json"], "a resume keeps the sweep's settings file"
     plan = json.loads((out / "plan.json").read_text())
     plan["trials"][0]["method_config"] = {"lr": 0.5}
     (out / "plan.json").write_text(json.dumps(plan))
