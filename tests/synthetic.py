@@ -124,8 +124,8 @@ def synthetic_runs(tmp_path: Path) -> list[Path]:
     sample grids on the data task."""
     import matplotlib.image
 
-    sample_dir = tmp_path / "artifacts"
-    sample_dir.mkdir(exist_ok=True)
+    sample_dir = tmp_path / "runs" / "b" / "artifacts"  # inside the run folder: records name them relative to it
+    sample_dir.mkdir(parents=True, exist_ok=True)
     gmm = grid_records("toy-concept", {"rkl": 1.0, "esd": 1.6}, references=True)
     toy = []
     for method, cost in (("fkl", 1.0), ("siss", 1.5)):
@@ -133,7 +133,7 @@ def synthetic_runs(tmp_path: Path) -> list[Path]:
             for s in (0, 1, 2):
                 png = sample_dir / f"{method}-{v:g}-{s}.png"
                 matplotlib.image.imsave(png, np.full((8, 24), v / 2.0), cmap="gray", vmin=0, vmax=1)
-                toy.append(make_record("toy-data", method, v, s, cost=cost, samples=str(png)))
+                toy.append(make_record("toy-data", method, v, s, cost=cost, samples=f"artifacts/{png.name}"))
     # esd at 2.0 seed 1 failed (newest record); rkl at 0.5 seed 0 failed first and was resumed later
     gmm = [r for r in gmm if r["trial_id"] != "esd-g2-s1"]
     gmm.append(make_record("toy-concept", "esd", 2.0, 1, status="failed", created_at="2026-01-02T00:00:00.000+00:00"))

@@ -134,7 +134,9 @@ def test_budgets_parse():
     assert parse_budgets(["50,0,10", "embedding=0,5"], ["relearn", "embedding"]) == {"relearn": [0, 10, 50],
                                                                                      "embedding": [0, 5]}
     for bad, msg in ((["a,b"], "comma-separated whole numbers"), (["-1,2"], ">= 0"),
-                     (["mia=0,1"], "mia has no budget ladder"), (["relearnn=0,1"], "not among the attacks run")):
+                     (["mia=0,1"], "mia has no budget ladder"), (["relearnn=0,1"], "not among the attacks run"),
+                     (["0,1000000000"], "each at most 10000 optimizer steps"),
+                     ([",".join(map(str, range(21)))], "at most 20 budgets"), (["1e9"], "whole numbers")):
         with pytest.raises(ConfigError, match=msg):
             parse_budgets(bad, ["relearn", "mia"])
 
@@ -211,6 +213,7 @@ def test_cli_bad_input(gmm_run, tmp_path):
         (["--attacks", ","], "no attack given; valid: embedding, mia, relearn"),
         (["--budgets", "0,x"], "--budgets '0,x': expected comma-separated whole numbers"),
         (["--cpus-per-trial", "0"], "--cpus-per-trial 0"),
+        (["--budgets", "0,1000000000"], "--budgets '0,1000000000': at most 20 budgets, each at most 10000"),
     ]
     before = sorted(p.name for p in gmm_run.iterdir())
     for extra, msg in cases:
@@ -369,3 +372,23 @@ def test_a_perfectly_separated_mia_is_not_certain():
     del legacy["attack"]["intervals"]["n_heldout"]  # a record without the counts keeps its bootstrap interval
     rows = {r["metric"]: r for r in rows_of(attack_trials([legacy])["digits-data"])}
     assert (rows["mia_auc"]["ci_lo"], rows["mia_auc"]["ci_hi"]) == (1.0, 1.0)
+
+
+def test_saved_weights_are_looked_for_only_inside_the_run_folder(tmp_path, caplog):
+    """A record whose artifacts.model is absolute or climbs out of its run folder is not attacked or loaded."""
+    from unlearnbench.saving import load_unlearned
+
+    elsewhere = tmp_path / "elsewhere" / "model"
+    elsewhere.mkdir(parents=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    recs = [{"trial_id": f"rkl-s{i}", "status": "ok", "method": "rkl", "seed": i, "task": {"name": "gmm-concept"},
+             "artifacts": {"model": p}} for i, p in enumerate([str(elsewhere), "../elsewhere/model"])]
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(ConfigError, match="no ok trial saved its weights"):
+        plan_attacks(run, "relearn", ["0,10"])
+    for r in recs:
+        assert f"record {r['trial_id']!r} in {run}: artifacts.model" in caplog.text
+        with pytest.raises(FileNotFoundError, match=f"trial {r['trial_id']} saved no weights inside {run}"):
+            load_unlearned(run, r["trial_id"])
+    assert sorted(p.name for p in run.iterdir()) == ["records.jsonl"]

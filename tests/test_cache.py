@@ -189,3 +189,92 @@ def test_pretrain_command_reports_where_each_network_came_from(tmp_path, monkeyp
     monkeypatch.setenv("UNLEARNBENCH_SHIPPED", "1")  # restored after the test: --no-shipped sets it to 0
     with pytest.raises(NotCached, match="digits-unet is neither in the cache nor shipped"), no_builds():
         main(["pretrain", "--task", "digits", "--no-shipped", "--cache-dir", str(tmp_path / "b")])
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a hostile cache or shipped file would hold)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _plant(path, payload):
+    """Replace the file at ``path`` by a pickle of ``payload`` and rewrite its sha256 to match, as an attacker who
+    can write the cache would."""
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(3), "x": payload}, buf)
+    data = buf.getvalue()
+    path.write_bytes(data)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def test_a_cache_file_whose_unpickling_runs_code_is_refused_by_name_and_rebuilt(tmp_path, caplog):
+    calls: list = []
+    cached_torch(str(tmp_path), "thing", {"n": 7}, _builder(calls))
+    path = _only_file(tmp_path, "thing")
+    good = path.read_bytes()
+    marker = tmp_path / "pwned"
+    _plant(path, _RunsCode(marker))
+    got = cached_torch(str(tmp_path), "thing", {"n": 7}, _builder(calls))
+    assert not marker.exists(), "loading a cache file ran code"
+    assert calls == [1, 1] and torch.equal(got["w"], torch.arange(1000, dtype=torch.float32))
+    assert f"cache file {path} is corrupt: does not load with weights_only=True" in caplog.text
+    assert "GLOBAL posix.system" in caplog.text or "GLOBAL os.system" in caplog.text, "the refused global is named"
+    assert path.read_bytes() == good, "the planted file is replaced by the rebuilt one"
+
+
+def test_a_shipped_file_whose_unpickling_runs_code_is_refused_and_built(tmp_path, monkeypatch, caplog):
+    shipped = _ship(tmp_path, monkeypatch, {"n": 8})
+    marker = tmp_path / "pwned"
+    _plant(shipped, _RunsCode(marker))
+    calls: list = []
+    got = cached_torch(str(tmp_path / "user"), "thing", {"n": 8}, _builder(calls))
+    assert not marker.exists() and calls == [1] and torch.equal(got["w"], torch.arange(1000, dtype=torch.float32))
+    assert f"shipped file {shipped} is corrupt: does not load with weights_only=True" in caplog.text
+
+
+def test_a_builder_returning_other_objects_is_refused_before_anything_is_written(tmp_path):
+    from fractions import Fraction
+
+    import pytest
+
+    with pytest.raises(TypeError, match=r"built a thing that does not load with weights_only=True"):
+        cached_torch(str(tmp_path), "thing", {"n": 9}, lambda: {"obj": Fraction(1, 3)})
+    assert not (tmp_path / "thing").exists() or list((tmp_path / "thing").iterdir()) == []
+
+
+def test_every_shipped_artefact_loads_with_weights_only(tmp_path):
+    from unlearnbench.cache import SHIPPED_DIR
+
+    files = sorted(SHIPPED_DIR.glob("*/*.pt"))
+    assert files
+    for f in files:
+        assert isinstance(torch.load(f, map_location="cpu", weights_only=True), dict), f
+
+
+def test_a_cache_file_that_is_a_device_or_fifo_is_never_read_from(tmp_path, caplog):
+    """A cache file replaced by a link to /dev/zero (or a FIFO) is refused unread and rebuilt, not read until the
+    memory runs out (or forever)."""
+    import os
+
+    calls: list = []
+    cached_torch(str(tmp_path), "thing", {"n": 10}, _builder(calls))
+    path = _only_file(tmp_path, "thing")
+    for make in (lambda p: p.symlink_to("/dev/zero"), os.mkfifo):
+        path.unlink()
+        make(path)
+        got = cached_torch(str(tmp_path), "thing", {"n": 10}, _builder(calls))
+        assert torch.equal(got["w"], torch.arange(1000, dtype=torch.float32)) and path.is_file()
+        assert "is not a regular file" in caplog.text
+        caplog.clear()
+    assert len(calls) == 3

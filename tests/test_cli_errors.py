@@ -20,6 +20,14 @@ FILES = {  # written into the test's directory before each case; {tmp} in argume
     "g_params.yaml": "values: {rkl: [20]}\nparams: {rkll: eps}\n",
     "c_gridname.yaml": "grids: {eps: {rkll: [20, 30]}}\n",
     "badrun/args.json": "{not json\n",
+    "g_escape.yaml": "grid: ../../../../escape\nvalues: {rkl: [20]}\n",
+    "g_slash.yaml": "grid: a/b\nvalues: {rkl: [20]}\n",
+    "c_gridspace.yaml": "grids: {'my grid': {rkl: [20]}}\n",
+    "c_big.yaml": "# " + "x" * (1 << 20) + "\n",
+    "g_many.yaml": "values: {rkl: [" + ", ".join(str(20 + i / 1000) for i in range(10_001)) + "]}\n",
+    "c_aliases.yaml": "task:\n  T:\n  - &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(  # 10^8 values in 300 bytes
+        f"  - &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefg", "bcdefgh")),
+    "c_forget.yaml": "task: {forget: [1]}\n",
 }
 
 CASES = [  # (arguments, substrings the message must hold)
@@ -92,6 +100,42 @@ CASES = [  # (arguments, substrings the message must hold)
     (["ls", "metrics", "kid"], ["ls metrics takes no NAME (got 'kid')", "NAME works with: methods, tasks"]),
     (["ls", "nothing"], ["invalid choice: 'nothing'", "'methods', 'metrics', 'tasks', 'grids'"]),
     (["pretrain", "--task", "gmm-concep"], ["unknown task 'gmm-concep'", "Valid tasks:"]),
+    # names become paths and Ray trial names: one pattern, checked before any work
+    ([*RUN, "--grid", "{tmp}/g_escape.yaml", "--save-models", "--executor", "serial"],
+     ["grid name '../../../../escape' is not a valid name", "letters, digits, '_', '.' or '-'"]),
+    ([*RUN, "--grid", "{tmp}/g_slash.yaml"], ["grid name 'a/b' is not a valid name"]),
+    ([*RUN, "--config", "{tmp}/c_gridspace.yaml", "--grid", "my grid"], ["grid name 'my grid' is not a valid name"]),
+    ([*RUN, "--out", "{tmp}/run$x"], ["run name (the last part of the run directory) 'run$x' is not a valid name"]),
+    # every size is bounded: files are read only when regular and at most 1 MiB; counts have declared maxima
+    ([*RUN, "--config", "/dev/zero"], ["config file '/dev/zero' is not a regular file"]),
+    ([*RUN, "--grid", "/dev/zero"], ["grid file '/dev/zero' is not a regular file"]),
+    ([*RUN, "--config", "{tmp}/c_big.yaml"], ["c_big.yaml' is larger than 1048576 bytes"]),
+    ([*RUN, "--grid", "{tmp}/g_many.yaml"], ["10001 trials", "at most 10000 per sweep"]),
+    ([*RUN, "--config", "{tmp}/c_aliases.yaml"], ["c_aliases.yaml' holds more than 100000 values (YAML aliases"]),
+    ([*RUN, "--set", "task.T=[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], "
+      "&c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], "
+      "&e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d], [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]]"],
+     ["holds more than 100000 values"]),
+    ([*RUN, "--config", "{tmp}/c_forget.yaml"], ["forget=[1] is not a forget set name; valid: pair, one"]),
+    ([*RUN, "--steps", "1000000001"], ["--steps 1000000001: must be a whole number from 0 to 1000000"]),
+    ([*RUN, "--seeds", "0,-1"], ["seed -1 is out of range", "0 to 2147483647"]),
+    ([*RUN, "--seeds", "0-1100"], ["expected comma-separated integers"]),
+    ([*RUN, "--seeds", ",".join(map(str, range(1001)))], ["1001 seeds; at most 1000"]),
+    ([*RUN, "--set", "methods.rkl.batch_size=1e9"], ["batch_size=1000000000 is out of range",
+                                                     "valid: an integer > 0 and <= 1000000"]),
+    ([*RUN, "--set", "task.eval_samples=100000000"], ["task.eval_samples=100000000 is out of range", "<= 1000000"]),
+    # tracebacks seen before: each is one error: line
+    (["pretrain", "--task", "sd-concept"], ["pretrain --task sd-concept: this task unlearns from weights you give",
+                                            "pretrain builds the models of digits-concept"]),
+    (["pretrain", "--task", "gmm-concept", "--cache-dir", "/proc/unlearnbench-test"],
+     ["--cache-dir '/proc/unlearnbench-test': cannot create a directory in '/proc'"]),
+    (["leaderboard", "--runs", "{tmp}/badrun", "--out", "/proc/unlearnbench-test"],
+     ["--out '/proc/unlearnbench-test': cannot create a directory in '/proc'", "give a path under a writable"]),
+    # a leaderboard writes only into a new or empty folder or one it marked before
+    (["leaderboard", "--runs", "{tmp}/badrun", "--out", "/"], ["--out / already holds files that `unlearnbench "
+                                                               "leaderboard` did not write", "give a new or empty"]),
+    (["leaderboard", "--runs", "{tmp}/badrun", "--out", "{tmp}"], ["already holds files", "(afile, badrun, "]),
+    (["leaderboard", "--runs", "{tmp}/badrun", "--out", "{tmp}/afile"], ["afile is an existing file"]),
 ]
 
 
@@ -138,3 +182,32 @@ def test_a_broken_plugin_is_named_not_a_traceback(capsys, tmp_path):
     finally:
         METHODS._items.pop("zz-broken")
         METHODS._origin.pop("zz-broken")
+
+
+def test_a_fifo_config_or_grid_is_refused_without_waiting_for_a_writer(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    for flag in ("--config", "--grid"):
+        assert _run([*RUN, flag, str(fifo), "--out", str(tmp_path / "out")]) == 2
+        assert "is not a regular file (a device, FIFO or socket)" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe.yaml"]
+
+
+def test_the_bad_inputs_script_answers_every_case_without_a_traceback():
+    """scripts/bad_inputs.py shows the answer to each case of the battery and to each planted file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bad_inputs.py"
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0 and "Traceback" not in r.stdout + r.stderr, r.stderr[-2000:]
+    part1, part2 = r.stdout.split("\nFiles from others")
+    answers = [ln for ln in part1.splitlines() if ln.startswith("    exit ")]
+    assert len(answers) == len(CASES) and all(ln.startswith("    exit 2: ") and "error: " in ln for ln in answers)
+    for answer in ("code ran: False", "samples copied: 0", "exit 2: error: --resume", "is not a readable image",
+                   "is not a readable safetensors file", "status diverged: diverged in training"):
+        assert answer in part2, answer

@@ -119,3 +119,28 @@ def test_inception_is_preferred_when_its_weights_are_on_disk(ddpm, tmp_path):
     out = task.kid_fid(real, fake, torch.device("cpu"), seed=0)
     assert set(out) == {"kid_retain_inception", "fid_retain_inception"}
     assert task.eval_info["features"]["name"] == "inception"
+
+
+def test_a_non_image_in_forget_dir_or_corrupt_weights_are_named_not_a_traceback(ddpm, tmp_path, capsys):
+    import shutil
+
+    from unlearnbench.cli.main import main
+
+    def err(*args: str) -> str:
+        assert main(["run", "--task", "ddpm-data", "--methods", "fkl", "--executor", "serial",
+                     "--out", str(tmp_path / "out"), *args]) == 2
+        e = capsys.readouterr().err
+        assert e.startswith("error: ") and "Traceback" not in e
+        return e
+
+    bad = tmp_path / "forget"
+    shutil.copytree(ddpm["forget"], bad)
+    (bad / "notes.png").write_text("not an image\n")
+    e = err("--model", str(ddpm["model"]), "--set", f"task.forget_dir={bad}")
+    assert f"forget_dir: {bad / 'notes.png'} is not a readable image" in e
+    broken = tmp_path / "model"
+    shutil.copytree(ddpm["model"], broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"junk")
+    e = err("--model", str(broken), "--set", f"task.forget_dir={ddpm['forget']}")
+    assert "diffusion_pytorch_model.safetensors is not a readable safetensors file" in e
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forget", "model"], "nothing written"

@@ -193,17 +193,19 @@ def test_diverged_points_never_enter_fronts(tmp_path):
     assert 3.0 not in td.points("rkl", KL_AXIS).grid and len(td.with_status("diverged")) == 1
 
 
-def test_all_failed_and_unknown_task(tmp_path):
-    """A task whose trials all failed still gets a table row per entry and its failures listed."""
-    recs = [make_record("toy-data", "fkl", v, 0, status="failed") for v in (0.5, 1.0)]
-    for r in recs:
-        r["task"] = {"name": "broken task", "kind": "data"}  # no axes, odd name
+def test_all_failed_and_unknown_task(tmp_path, caplog):
+    """A task whose trials all failed still gets a table row per entry and its failures listed; a task name that is
+    not a safe name (it would become a file name) is skipped with a warning."""
+    recs = [make_record("toy-data", "fkl", v, 0, status="failed") for v in (0.5, 1.0, 2.0)]
+    for r, name in zip(recs, ["Broken.Task", "Broken.Task", "broken task"]):
+        r["task"] = {"name": name, "kind": "data"}  # no axes, unknown name
     recs.append(make_record("toy-concept", "rkl", 1.0, 0))
     result = build_leaderboard([write_records(tmp_path / "runs", recs)], tmp_path / "out")
-    rows = read_csv(Path(result["tasks"]["broken task"]["csv"]))
+    rows = read_csv(Path(result["tasks"]["Broken.Task"]["csv"]))
     assert [(r["rank"], r["entry"], r["n_ok"], r["n_failed"]) for r in rows] == [("", "fkl", "0", "2")]
-    assert Path(result["tasks"]["broken task"]["csv"]).name == "broken_task.csv"
-    assert len(result["failed"]) == 2
+    assert Path(result["tasks"]["Broken.Task"]["csv"]).name == "Broken.Task.csv"
+    assert len(result["failed"]) == 2 and "broken task" not in result["tasks"]
+    assert "records.jsonl:3: skipped, task.name 'broken task' is not a valid name" in caplog.text
 
 
 def test_oracle_fronts_accepts_both_layouts():
@@ -259,11 +261,12 @@ def test_two_entries_of_one_method_keep_their_own_sample_grids(tmp_path):
     import matplotlib.image
 
     recs = []
+    (tmp_path / "run").mkdir()
     for lr, shade in ((1e-3, 0.2), (1e-4, 0.8)):
         for v in (0.5, 1.0):
-            png = tmp_path / f"lr{lr:g}-{v:g}.png"
+            png = tmp_path / "run" / f"lr{lr:g}-{v:g}.png"
             matplotlib.image.imsave(png, np.full((8, 24), shade), cmap="gray", vmin=0, vmax=1)
-            recs.append(make_record("toy-data", "fkl", v, 0, samples=str(png), lr=lr))
+            recs.append(make_record("toy-data", "fkl", v, 0, samples=png.name, lr=lr))
     run = write_records(tmp_path / "run", recs)
     result = build_leaderboard([run], tmp_path / "out")
     files = sorted(result["tasks"]["toy-data"]["samples"])
@@ -292,3 +295,72 @@ def test_summary_cells_show_three_significant_digits_and_keep_the_full_values_in
                     f"{short(float(rows[0][hv + '_hi']))}]"
     assert all(len(re.sub(r"[^0-9]", "", n.split("e")[0]).strip("0")) <= 3  # significant digits of each number
                for _, s in cells for n in re.findall(r"-?[0-9.]+(?:e[+-][0-9]+)?", s))
+
+
+def test_sample_paths_leading_out_of_the_run_folder_are_skipped_by_name(tmp_path, caplog):
+    """A record is data from whoever wrote the run folder: an absolute path, a ../ path or a link out of the folder
+    never makes the leaderboard copy (and publish) a file from elsewhere."""
+    import matplotlib.image
+
+    secret = tmp_path / "private.png"
+    matplotlib.image.imsave(secret, np.full((8, 24), 0.3), cmap="gray", vmin=0, vmax=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "link.png").symlink_to(secret)
+    ok = run / "artifacts" / "fkl.png"
+    ok.parent.mkdir()
+    matplotlib.image.imsave(ok, np.full((8, 24), 0.6), cmap="gray", vmin=0, vmax=1)
+    paths = {0.25: str(secret), 0.5: "../private.png", 1.0: "link.png", 2.0: "artifacts/../../private.png",
+             4.0: "artifacts/fkl.png"}
+    write_records(run, [make_record("toy-data", "fkl", v, 0, samples=p) for v, p in paths.items()])
+    result = build_leaderboard([run], tmp_path / "out")
+    copied = result["tasks"]["toy-data"]["samples"]
+    assert [Path(f).read_bytes() for f in copied] == [ok.read_bytes()], "only the file inside the run folder"
+    for v in (0.25, 0.5, 1.0, 2.0):
+        assert f"record 'fkl-g{v:g}-s0' in {run}: artifacts.samples" in caplog.text
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert "private" not in html and str(tmp_path) not in html
+
+
+def test_the_output_folder_is_new_empty_or_marked_by_an_earlier_build(tmp_path, capsys):
+    """A leaderboard never overwrites files it did not write: a folder of other files is refused and left
+    byte-identical; a new or empty folder is marked and can be rebuilt; a run's own leaderboard/ is its own."""
+    from unlearnbench.cli.main import main
+    from unlearnbench.rundir import OUT_MARKER, OutDirRefused
+
+    runs = synthetic_runs(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "index.html").write_text("someone's page\n")
+    with pytest.raises(OutDirRefused, match=f"{other} already holds files .* \\(index.html\\)"):
+        build_leaderboard(runs, other)
+    argv = ["leaderboard", "--runs", *map(str, runs)]
+    assert main([*argv, "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and err.count("\n") == 1
+    assert [p.name for p in other.iterdir()] == ["index.html"] and (other / "index.html").read_text() == \
+        "someone's page\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (empty, tmp_path / "new" / "lb"):
+        assert main([*argv, "--out", str(out)]) == 0
+        assert (out / OUT_MARKER).is_file() and (out / "index.html").is_file()
+        first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert main([*argv, "--out", str(out)]) == 0, "a folder an earlier build marked is rebuilt"
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+    legacy = tmp_path / "runs" / "b" / "leaderboard"  # a run's own folder, from before the marker
+    legacy.mkdir()
+    (legacy / "index.html").write_text("old\n")
+    build_leaderboard(runs[1:], legacy, own=True)
+    assert (legacy / OUT_MARKER).is_file() and (legacy / "index.html").read_text() != "old\n"
+
+
+def test_dollar_signs_from_records_are_shown_not_parsed_as_mathtext(tmp_path):
+    """An entry label built from a record's settings (here trainable='$\\foo{$') reaches titles and legends: it is
+    shown as text, where matplotlib's mathtext used to end the build in a ParseFatalException."""
+    recs = [make_record("toy-concept", "rkl", v, s) for v in (0.5, 1.0) for s in (0, 1)]
+    for r in recs[:2]:
+        r["method_config"]["trainable"] = "$\\foo{$"
+    result = build_leaderboard([write_records(tmp_path / "run", recs)], tmp_path / "out")
+    assert len(result["tasks"]["toy-concept"]["plots"]) == 3
+    assert 'rkl [trainable=$\\foo{$]' in result["tasks"]["toy-concept"]["ranking"]

@@ -143,3 +143,76 @@ def test_second_writer_is_refused(plugin, tmp_path):
     assert {k: v for k, v in snapshot(out).items() if k != LOCK} == before
     assert not (out / LOCK).exists()
     RunDirLock(out).acquire().release()  # free again once released
+
+
+def test_artifact_paths_resolve_only_inside_the_run_folder(tmp_path, caplog):
+    from unlearnbench.records import artifact_path
+
+    run = tmp_path / "run"
+    (run / "artifacts" / "t").mkdir(parents=True)
+    (run / "out.png").symlink_to(tmp_path)
+    rec = {"trial_id": "t", "_dir": str(run)}
+    good = {"samples": "artifacts/t", "model": "./artifacts/t"}
+    for key, value in good.items():
+        assert artifact_path({**rec, "artifacts": {key: value}}, key) == run / "artifacts" / "t"
+    assert artifact_path({**rec, "artifacts": {}}, "samples") is None and caplog.text == ""
+    bad = ["/etc/passwd", "../x", "artifacts/../../x", "out.png", 3, ["a"], "a\0b"]
+    for value in bad:
+        caplog.clear()
+        assert artifact_path({**rec, "artifacts": {"samples": value}}, "samples") is None, value
+        assert f"record 't' in {run}: artifacts.samples {value!r}" in caplog.text and "skipped" in caplog.text
+    assert artifact_path({**rec, "artifacts": "nope"}, "samples") is None
+
+
+def test_records_whose_names_could_become_paths_or_markup_are_skipped_by_name(tmp_path, caplog):
+    path = tmp_path / "records.jsonl"
+    bad = [rec(1, method="$\\alpha$"), rec(2, trial_id="../../x"), rec(3, task={"name": "a/b"}), rec(4, method=7)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [rec(0), *bad]))
+    problems: list[str] = []
+    assert [r["trial_id"] for r in read_records([tmp_path], problems)] == ["t0"]
+    assert [p.split("skipped, ")[1].split(" is not")[0] for p in problems] == [
+        "method '$\\\\alpha$'", "trial_id '../../x'", "task.name 'a/b'", "method 7"]
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"status": "weird"}, "status 'weird' is not one of ok, diverged, failed"),
+    ({"seed": "zero"}, "seed 'zero' is not an integer"),
+    ({"seed": True}, "seed True is not an integer"),
+    ({"metrics": [1, 2]}, "metrics is a list, not an object"),
+    ({"metrics": {"kid": "x"}}, "metrics.kid is a str, not an object"),
+    ({"metrics": {"kid": {"value": "high"}}}, "metrics.kid.value 'high' is not a finite number"),
+    ({"metrics": {"kid": {"value": 1.0, "n": "many"}}}, "metrics.kid.n 'many' is not a finite number"),
+    ({"metrics": {"kid": {"value": float("inf")}}}, "metrics.kid.value inf is not a finite number"),
+    ({"metrics": {"kid": {"value": 1.0, "higher_is_better": "yes"}}}, "higher_is_better true, false or null"),
+    ({"train": "x"}, "train is a str, not an object"),
+    ({"timing": "x"}, "timing is a str, not an object"),
+    ({"timing": {"total_s": "x"}}, "timing.total_s 'x' is not a finite number"),
+    ({"env": "x"}, "env is a str, not an object"),
+    ({"grid": "eps"}, "grid is a str, not an object"),
+    ({"grid": {"value": "big"}}, "grid.value 'big' is not a finite number"),
+    ({"task": {"name": "toy", "options": [1]}}, "task.options is a list, not an object"),
+    ({"task": {"name": "toy", "axes": [["a", "b", "c"]]}}, "task.axes"),
+    ({"created_at": 5}, "created_at 5 is not a time stamp"),
+])
+def test_records_with_wrong_field_types_are_skipped_with_a_warning(tmp_path, caplog, change, why):
+    """The results, leaderboard and claims read these fields: a record with another type is skipped by name (it
+    used to end the leaderboard in a traceback), the others are read."""
+    (tmp_path / "records.jsonl").write_text(json.dumps(rec(0)) + "\n" + json.dumps(rec(1, **change)) + "\n")
+    problems: list[str] = []
+    assert [r["trial_id"] for r in read_records([tmp_path], problems)] == ["t0"]
+    assert len(problems) == 1 and ":2: skipped, " in problems[0] and why in problems[0], problems
+
+
+def test_a_records_file_that_is_a_device_or_fifo_is_skipped_unread(tmp_path, caplog):
+    import os
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "records.jsonl").write_text(json.dumps(rec(0)) + "\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "records.jsonl").symlink_to("/dev/zero")
+    (tmp_path / "c").mkdir()
+    os.mkfifo(tmp_path / "c" / "records.jsonl")
+    problems: list[str] = []
+    assert [r["trial_id"] for r in read_records([tmp_path], problems)] == ["t0"]
+    assert [p.split(str(tmp_path))[1] for p in problems] == [
+        "/b/records.jsonl: skipped, not a regular file", "/c/records.jsonl: skipped, not a regular file"]

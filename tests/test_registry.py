@@ -73,3 +73,16 @@ def test_broken_plugin_reports_target():
 def test_parse_list_all_and_dedup():
     assert parse_list("all", METHODS) == METHODS.names()
     assert parse_list("rkl, reverse-kl,esd", METHODS) == ["rkl", "esd"]
+
+
+@pytest.mark.parametrize("name", ["a$b", "../up", "a/b", "-x", "", "x" * 101, "a b", "$\\alpha$"])
+def test_names_that_could_become_paths_or_markup_are_refused(name, caplog):
+    """Method and task names (built-in, decorator or plugin entry point) become file names, Ray trial names and
+    plot text: only safe names register; a plugin with another name is skipped with a warning naming it."""
+    reg = Registry("method", Method)
+    with pytest.raises(ValueError, match="names are lowercase, 1 to 100 letters"):
+        reg.register(name)(Base)
+    with pytest.raises(ValueError, match="aliases are lowercase"):
+        reg.register_lazy("fine", "m:X", name)
+    reg.load_plugins([metadata.EntryPoint(name=name, value="pkg.mod:X", group="unlearnbench.methods")])
+    assert name not in reg._items and f"skipping method plugin {name}" in caplog.text

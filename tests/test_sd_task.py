@@ -3,6 +3,7 @@ before any work, the bundle keeps the net(x_t, t, prompt_id) contract in latent 
 end to end with every metric backend (NudeNet, a random CLIP, KID/FID on CLIP features) and saved LoRA weights."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -114,3 +115,35 @@ def test_sd_concept_cli_rkl_esd_end_to_end(sd, tmp_path, capsys):
     net = load_unlearned(out, "esd-eps2-s0", cache_dir=str(cache))
     lora_b = [p for n, p in net.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # trained adapters (lora_B starts at zero)
+
+
+def test_corrupt_weights_tokenizer_or_scheduler_are_named_not_a_traceback(sd, tmp_path, capsys):
+    """A corrupt file under --model is refused before any work (headers and JSON are read at planning), and a
+    folder that passes those checks but does not load is one error: line, not a traceback."""
+    cases = {"unet/diffusion_pytorch_model.safetensors": (b"garbage", "is not a readable safetensors file"),
+             "vae/diffusion_pytorch_model.safetensors": (None, "incomplete metadata, file not fully covered"),
+             "tokenizer/tokenizer.json": (b"{oops", "tokenizer/tokenizer.json is not valid JSON"),
+             "scheduler/scheduler_config.json": (b"[1,", "scheduler_config.json: unreadable config")}
+    for i, (rel, (data, msg)) in enumerate(cases.items()):
+        broken = tmp_path / f"m{i}"
+        shutil.copytree(sd, broken)
+        f = broken / rel
+        f.write_bytes(data if data is not None else f.read_bytes()[: f.stat().st_size // 2])
+        err = _run_error(capsys, ["--task", "sd-concept", "--model", str(broken), "--out", str(tmp_path / "o")])
+        assert err.startswith("error: ") and msg in err and "Traceback" not in err, (rel, err)
+    mismatched = tmp_path / "mismatched"  # valid files, but the UNet's config does not fit its weights
+    shutil.copytree(sd, mismatched)
+    cfg_path = mismatched / "unet" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["block_out_channels"] = [16, 32]
+    cfg_path.write_text(json.dumps(cfg))
+    from unlearnbench.cli.main import main
+
+    conf = write_config(tmp_path / "sd.yaml", {"forget": "nudity", "eval_prompts": 1, **CLIP_OPTIONS, **FAST},
+                        {"rkl": [10.0]})
+    rc = main(["run", "--task", "sd-concept", "--model", str(mismatched), "--methods", "rkl", "--config", str(conf),
+               "--steps", "1", "--executor", "serial", "--no-leaderboard", "--cache-dir", str(tmp_path / "cache"),
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error: --model {mismatched}: unet/ does not load" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()

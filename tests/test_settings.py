@@ -57,7 +57,7 @@ def test_optional_count_accepts_zero_and_none():
 
 def test_describe_type_reads_like_the_error_messages():
     assert describe_type(float, {}, 1e-3, "dual_lr") == "a finite number > 0"
-    assert describe_type(int | None, {}, None, "steps") == "an integer >= 0 or null"
+    assert describe_type(int | None, {}, None, "steps") == "an integer >= 0 and <= 1000000 or null"
     assert describe_type(str, {"choices": ("a", "b")}) == "one of: a, b"
     assert coerce("k", "2", int) == 2
 

@@ -85,3 +85,37 @@ def test_max_steps_below_steps_is_refused():
     cls = METHODS.get("rkl")
     with pytest.raises(ValueError, match="max_steps=5 is below steps=10"):
         make_config(cls.Config, {"steps": 10, "max_steps": 5}, "rkl")
+
+
+def test_rkl_at_a_large_learning_rate_is_diverged_not_failed(tmp_path):
+    """A numerical blow-up anywhere in training is diverged: at lr >= 0.3 the network's constraint estimate becomes
+    inf or NaN, and the dual projection must not be reached with it (it used to crash: a failed trial)."""
+    from unlearnbench.config import plan_trials
+    from unlearnbench.runner import execute_trial
+
+    fast = {"distill_steps": 30, "distill_batch": 64, "eval_samples": 100, "eval_steps": 10}
+    for lr in (0.3, 1.0):
+        plan = plan_trials("gmm-concept", "rkl", "eps", "0", run_dir=str(tmp_path / "run"), steps=40,
+                           sets=[f"task.{k}={v}" for k, v in fast.items()] + [f"methods.rkl.lr={lr}"],
+                           cache_dir=str(tmp_path / "cache"))
+        rec = execute_trial(plan.trials[0])
+        assert rec["status"] == "diverged", (lr, rec.get("error"), rec.get("traceback"))
+        assert "numerical blow-up" in rec["error"] and "traceback" not in rec
+
+
+def test_non_finite_weights_after_training_are_diverged(concept_bundle, monkeypatch):
+    cls = METHODS.get("rkl")
+    cfg = make_config(cls.Config, {"batch_size": 16, "steps": 3, "n_estimate": 16, "dual_every": 100}, "rkl")
+    method = cls(cfg, concept_bundle, torch.Generator().manual_seed(0))
+    real_step = torch.optim.Adam.step
+
+    def poisoned(self, *a, **k):
+        out = real_step(self, *a, **k)
+        if method.step == 2:
+            with torch.no_grad():
+                next(iter(method.trainable_parameters())).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+    info = train(method)
+    assert "trainable parameters became non-finite" in info["diverged"]

@@ -62,7 +62,7 @@ def test_same_seed_same_numbers(plugin, tmp_path):
 def test_failed_trial_is_recorded_and_others_finish(plugin, tmp_path):
     out = tmp_path / "fail"
     r = cli(["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--seeds", "0,1", "--executor", "serial",
-             "--set", "task.fail_seed=1", "--out", str(out), "--no-leaderboard"], plugin_path=plugin)
+             "--out", str(out), "--no-leaderboard"], plugin_path=plugin, env_extra={"UB_TOY_FAIL_SEED": "1"})
     assert r.returncode == 1
     recs = records(out)
     status = {x["trial_id"]: x["status"] for x in recs}
@@ -70,9 +70,8 @@ def test_failed_trial_is_recorded_and_others_finish(plugin, tmp_path):
     failed = [x for x in recs if x["status"] == "failed"]
     assert all("injected failure for seed 1" in x["error"] for x in failed)
     assert "--resume" in r.stderr
-    # resume re-runs only the failed ones, with the failure removed
-    r2 = cli(["run", "--resume", str(out), "--set", "task.fail_seed=null", "--executor", "serial",
-              "--no-leaderboard"], plugin_path=plugin)
+    # resume re-runs only the failed ones, the fault gone
+    r2 = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)
     assert r2.returncode == 0, r2.stderr
     assert "2 trial(s) already done, 2 to run" in r2.stdout
     assert len(records(out)) == 6
@@ -81,13 +80,14 @@ def test_failed_trial_is_recorded_and_others_finish(plugin, tmp_path):
 def test_rerun_diverged_replaces_the_verdict_after_the_sane_range_changed(plugin, tmp_path):
     out = tmp_path / "div"
     base = ["--executor", "serial", "--no-leaderboard"]
-    r = cli(["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--set", "task.max_drift=0", "--out",
-             str(out), *base], plugin_path=plugin)
+    r = cli(["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--out", str(out), *base],
+            plugin_path=plugin, env_extra={"UB_TOY_MAX_DRIFT": "0"})
     assert r.returncode == 0, r.stderr
     assert [x["status"] for x in records(out)] == ["diverged", "diverged"]
-    r = cli(["run", "--resume", str(out), *base], plugin_path=plugin)
+    r = cli(["run", "--resume", str(out), *base], plugin_path=plugin, env_extra={"UB_TOY_MAX_DRIFT": "0"})
     assert "2 trial(s) already done, 0 to run" in r.stdout, "diverged is a result: plain --resume keeps it"
-    r = cli(["run", "--resume", str(out), "--rerun-diverged", "--set", "task.max_drift=100", *base], plugin_path=plugin)
+    r = cli(["run", "--resume", str(out), "--rerun-diverged", *base], plugin_path=plugin,
+            env_extra={"UB_TOY_MAX_DRIFT": "100"})  # the task's sane range was widened
     assert r.returncode == 0, r.stderr
     recs = records(out)
     assert [x["status"] for x in recs] == ["diverged", "diverged", "ok", "ok"]
@@ -165,3 +165,59 @@ def test_existing_run_dir_needs_resume(plugin, tmp_path):
     assert cli(base, plugin_path=plugin).returncode == 0
     r = cli(base, plugin_path=plugin)
     assert r.returncode == 2 and "use --resume" in r.stderr
+
+
+def test_resume_runs_the_sweep_the_folder_holds_and_refuses_other_settings(plugin, tmp_path):
+    """--resume with other settings, seeds, grids or methods is refused (one error: line, exit 2, nothing written):
+    the trials it would count as done ran under the folder's settings."""
+    out = tmp_path / "sweep"
+    base = ["--executor", "serial", "--no-leaderboard"]
+    r = cli(["run", "--task", "toy", "--methods", "esd,mymethod", "--grid", "eps", "--out", str(out), *base],
+            plugin_path=plugin)
+    assert r.returncode == 0, r.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    grid = tmp_path / "g.yaml"
+    grid.write_text("values: {esd: [0.5, 1.0]}\n")
+    refused = [
+        (["--set", "methods.esd.lr=0.5"], "--set methods.esd.lr=0.5 (the sweep has none)"),
+        (["--seeds", "0,1"], "--seeds 0,1 (the sweep has 0)"),
+        (["--methods", "esd"], "--methods esd (the sweep has esd,mymethod)"),
+        (["--grid", str(grid)], f"--grid {grid} (the sweep has eps)"),
+        (["--steps", "3"], "--steps 3 (the sweep has none)"),
+        (["--task", "gmm-concept"], "--task gmm-concept (the sweep has toy)"),
+        (["--out", str(tmp_path / "other")], "names another folder"),
+    ]
+    for extra, msg in refused:
+        r = cli(["run", "--resume", str(out), *extra, *base], plugin_path=plugin)
+        assert r.returncode == 2 and r.stderr.startswith("error: --resume") and msg in r.stderr, (extra, r.stderr)
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before, extra
+    assert not (tmp_path / "other").exists()
+    # the same settings given again are the sweep's own; a changed plan.json (e.g. an edited --config) is caught too
+    r = cli(["run", "--resume", str(out), "--methods", "esd, mymethod", "--grid", "eps", "--seeds", "0", *base],
+            plugin_path=plugin)
+    assert r.returncode == 0 and "4 trial(s) already done, 0 to run" in r.stdout, r.stderr
+    assert (out / "args.json").read_bytes() == before["args.json"], "a resume keeps the sweep's settings file"
+    plan = json.loads((out / "plan.json").read_text())
+    plan["trials"][0]["method_config"] = {"lr": 0.5}
+    (out / "plan.json").write_text(json.dumps(plan))
+    r = cli(["run", "--resume", str(out), *base], plugin_path=plugin)
+    assert r.returncode == 2 and "other settings for 1 trial(s) (esd-eps0.5-s0: method_config)" in r.stderr, r.stderr
+
+
+def test_summary_never_loses_a_row_the_folder_holds(tmp_path):
+    """A sweep of fewer trials than the folder holds (an attack ladder, an API call) rewrites summary.csv with every
+    trial the folder holds."""
+    import csv
+
+    from synthetic import make_record, write_records
+
+    from unlearnbench.config import SweepPlan
+    from unlearnbench.sweep import run_sweep
+
+    run = write_records(tmp_path / "run", [make_record("toy-data", m, 1.0, 0) for m in ("fkl", "siss")])
+    got = run_sweep(SweepPlan("run", str(run), "toy-data", {}, []), executor="serial", resume=True,
+                    echo=lambda s: None)
+    assert got == []
+    rows = list(csv.DictReader(open(run / "summary.csv")))
+    assert sorted(r["trial_id"] for r in rows) == ["fkl-g1-s0", "siss-g1-s0"]

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from unlearnbench.config import ConfigError, SweepPlan
 from unlearnbench.diffusion import add_noise, per_sample_mse, sample_t
 from unlearnbench.results import REFERENCE_EVAL  # not an attack: the retrained network scored by task.evaluate
+from unlearnbench.settings import MAX_BUDGET, MAX_RUNGS, read_small_file
 from unlearnbench.tasks.base import MetricValue
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ def parse_budgets(values: list[str] | None, attacks: list[str]) -> dict[str, lis
                               f"(or ATTACK=0,10,50)") from None
         if not ladder or ladder[0] < 0:
             raise ConfigError(f"--budgets {item!r}: expected whole numbers >= 0, e.g. 0,10,50,200")
+        if ladder[-1] > MAX_BUDGET or len(ladder) > MAX_RUNGS:
+            raise ConfigError(f"--budgets {item[:60]!r}: at most {MAX_RUNGS} budgets, each at most {MAX_BUDGET} "
+                              f"optimizer steps")
         for a in targets:
             out[a] = ladder
     return out
@@ -115,13 +119,17 @@ def parse_budgets(values: list[str] | None, attacks: list[str]) -> dict[str, lis
 
 def source_trials(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(ok trials with saved weights, every latest trial) of a run directory; attack records are not trials."""
-    from unlearnbench.records import RECORDS, iter_latest, read_records
+    from unlearnbench.records import RECORDS, artifact_path, iter_latest, read_records
 
     path = run_dir / RECORDS
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no {RECORDS}; give a run directory made by `unlearnbench run --save-models`")
     trials = sorted((r for r in iter_latest(read_records([path])) if not r.get("attack")), key=lambda r: r["trial_id"])
-    saved = [r for r in trials if r.get("status") == "ok" and (r.get("artifacts") or {}).get("model")]
+    saved = []
+    for r in trials:
+        model = artifact_path(r, "model") if r.get("status") == "ok" else None  # only inside the run folder
+        if model is not None:
+            saved.append({**r, "_model": str(model)})
     return saved, trials
 
 
@@ -149,8 +157,8 @@ def plan_attacks(run_dir: str | os.PathLike, attacks: str | None = None, budgets
                           f"rerun with `unlearnbench run --save-models`")
     if cache_dir is None:
         try:
-            cache_dir = json.loads((run / "args.json").read_text()).get("cache_dir")
-        except (OSError, ValueError, AttributeError):
+            cache_dir = json.loads(read_small_file(run / "args.json", "args.json")).get("cache_dir")
+        except (ValueError, AttributeError):  # ConfigError is a ValueError
             cache_dir = None
     task = TASKS.get(task_name)(saved[0]["task"].get("options") or {}, cache_dir=cache_dir)
     out = run / ATTACK_DIR
@@ -164,10 +172,7 @@ def plan_attacks(run_dir: str | os.PathLike, attacks: str | None = None, budgets
         sources = [(r["trial_id"], r, None) for r in saved] + [(f"{ref}-s{s}", None, (ref, s)) for ref in refs
                                                                for s in seeds]
         for sid, rec, ref in sources:
-            model = None
-            if rec is not None:
-                model = rec["artifacts"]["model"]
-                model = model if os.path.isabs(model) else str(Path(rec.get("_dir") or run) / model)
+            model = rec["_model"] if rec is not None else None
             tid = f"{tag}--{sid}"
             plan.trials.append({
                 "run_id": plan.run_id, "trial_id": tid, "task": task_name,

@@ -1,5 +1,8 @@
 """On-disk cache for expensive shared artefacts (pretrained models, reference features), keyed by the hash of their
-configuration and of the code that built them; every load is checked against a stored sha256.
+configuration and of the code that built them; every load is checked against a stored sha256 and unpickles only
+tensors, numbers, strings and containers (``torch.load(weights_only=True)``): anyone who can write a cache file can
+write its checksum too, so a file that would need any other object (and could run code while loading) is refused by
+name and rebuilt.
 
 The package ships the artefacts of the default digits benchmark (``unlearnbench/pretrained/``, laid out as a cache
 directory): the networks behind the committed leaderboards. On a miss in the user's cache, a shipped file with the
@@ -179,21 +182,39 @@ class _Corrupt(Exception):
 
 def _load_verified(path: Path) -> Any:
     """Load a cached file after checking it against the sha256 stored beside it; ``_Corrupt`` says why not."""
+    from unlearnbench.settings import read_regular_bytes
+
+    try:  # regular files of the recorded size only: a link to /dev/zero or a FIFO is never read from
+        meta = json.loads(read_regular_bytes(path.with_suffix(".json"), "checksum file", 1 << 20))
+        size = int(meta["bytes"])
+        data = read_regular_bytes(path, "cache file", size)
+    except (ValueError, KeyError, TypeError) as e:  # a ConfigError (missing, not a small regular file) too
+        raise _Corrupt(f"unreadable or without its checksum file ({e})") from e
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise _Corrupt(f"checksum mismatch ({len(data)} bytes, expected {size})")
+    try:
+        return _safe_load(data)
+    except Exception as e:  # noqa: BLE001 - any load error means: rebuild
+        raise _Corrupt(f"does not load with weights_only=True (tensors, numbers, strings and containers only): "
+                       f"{_load_error(e)}") from e
+
+
+def _load_error(e: Exception) -> str:
+    """The line of a load error that says what was refused (torch's first line advises ``weights_only=False``)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    why = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
+    return f"{type(e).__name__}: {why}"
+
+
+def _safe_load(data: bytes) -> Any:
+    """``torch.load`` restricted to tensors, numbers, strings and containers (``weights_only=True``): a cache file is
+    written by whoever can write the cache directory, and its sha256 beside it too, so the checksum cannot stop a
+    pickle that runs code when loaded; the restricted unpickler refuses any other global before calling it."""
     import io
 
     import torch
 
-    try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-        data = path.read_bytes()
-    except (OSError, ValueError) as e:
-        raise _Corrupt(f"unreadable or without its checksum file ({e})") from e
-    if not isinstance(meta, dict) or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise _Corrupt(f"checksum mismatch ({len(data)} bytes, expected {meta.get('bytes') if isinstance(meta, dict) else '?'})")
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any load error means: rebuild
-        raise _Corrupt(f"does not load: {type(e).__name__}: {e}") from e
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def cached_torch(cache_dir: str, kind: str, key_obj: Any, build: Callable[[], Any]) -> Any:
@@ -233,6 +254,11 @@ def cached_torch(cache_dir: str, kind: str, key_obj: Any, build: Callable[[], An
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
+    try:
+        _safe_load(data)
+    except Exception as e:  # noqa: BLE001 - a builder bug: it would be refused (and rebuilt) on every load
+        raise TypeError(f"{builder} built a {kind} that does not load with weights_only=True (only tensors, numbers, "
+                        f"strings and containers may be cached): {_load_error(e)}") from e
     meta = {"key": key_obj, "code": code, "builder": builder,
             "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     atomic_write_bytes(path, data)

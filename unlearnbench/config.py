@@ -25,18 +25,41 @@ import yaml
 from unlearnbench.methods import METHODS
 from unlearnbench.methods.base import make_config
 from unlearnbench.registry import parse_list
-from unlearnbench.settings import ConfigError
+from unlearnbench.settings import (MAX_COUNT, MAX_SEED, MAX_SEEDS, MAX_TRIALS, ConfigError, check_name,
+                                   read_small_file)
 
 logger = logging.getLogger(__name__)
 from unlearnbench.tasks import TASKS
 
 
+MAX_YAML_VALUES = 100_000  # numbers, strings, lists and mappings in one file or --set value, aliases expanded
+
+
+def check_expansion(data: Any, where: str) -> Any:
+    """``data`` if it holds at most :data:`MAX_YAML_VALUES` values counting every use of a YAML alias; a small file
+    of nested aliases can otherwise stand for billions of values (and any message quoting it too)."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(f"{where} holds more than {MAX_YAML_VALUES} values (YAML aliases expanded); "
+                              f"such files are small")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+            count += len(node)  # the keys
+        elif isinstance(node, list):
+            stack.extend(node)
+    return data
+
+
 def parse_value(text: str) -> Any:
     """``--set`` values: YAML scalars (numbers, booleans, null, strings)."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    return check_expansion(value, f"--set value {text[:40]!r}")
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -66,14 +89,12 @@ def deep_merge(a: dict, b: dict) -> dict:
 
 def load_yaml(path: str, what: str = "config file") -> dict:
     """A YAML mapping from ``path``; ``what`` (config file, grid file) names it in messages."""
+    text = read_small_file(path, what)  # a regular file of at most 1 MiB: /dev/zero or a FIFO is refused unread
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path!r} does not exist") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path!r} is not valid YAML: {e}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{what} {path!r} cannot be read as text: {e}; give a YAML file") from None
+    check_expansion(data, f"{what} {path!r}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -132,15 +153,19 @@ def check_writable_dir(path: str, flag: str = "--out") -> str:
 
 
 def parse_seeds(text: str | list[int]) -> list[int]:
-    if isinstance(text, list):
-        return text
     try:
-        seeds = [int(s) for s in str(text).split(",") if s.strip()]
+        seeds = [int(s) for s in (text if isinstance(text, list) else str(text).split(",")) if str(s).strip()]
     except ValueError:
         raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if not seeds:
         raise ConfigError("--seeds is empty")
-    return list(dict.fromkeys(seeds))
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ConfigError(f"--seeds {text!r}: seed {bad[0]} is out of range; valid: whole numbers 0 to {MAX_SEED}")
+    seeds = list(dict.fromkeys(seeds))
+    if len(seeds) > MAX_SEEDS:
+        raise ConfigError(f"--seeds {str(text)[:40]!r}...: {len(seeds)} seeds; at most {MAX_SEEDS}")
+    return seeds
 
 
 @dataclass
@@ -175,9 +200,17 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
     method_names = resolve_methods(methods, task_cls, grid, (cfg.get("grids") or {}).get(grid) or {})
     method_overrides = check_overrides(cfg.get("methods") or {})
     grid_name, grid_values, grid_params = resolve_grid(grid, method_names, task_obj, cfg.get("grids") or {})
+    check_name("grid name", grid_name)  # it becomes part of every trial name and artefact folder
     seed_list = parse_seeds(seeds)
+    if steps is not None and not 0 <= steps <= MAX_COUNT:
+        raise ConfigError(f"--steps {steps}: must be a whole number from 0 to {MAX_COUNT}")
+    n_trials = sum(len(grid_values[m]) for m in method_names) * len(seed_list)
+    if n_trials > MAX_TRIALS:
+        raise ConfigError(f"{n_trials} trials (methods x grid values x seeds); at most {MAX_TRIALS} per sweep: "
+                          f"split it into several runs")
     run_dir = os.path.abspath(run_dir)
-    plan = SweepPlan(run_id=os.path.basename(run_dir), run_dir=run_dir, task=task_name, task_options=task_options)
+    plan = SweepPlan(run_id=check_name("run name (the last part of the run directory)", os.path.basename(run_dir)),
+                     run_dir=run_dir, task=task_name, task_options=task_options)
     for m in method_names:
         overrides = dict(method_overrides.get(m) or {})
         if steps is not None:
@@ -186,7 +219,7 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
             g = {"name": grid_name, "param": grid_param(m, grid_name, grid_params), "value": float(value)}
             check_method_config(task_obj, m, overrides, g)
             for seed in seed_list:
-                tid = f"{m}-{grid_name}{fmt_value(value)}-s{seed}"
+                tid = check_name("trial name", f"{m}-{grid_name}{fmt_value(value)}-s{seed}")
                 plan.trials.append({
                     "run_id": plan.run_id, "trial_id": tid, "task": task_name, "task_options": task_options,
                     "method": m, "method_config": overrides, "grid": g, "seed": seed, "cache_dir": task_obj.cache_dir,

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from unlearnbench.settings import ConfigError
+
 logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -29,7 +31,7 @@ SD_PARTS = {
 }
 
 
-class ModelPathError(ValueError):
+class ModelPathError(ConfigError):
     """A ``--model`` path that cannot be used; the message names the path and what is missing."""
 
 
@@ -45,6 +47,40 @@ def _has_weights(folder: Path) -> bool:
     return any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir())
 
 
+def _weights_problem(folder: Path, sub: str) -> str | None:
+    """A weight file of ``folder`` that cannot be what it claims (None when none): a ``.safetensors`` whose header
+    does not parse or does not cover the file (truncated, garbage), a ``.bin`` that is neither a torch zip archive
+    nor a pickle. Reads headers only, so a corrupt file is named before any work instead of deep inside loading."""
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(folder.iterdir()):
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(str(f), "pt") as h:
+                    h.keys()
+            except (SafetensorError, OSError) as e:
+                return f"{sub or '.'}/{f.name} is not a readable safetensors file ({e})"
+        elif f.suffix == ".bin":
+            with open(f, "rb") as fh:
+                head = fh.read(2)
+            if not zipfile.is_zipfile(f) and head[:1] != b"\x80":
+                return f"{sub or '.'}/{f.name} is neither a torch zip archive nor a pickle"
+    return None
+
+
+def _json_problem(folder: Path, sub: str, names: tuple[str, ...]) -> str | None:
+    """A JSON file among ``names`` in ``folder`` that does not parse (None when all do)."""
+    for name in names:
+        if (folder / name).is_file():
+            try:
+                json.loads((folder / name).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                return f"{sub}/{name} is not valid JSON ({e})"
+    return None
+
+
 def _check_part(root: Path, sub: str, config: str | None, classes: tuple[str, ...]) -> str | None:
     """What is wrong with ``root/sub`` (None when fine)."""
     folder = root / sub if sub else root
@@ -53,7 +89,10 @@ def _check_part(root: Path, sub: str, config: str | None, classes: tuple[str, ..
     if sub == "tokenizer":
         files = {p.name for p in folder.iterdir()}
         ok = {"vocab.json", "merges.txt"} <= files or "tokenizer.json" in files
-        return None if ok else f"{sub}/ lacks vocab.json + merges.txt (or tokenizer.json)"
+        if not ok:
+            return f"{sub}/ lacks vocab.json + merges.txt (or tokenizer.json)"
+        return _json_problem(folder, sub, ("tokenizer.json", "vocab.json", "tokenizer_config.json",
+                                           "special_tokens_map.json"))
     if config is None or not (folder / config).is_file():
         return f"{sub or '.'}/ lacks {config}"
     found = [c for c in _config_class(folder / config) if c]
@@ -61,7 +100,7 @@ def _check_part(root: Path, sub: str, config: str | None, classes: tuple[str, ..
         return f"{sub or '.'}/{config} describes {', '.join(found) or 'an unnamed class'}, expected {' or '.join(classes)}"
     if sub != "scheduler" and not _has_weights(folder):
         return f"{sub or '.'}/ holds no weights (*.safetensors or *.bin)"
-    return None
+    return _weights_problem(folder, sub) if sub != "scheduler" else None
 
 
 def check_sd_folder(root: Path) -> None:
@@ -131,19 +170,31 @@ def model_hash(root: Path, parts: tuple[str, ...]) -> str:
     return digest
 
 
+def _load(root: Path, part: str, load: Any) -> Any:
+    """``load()``, with any error of a corrupt or mismatched file as a :class:`ModelPathError` naming the part."""
+    try:
+        return load()
+    except Exception as e:  # noqa: BLE001 - diffusers/transformers raise many types for a bad file
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        raise ModelPathError(f"--model {root}: {part} does not load ({type(e).__name__}: "
+                             f"{lines[0] if lines else ''})") from e
+
+
 def load_sd(root: Path, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """The parts of a checked SD folder: ``unet``, ``text_encoder``, ``tokenizer``, ``vae`` (eval, frozen), ``scheduler``."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    tok = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
+    tok = _load(root, "tokenizer/", lambda: CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"))
     if tok.vocab_size < 1000:  # transformers returns a degenerate tokenizer instead of raising on bad files
         raise ModelPathError(f"--model {root}: tokenizer/ loaded with vocab_size={tok.vocab_size}; it is incomplete")
     parts = {
-        "unet": UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=dtype),
-        "text_encoder": CLIPTextModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=dtype),
-        "vae": AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype),
-        "scheduler": DDPMScheduler.from_pretrained(root, subfolder="scheduler"),
+        "unet": _load(root, "unet/", lambda: UNet2DConditionModel.from_pretrained(root, subfolder="unet",
+                                                                                    torch_dtype=dtype)),
+        "text_encoder": _load(root, "text_encoder/", lambda: CLIPTextModel.from_pretrained(
+            root, subfolder="text_encoder", torch_dtype=dtype)),
+        "vae": _load(root, "vae/", lambda: AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype)),
+        "scheduler": _load(root, "scheduler/", lambda: DDPMScheduler.from_pretrained(root, subfolder="scheduler")),
         "tokenizer": tok,
     }
     for k in ("unet", "text_encoder", "vae"):
@@ -156,10 +207,11 @@ def load_ddpm(root: Path, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     from diffusers import DDPMScheduler, UNet2DModel
 
     folder = ddpm_unet_folder(root)
-    unet = UNet2DModel.from_pretrained(folder, torch_dtype=dtype).eval().requires_grad_(False)
+    unet = _load(root, f"{folder.name}/", lambda: UNet2DModel.from_pretrained(folder, torch_dtype=dtype))
+    unet.eval().requires_grad_(False)
     sched_dir = root / "scheduler"
     if (sched_dir / "scheduler_config.json").is_file():
-        scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
+        scheduler = _load(root, "scheduler/", lambda: DDPMScheduler.from_pretrained(root, subfolder="scheduler"))
     else:
         scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     return {"unet": unet, "scheduler": scheduler}

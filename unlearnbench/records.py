@@ -25,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from unlearnbench.settings import SAFE_NAME_TEXT, is_safe_name
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -114,13 +116,63 @@ def _repair_tail(path: Path, f) -> None:
 
 def record_problem(rec: Any) -> str | None:
     """Why a parsed JSON line is not a record (None if it is one): it needs task.name, trial_id, status, method,
-    seed. Records may carry any further fields, so nothing else is checked."""
+    seed; the names (task.name, trial_id, method) become file names and plot text, so each must be a safe name.
+    Records may carry any further fields, so nothing else is checked."""
     if not isinstance(rec, dict):
         return f"a JSON {type(rec).__name__}, not an object"
     missing = [k for k in REQUIRED if k not in rec]
     if not isinstance(rec.get("task"), dict) or not rec["task"].get("name"):
         missing.insert(0, "task.name")
-    return f"missing {', '.join(missing)}" if missing else None
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key, value in (("task.name", rec["task"]["name"]), ("trial_id", rec["trial_id"]), ("method", rec["method"])):
+        if not is_safe_name(value):
+            return f"{key} {value!r} is not a valid name ({SAFE_NAME_TEXT})"
+    return type_problem(rec)
+
+
+STATUSES = ("ok", "diverged", "failed")
+_MAPPINGS = ("task.options", "grid", "method_config", "metrics", "oracle", "train", "timing", "env", "artifacts",
+             "attack")  # each a JSON object (or null) where present
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def type_problem(rec: dict) -> str | None:
+    """Why the fields that the results, leaderboard and claims read do not have their schema types (None if they
+    do): status one of :data:`STATUSES`, an integer seed, objects where objects belong, metric values, stderrs, counts
+    and timings finite numbers or null, axes pairs of names. A record is data from whoever wrote the run folder."""
+    if rec["status"] not in STATUSES:
+        return f"status {rec['status']!r} is not one of {', '.join(STATUSES)}"
+    if isinstance(rec["seed"], bool) or not isinstance(rec["seed"], int):
+        return f"seed {rec['seed']!r} is not an integer"
+    for key in _MAPPINGS:
+        head, _, tail = key.partition(".")
+        value = rec.get(head) if not tail else (rec.get(head) or {}).get(tail)
+        if value is not None and not isinstance(value, dict):
+            return f"{key} is a {type(value).__name__}, not an object"
+    if not isinstance(rec.get("created_at", ""), str):
+        return f"created_at {rec['created_at']!r} is not a time stamp"
+    if rec.get("grid") and not (rec["grid"].get("value") is None or _number(rec["grid"]["value"])):
+        return f"grid.value {rec['grid']['value']!r} is not a finite number"
+    for name, m in (rec.get("metrics") or {}).items():
+        if not isinstance(m, dict):
+            return f"metrics.{name} is a {type(m).__name__}, not an object"
+        for field in ("value", "stderr", "n"):
+            if m.get(field) is not None and not _number(m[field]):
+                return f"metrics.{name}.{field} {m[field]!r} is not a finite number"
+        if not isinstance(m.get("role", ""), str) or not isinstance(m.get("higher_is_better", False), (bool, type(None))):
+            return f"metrics.{name}: role must be a name and higher_is_better true, false or null"
+    for name, v in (rec.get("timing") or {}).items():
+        if v is not None and not _number(v):
+            return f"timing.{name} {v!r} is not a finite number"
+    axes = rec["task"].get("axes")
+    if axes is not None and not (isinstance(axes, list) and all(
+            isinstance(a, list) and len(a) == 2 and all(isinstance(x, str) for x in a) for a in axes)):
+        return f"task.axes {axes!r} is not a list of [unlearning metric, retention metric] pairs"
+    return None
 
 
 def read_records(paths: Iterable[str | os.PathLike], problems: list[str] | None = None) -> list[dict]:
@@ -133,6 +185,12 @@ def read_records(paths: Iterable[str | os.PathLike], problems: list[str] | None 
         p = Path(p)
         files = [p] if p.is_file() else sorted(p.rglob(RECORDS))
         for f in files:
+            if not f.is_file():  # a link to /dev/zero or a FIFO named records.jsonl: never read from
+                msg = f"{f}: skipped, not a regular file"
+                logger.warning("%s", msg)
+                if problems is not None:
+                    problems.append(msg)
+                continue
             for lineno, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
                 if not line.strip():
                     continue
@@ -150,6 +208,26 @@ def read_records(paths: Iterable[str | os.PathLike], problems: list[str] | None 
                 rec["_dir"] = str(f.parent.resolve())
                 out.append(rec)
     return out
+
+
+def artifact_path(rec: dict, key: str) -> Path | None:
+    """The file or folder the record's ``artifacts[key]`` names, inside the record's run folder (``_dir``, the folder
+    of its records file); None where it names none. A record is data from whoever wrote the run folder, so a path
+    that is not a relative path inside that folder (absolute, climbing with ``..``, or leading out through a link)
+    is never followed: it is skipped with a warning naming the record."""
+    value = (rec.get("artifacts") or {}).get(key) if isinstance(rec.get("artifacts"), dict) else None
+    if not value:
+        return None
+    root = Path(rec.get("_dir") or ".").resolve()
+    where = f"record {rec.get('trial_id')!r} in {root}"
+    if not isinstance(value, str) or os.path.isabs(value) or ".." in Path(value).parts or "\0" in value:
+        logger.warning("%s: artifacts.%s %r is not a relative path inside its run folder; skipped", where, key, value)
+        return None
+    path = (root / value).resolve()
+    if not path.is_relative_to(root):
+        logger.warning("%s: artifacts.%s %r leads out of its run folder (to %s); skipped", where, key, value, path)
+        return None
+    return path
 
 
 def iter_latest(records: Iterable[dict]) -> Iterator[dict]:

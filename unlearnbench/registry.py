@@ -12,6 +12,8 @@ import warnings
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
+from unlearnbench.settings import SAFE_NAME_TEXT, is_safe_name
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -50,8 +52,7 @@ class Registry(Generic[T]):
 
         def deco(obj: T) -> T:
             self._add(names[0], obj, origin)
-            for alias in names[1:]:
-                self._aliases[alias] = names[0]
+            self._add_aliases(names[0], names[1:])
             return obj
 
         return deco
@@ -61,12 +62,17 @@ class Registry(Generic[T]):
         if ":" not in target:
             raise ValueError(f"lazy target {target!r} must look like 'module:attr'")
         self._add(name, target, origin)
+        self._add_aliases(name, aliases)
+
+    def _add_aliases(self, name: str, aliases: Iterable[str]) -> None:
         for alias in aliases:
+            if alias != alias.lower() or not is_safe_name(alias):
+                raise ValueError(f"{self.kind} aliases are lowercase, {SAFE_NAME_TEXT}; got {alias!r}")
             self._aliases[alias] = name
 
     def _add(self, name: str, obj: Any, origin: str) -> None:
-        if name != name.lower() or not name:
-            raise ValueError(f"{self.kind} names are lowercase and non-empty, got {name!r}")
+        if name != name.lower() or not is_safe_name(name):
+            raise ValueError(f"{self.kind} names are lowercase, {SAFE_NAME_TEXT}; got {name!r}")
         if name in self._items:
             old, existing = self._origin[name], self._items[name]
             if old != origin and "builtin" in (old, origin):

@@ -1,5 +1,8 @@
 """A run directory has one owner: the command that holds its lock. A command that is refused (another writer holds
-the lock, or the directory already holds another sweep) is refused before it writes anything there."""
+the lock, or the directory already holds another sweep) is refused before it writes anything there.
+
+A leaderboard folder is written only where it cannot overwrite anyone's files: a new or empty folder, or one that
+an earlier build marked as its own (:data:`OUT_MARKER`); see :func:`claim_out_dir`."""
 from __future__ import annotations
 
 import fcntl
@@ -13,6 +16,9 @@ from unlearnbench.records import RECORDS, now_iso
 
 LOCK = ".lock"
 ARGS = "args.json"
+OUT_MARKER = ".unlearnbench-leaderboard"
+_MARKER_TEXT = ("This folder is written by `unlearnbench leaderboard`, which writes only into a new or empty folder or "
+                "one holding this file.\n")
 
 
 class RunDirBusy(RuntimeError):
@@ -104,3 +110,43 @@ def write_args(run_dir: str | os.PathLike, saved: dict) -> None:
     from unlearnbench.cache import atomic_write_bytes
 
     atomic_write_bytes(Path(run_dir) / ARGS, json.dumps(saved, indent=1).encode())
+
+
+class OutDirRefused(FileExistsError):
+    """An output folder that holds files no leaderboard build wrote (it is left as it was)."""
+
+
+def check_out_dir(out_dir: str | os.PathLike, own: bool = False, flag: str = "--out") -> Path:
+    """The absolute output folder, if writing a leaderboard there can overwrite nobody's files: it is new, empty, or
+    marked (:data:`OUT_MARKER`) by an earlier build. ``own``: the caller owns the folder already (a run directory's
+    ``leaderboard/``, written under the run's lock), so only its being a folder is checked. Writes nothing.
+
+    Raises:
+        OutDirRefused: the folder is a file, or holds files without the marker.
+    """
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise OutDirRefused(f"{flag} {out} is an existing file; give a new or empty folder")
+    if out.is_dir() and not own and not (out / OUT_MARKER).is_file():
+        held = sorted(p.name for p in out.iterdir())
+        if held:
+            shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+            raise OutDirRefused(f"{flag} {out} already holds files that `unlearnbench leaderboard` did not write "
+                                f"({shown}); give a new or empty folder, or one an earlier build wrote (it holds "
+                                f"{OUT_MARKER})")
+    return out
+
+
+def claim_out_dir(out_dir: str | os.PathLike, own: bool = False, flag: str = "--out") -> Path:
+    """:func:`check_out_dir`, then the folder is created and marked as a leaderboard's; returns it.
+
+    Raises:
+        OutDirRefused: see :func:`check_out_dir`; nothing is written.
+        OSError: the folder cannot be created or written.
+    """
+    out = check_out_dir(out_dir, own, flag)
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / OUT_MARKER
+    if not marker.is_file() or marker.read_text(encoding="utf-8", errors="replace") != _MARKER_TEXT:
+        marker.write_text(_MARKER_TEXT, encoding="utf-8")
+    return out

@@ -86,6 +86,11 @@ def convergence(cfg, duals: list, slack: list[float] | None, met: bool | None,
             "constraints_met": met}
 
 
+def all_finite(params) -> bool:
+    """Whether every tensor of ``params`` is finite (no NaN or inf)."""
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
 def train(method, log_every: int = 50, loss_explosion: float = 1e4) -> dict[str, Any]:
     """The loop: Adam on the method's trainable parameters, clipping, dual updates on a running estimate.
 
@@ -130,6 +135,10 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4) -> dict[str,
         opt.zero_grad(set_to_none=True)
         if constrained and step + 1 >= cfg.dual_warmup and (step + 1) % cfg.dual_every == 0:
             est = method.estimate_constraints()
+            if not bool(torch.isfinite(est).all()):  # the network blew up between loss checks: no dual step on it
+                diverged = (f"method {method.name}: the constraint estimate became {est.tolist()} at step {step + 1} "
+                            f"(a numerical blow-up)")
+                break
             new = method.dual_step(est)
             estimates.append([step + 1, est.tolist()])
             duals.append([step + 1, new.tolist()])
@@ -141,6 +150,8 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4) -> dict[str,
             row["objective"] = float(obj)
             history.append([step, row])
             logger.debug("step %d %s", step, row)
+    if diverged is None and not all_finite(params):
+        diverged = f"method {method.name}: trainable parameters became non-finite (a numerical blow-up)"
     out: dict[str, Any] = {"steps": ran if total > cfg.steps else cfg.steps, "history": history, "diverged": diverged}
     if constrained and diverged is None:
         final = method.estimate_constraints()
@@ -177,7 +188,16 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         return record
     bundle.net.eval()
     seed_everything(int(spec["seed"]) + 10_000)  # evaluation noise independent of the training length
-    metrics = task.evaluate(bundle, int(spec["seed"]))
+    try:
+        metrics = task.evaluate(bundle, int(spec["seed"]))
+    except Exception as e:
+        if all_finite(bundle.net.parameters()):
+            raise
+        record.update(status="diverged", error=f"diverged: evaluation raised {type(e).__name__}: {e} on a network "
+                                               f"whose weights are non-finite (a numerical blow-up)",
+                      timing={"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": time.perf_counter() - t2,
+                              "total_s": time.perf_counter() - t0})
+        return record
     t3 = time.perf_counter()
     record["task"].update(task.describe())  # what evaluation recorded about itself (backends, versions, sampler)
     oracle = None

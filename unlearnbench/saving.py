@@ -62,7 +62,7 @@ def load_unlearned(run_dir: str | os.PathLike, trial_id: str, device: str | torc
                    cache_dir: str | None = None) -> nn.Module:
     """The unlearned network of trial ``trial_id`` in ``run_dir``: the task is rebuilt from the record's options
     and the saved weights are loaded into its network."""
-    from unlearnbench.records import RECORDS, iter_latest, read_records
+    from unlearnbench.records import RECORDS, artifact_path, iter_latest, read_records
     from unlearnbench.tasks import TASKS
 
     run = Path(run_dir)
@@ -70,10 +70,11 @@ def load_unlearned(run_dir: str | os.PathLike, trial_id: str, device: str | torc
     if trial_id not in recs:
         raise KeyError(f"{run}: no trial {trial_id!r}; trials: {', '.join(sorted(recs))}")
     rec = recs[trial_id]
-    model = (rec.get("artifacts") or {}).get("model")
-    if not model:
-        raise FileNotFoundError(f"trial {trial_id} saved no weights (status {rec['status']}; run with --save-models)")
+    model = artifact_path(rec, "model")
+    if model is None:
+        raise FileNotFoundError(f"trial {trial_id} saved no weights inside {run} (status {rec['status']}; "
+                                f"run with --save-models)")
     task = TASKS.get(rec["task"]["name"])(rec["task"].get("options"), cache_dir=cache_dir)
     net = task.build(int(rec["seed"]), device=device).net
-    return load_weights(net, model if os.path.isabs(model) else run / model)
+    return load_weights(net, model)
 

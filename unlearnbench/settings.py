@@ -7,11 +7,21 @@ and what would have been valid; a trial then never fails for a value that could 
 Ranges: numbers are finite and ``>= 0`` unless a field's metadata says otherwise (``min``/``max`` inclusive bounds,
 ``min: None`` for no lower bound); counts (integers whose default is positive) and learning rates (names ending in
 ``lr``) are ``> 0`` (``positive: True/False`` decides it explicitly). ``metadata={"choices": (...)}`` restricts a
-value to a fixed set.
+value to a fixed set. Every integer (steps, batch and evaluation sizes, counts) is at most :data:`MAX_COUNT` unless its
+field declares another ``max``: a size is never so large that a run only ends by exhausting the machine.
+
+Bounds on the command line and its files (checked before any work, like the settings): :data:`MAX_COUNT` steps,
+:data:`MAX_SEEDS` seeds in ``[0, MAX_SEED]``, :data:`MAX_TRIALS` trials per sweep, attack budgets up to
+:data:`MAX_BUDGET` with at most :data:`MAX_RUNGS` rungs, and config, grid and ``args.json`` files of at most
+:data:`MAX_FILE_BYTES` that are regular files (``plan.json``: 64 MiB), holding at most ``config.MAX_YAML_VALUES`` values
+with YAML aliases expanded.
 """
 from __future__ import annotations
 
 import math
+import os
+import re
+import stat
 import types
 import typing
 from typing import Any, Mapping
@@ -21,6 +31,31 @@ _MISSING = object()
 
 class ConfigError(ValueError):
     """Bad user input, found before any work starts."""
+
+
+MAX_COUNT = 1_000_000  # any integer setting, --steps
+MAX_SEEDS, MAX_SEED = 1000, 2**31 - 1
+MAX_TRIALS = 10_000  # methods x grid values x seeds in one sweep
+MAX_BUDGET, MAX_RUNGS = 10_000, 20  # attack ladders: optimizer steps per rung, rungs per ladder
+MAX_FILE_BYTES = 1 << 20  # config, grid and args.json files
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+SAFE_NAME_TEXT = "1 to 100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def is_safe_name(name: Any) -> bool:
+    """Whether ``name`` may become a path component, a Ray trial name and plot text as it is (:data:`SAFE_NAME`):
+    no '/', no '..' component, no shell or markup characters."""
+    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None
+
+
+def check_name(what: str, name: Any) -> str:
+    """``name`` if it is a safe name; ``ConfigError`` naming it and the pattern otherwise (a grid, method, task or run
+    name becomes part of file paths and Ray trial names)."""
+    if not is_safe_name(name):
+        raise ConfigError(f"{what} {name!r} is not a valid name: use {SAFE_NAME_TEXT}")
+    return name
 
 
 def coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any] | None = None, default: Any = _MISSING,
@@ -134,14 +169,14 @@ def _bounds(key_is_lr: bool, base: Any, meta: Mapping[str, Any], default: Any) -
                                                   and not isinstance(default, bool) and default > 0))
     lo = meta["min"] if "min" in meta else 0
     strict = "min" not in meta and positive
-    return lo, strict, meta.get("max")
+    return lo, strict, meta.get("max", MAX_COUNT if base is int else None)
 
 
 def _range_text(base: Any, meta: Mapping[str, Any], default: Any, key: str = "") -> str:
     lo, strict, hi = _bounds(key.rsplit(".", 1)[-1].endswith("lr"), base, meta, default)
     parts = [] if lo is None else [f"{'>' if strict else '>='} {lo:g}"]
     if hi is not None:
-        parts.append(f"<= {hi:g}")
+        parts.append(f"<= {hi}" if base is int else f"<= {hi:g}")
     return (" " + " and ".join(parts)) if parts else ""
 
 
@@ -156,3 +191,46 @@ def check_range(key: str, value: Any, tp: Any, meta: Mapping[str, Any] | None = 
     if low_bad or (hi is not None and value > hi):
         kind = "an integer" if base is int else "a finite number"
         raise ValueError(f"{key}={value!r} is out of range; valid: {kind}{_range_text(base, meta, default, key)}")
+
+
+def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BYTES) -> str:
+    """The text of a regular file of at most ``limit`` bytes; ``ConfigError`` naming ``what`` and ``path`` otherwise
+    (see :func:`read_regular_bytes`)."""
+    data = read_regular_bytes(path, what, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read as text: {e}; give a YAML file") from None
+
+
+def read_regular_bytes(path: str | os.PathLike, what: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; ``ConfigError`` naming ``what`` and ``path`` otherwise.
+
+    A device (``/dev/zero``), FIFO or socket is refused without reading from it (opened non-blocking, checked with
+    ``fstat``), and at most ``limit + 1`` bytes are ever read, so no input can make the reader grow without bound.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read ({e.strerror}); give a YAML file") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{what} {str(path)!r} cannot be read as text: it is a directory; give a YAML file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} {str(path)!r} is not a regular file (a device, FIFO or socket); give a file")
+        data = b""
+        while len(data) <= limit and st.st_size <= limit:
+            more = os.read(fd, limit + 1 - len(data))
+            if not more:
+                break
+            data += more
+        if len(data) > limit or st.st_size > limit:
+            raise ConfigError(f"{what} {str(path)!r} is larger than {limit} bytes; such files are small")
+    except OSError as e:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    return data

@@ -39,6 +39,42 @@ def finished_ok(run_dir: str, statuses: tuple[str, ...] = FINISHED) -> set[str]:
     return {r["trial_id"] for r in iter_latest(read_records([path])) if r.get("status") in statuses}
 
 
+PLAN = "plan.json"
+RESUME_KEYS = ("task", "task_options", "method", "method_config", "grid", "seed", "save_models")  # what a trial is
+
+
+def check_resume(plan: SweepPlan) -> None:
+    """``ConfigError`` unless ``plan`` is the sweep its run directory holds (its ``plan.json``): the same trials with
+    the same settings. A resumed sweep that ran other trials would count records made under other settings as
+    done and mix them into one table."""
+    from unlearnbench.settings import ConfigError, read_small_file
+
+    path = Path(plan.run_dir) / PLAN
+    if not path.exists():
+        return  # stopped before planning (or made by an older version): args.json alone defines it
+    try:
+        held = json.loads(read_small_file(path, PLAN, 64 << 20))  # MAX_TRIALS trials of ~1 kB each
+        old = _trial_keys(held["trials"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"--resume {plan.run_dir}: {path} cannot be read ({e}); is it a run directory?") from None
+    new = _trial_keys(json.loads(json.dumps(plan.trials, sort_keys=True)))
+    if old == new:
+        return
+    added, dropped = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    changed = sorted(t for t in set(old) & set(new) if old[t] != new[t])
+    what = [f"{len(added)} new trial(s) ({', '.join(added[:3])})" if added else "",
+            f"{len(dropped)} of its trial(s) left out ({', '.join(dropped[:3])})" if dropped else "",
+            f"other settings for {len(changed)} trial(s) ({changed[0]}: "
+            f"{', '.join(k for k in RESUME_KEYS if old[changed[0]][k] != new[changed[0]][k])})" if changed else ""]
+    raise ConfigError(f"--resume {plan.run_dir} continues the sweep there, but this one has "
+                      f"{'; '.join(w for w in what if w)}; start a new run (--out) for new settings, seeds, grids or "
+                      f"methods")
+
+
+def _trial_keys(trials: list[dict]) -> dict[str, dict]:
+    return {str(t["trial_id"]): {k: t.get(k) for k in RESUME_KEYS} for t in trials}
+
+
 def progress_line(done: int, total: int, rec: dict) -> str:
     if rec["status"] != "ok":
         return f"[{done}/{total}] {rec['trial_id']:<28} {rec['status'].upper()}  {rec.get('error')}"
@@ -90,7 +126,7 @@ def run_sweep(plan: SweepPlan, executor: str = "ray", resume: bool = False, addr
                                   f"use --resume to continue it or --out to start a new run")
     skip = finished_ok(str(run_dir), ("ok",) if rerun_diverged else FINISHED) if resume else set()
     todo = [t for t in plan.trials if t["trial_id"] not in skip]
-    atomic_write_bytes(run_dir / "plan.json", json.dumps({"task": plan.task, "task_options": plan.task_options,
+    atomic_write_bytes(run_dir / PLAN, json.dumps({"task": plan.task, "task_options": plan.task_options,
                                                           "trials": plan.trials}, indent=1, sort_keys=True).encode())
     if skip:
         echo(f"resuming {run_dir}: {len(skip)} trial(s) already done, {len(todo)} to run")
@@ -108,10 +144,9 @@ def run_sweep(plan: SweepPlan, executor: str = "ray", resume: bool = False, addr
     elif todo:
         raise ValueError(f"executor {executor!r}; valid: ray, serial")
     records = sorted(iter_latest(read_records([run_dir / RECORDS])), key=lambda r: r["trial_id"])
+    write_summary(str(run_dir), records)  # every trial the folder holds: a row once written is never dropped
     wanted = {t["trial_id"] for t in plan.trials}
-    records = [r for r in records if r["trial_id"] in wanted]
-    write_summary(str(run_dir), records)
-    return records
+    return [r for r in records if r["trial_id"] in wanted]
 
 
 def _run_serial(todo: list[dict], run_dir: str, echo) -> None:

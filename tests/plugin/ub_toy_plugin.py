@@ -45,7 +45,9 @@ class Net(nn.Module):
 
 class ToyTask(Task):
     """Toy concept task for plugin and sweep tests (options: sleep seconds, fail_seed, die_seed: the
-    worker process exits abruptly, as if killed; max_drift: the sane range of ``drift``)."""
+    worker process exits abruptly, as if killed; max_drift: the sane range of ``drift``). The environment variables
+    UB_TOY_FAIL_SEED and UB_TOY_MAX_DRIFT stand for a passing fault and an edit of the task's code: they change
+    what a trial does without changing its settings (a --resume keeps the settings)."""
 
     name = "toy"
     kind = "concept"
@@ -61,13 +63,14 @@ class ToyTask(Task):
 
     def __init__(self, options=None, cache_dir=None):
         super().__init__(options, cache_dir)
-        cap = self.options.get("max_drift")
+        cap = self.options.get("max_drift", os.environ.get("UB_TOY_MAX_DRIFT"))
         self.sane_ranges = {} if cap is None else {"drift": (0.0, float(cap))}
 
     def build(self, seed, device="cpu"):
         if self.options.get("die_seed") is not None and int(self.options["die_seed"]) == seed:
             os._exit(9)
-        if self.options.get("fail_seed") is not None and int(self.options["fail_seed"]) == seed:
+        fail = self.options.get("fail_seed", os.environ.get("UB_TOY_FAIL_SEED"))
+        if fail is not None and int(fail) == seed:
             raise RuntimeError(f"injected failure for seed {seed}")
         torch.manual_seed(1234)
         sched = Schedule.linear(100)

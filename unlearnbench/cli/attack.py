@@ -94,7 +94,7 @@ def _attack(args, plan) -> int:
         from unlearnbench.leaderboard import build_leaderboard
 
         run_dir = os.path.dirname(plan.run_dir)
-        build_leaderboard([run_dir], os.path.join(run_dir, "leaderboard"))
+        build_leaderboard([run_dir], os.path.join(run_dir, "leaderboard"), own=True)
         print(f"leaderboard: {os.path.join(run_dir, 'leaderboard', 'index.html')}")
     failed = [r for r in records if r["status"] == "failed"]
     if failed:

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import sys
 from pathlib import Path
 
 from unlearnbench.records import RECORDS
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_RUNS = "runs"
 DEFAULT_OUT = "leaderboards"
@@ -42,7 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog=_LEADERBOARD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_runs_flag(p)
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
-                   help=f"output directory (default: ./{DEFAULT_OUT}/)")
+                   help=f"output directory (default: ./{DEFAULT_OUT}/): a new or empty folder, or one an earlier "
+                        f"build wrote (it holds .unlearnbench-leaderboard); any other folder is refused")
     p.set_defaults(func=run)
     return p
 
@@ -84,16 +83,29 @@ def resolve_runs(runs: list[str] | None) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from unlearnbench.leaderboard import build_leaderboard
     from unlearnbench.records import read_records
+    from unlearnbench.config import ConfigError, check_writable_dir
+    from unlearnbench.rundir import OutDirRefused, check_out_dir
 
+    out = Path(args.out).resolve()
     try:
+        check_out_dir(out)
+        check_writable_dir(str(out), "--out")
         runs = resolve_runs(args.runs)
-    except FileNotFoundError as e:
-        logger.error("%s", e)
+    except (FileNotFoundError, OutDirRefused, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if not read_records(runs):
-        logger.error("no records found in %s", ", ".join(str(p) for p in runs))
+        print(f"error: no records found in {', '.join(str(p) for p in runs)}", file=sys.stderr)
         return 2
-    result = build_leaderboard(runs, Path(args.out).resolve())
+    try:
+        result = build_leaderboard(runs, out)
+    except OutDirRefused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write the leaderboard to {out}: {e.strerror or e}; give a writable folder",
+              file=sys.stderr)
+        return 2
     for name, info in result["tasks"].items():
         ranking = ", ".join(m for m in info["ranking"]) or "-"
         print(f"{name}: {info['n_ok']} ok, {info['n_diverged']} diverged, {info['n_failed']} failed; "
@@ -111,11 +123,11 @@ def run_claims(args: argparse.Namespace) -> int:
     try:
         runs = resolve_runs(args.runs)
     except FileNotFoundError as e:
-        logger.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     records = read_records(runs)
     if not records:
-        logger.error("no records found in %s", ", ".join(str(p) for p in runs))
+        print(f"error: no records found in {', '.join(str(p) for p in runs)}", file=sys.stderr)
         return 2
     print(format_claims(check_claims(records)))
     return 0

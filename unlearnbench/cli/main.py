@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, UnknownNameError, ImportError) as e:  # bad input or a broken plugin: a line, not a traceback
+    except (ConfigError, UnknownNameError, ImportError) as e:  # bad input (a model path too) or a broken plugin
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder that cannot be written, a full disk: the file and the reason, not a traceback
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -7,6 +7,8 @@ import os
 import sys
 
 DEFAULT_TASK = "digits-concept"
+DEFAULT_GRID, DEFAULT_SEEDS = "eps", "0"
+SWEEP_FLAGS = ("task", "methods", "grid", "seeds", "config", "sets", "steps", "model", "allow_download", "save_models")
 
 EPILOG = """examples:
   unlearnbench run --methods rkl,esd --grid eps
@@ -22,8 +24,8 @@ EPILOG = """examples:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=None, help=f"task name (default: {DEFAULT_TASK}; `unlearnbench ls tasks`)")
     p.add_argument("--methods", default=None, help="comma-separated method names or 'all' (`unlearnbench ls methods`)")
-    p.add_argument("--grid", default="eps", help="grid name of the task (default: eps) or a YAML grid file")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--grid", default=None, help=f"grid name of the task (default: {DEFAULT_GRID}) or a YAML grid file")
+    p.add_argument("--seeds", default=None, help=f"comma-separated seeds (default: {DEFAULT_SEEDS})")
     p.add_argument("--config", default=None, help="YAML with sections methods:, task:, grids:")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override, e.g. methods.rkl.lr=1e-4 or task.forget=one (repeatable)")
@@ -87,7 +89,8 @@ def _plan(args, run_dir: str):
         raise ConfigError("--methods is required, e.g. --methods rkl,esd (see `unlearnbench ls methods`)")
     config = load_yaml(args.config) if args.config else {}
     config = _model_options(args, config)
-    plan = plan_trials(args.task or DEFAULT_TASK, args.methods, args.grid, args.seeds, run_dir=run_dir, config=config,
+    plan = plan_trials(args.task or DEFAULT_TASK, args.methods, args.grid or DEFAULT_GRID, args.seeds or DEFAULT_SEEDS,
+                       run_dir=run_dir, config=config,
                        sets=args.sets, steps=args.steps, cache_dir=args.cache_dir,
                        threads=max(1, int(getattr(args, "cpus_per_trial", 1))))
     for t in plan.trials:
@@ -110,23 +113,62 @@ def _model_options(args, config: dict) -> dict:
 
 
 def _resume_args(args) -> None:
-    """--resume DIR: take the original sweep's settings from DIR/args.json unless given again."""
+    """--resume DIR: the sweep's settings come from DIR/args.json; a flag that defines the sweep (:data:`SWEEP_FLAGS`)
+    may be given again only with the value the sweep has (``ConfigError`` otherwise: the run directory's records,
+    args.json and summary.csv stay those of one sweep)."""
     import json
+
+    from unlearnbench.config import ConfigError
+    from unlearnbench.settings import read_small_file
 
     path = os.path.join(args.resume, "args.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume {args.resume}: no args.json there; is it a run directory?")
     try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as e:
+        saved = json.loads(read_small_file(path, "args.json"))
+    except ValueError as e:  # ConfigError (not a small regular text file) or JSON
         raise ValueError(f"--resume {args.resume}: {path} cannot be read ({e}); is it a run directory?") from None
     if not isinstance(saved, dict):
         raise ValueError(f"--resume {args.resume}: {path} does not hold the saved arguments; is it a run directory?")
-    for k, v in saved.items():
-        if getattr(args, k, None) in (None, [], "eps", "0", False) and v is not None:
-            setattr(args, k, v)
+    if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+        raise ConfigError(f"--resume {args.resume} continues the sweep there; --out {args.out} names another folder")
+    changed = []
+    for k in SWEEP_FLAGS:
+        given, had = getattr(args, k, None), saved.get(k)
+        if given in (None, [], False):
+            setattr(args, k, had if had is not None else given)
+        elif not _same_flag(k, given, had):
+            flag = "--set" if k == "sets" else f"--{k.replace('_', '-')}"
+            changed.append(f"{flag} {_shown(given)} (the sweep has {_shown(had)})")
+    if changed:
+        raise ConfigError(f"--resume {args.resume} continues the sweep there with its own settings; "
+                          f"{'; '.join(changed)}: start a new run (--out) for new settings, seeds, grids or methods")
+    if getattr(args, "cache_dir", None) is None and saved.get("cache_dir") is not None:
+        args.cache_dir = saved["cache_dir"]  # where its models live; another cache may be given (same keys)
     args.out = args.resume
+
+
+def _shown(value) -> str:
+    if value in (None, [], False):
+        return "none"
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _same_flag(flag: str, given, had) -> bool:
+    """Whether a flag given again on --resume says what the sweep's args.json says (list spacing and, for the
+    task, aliases aside)."""
+    if flag in ("methods", "seeds") and isinstance(given, str) and isinstance(had, str):
+        return [x.strip() for x in given.split(",") if x.strip()] == [x.strip() for x in had.split(",") if x.strip()]
+    if flag == "task" and isinstance(had, str):
+        from unlearnbench.tasks import TASKS
+
+        try:
+            return TASKS.canonical(given) == TASKS.canonical(had)
+        except KeyError:
+            return False
+    if flag in ("config", "model") and isinstance(given, str) and isinstance(had, str):
+        return os.path.abspath(os.path.expanduser(given)) == os.path.abspath(os.path.expanduser(had)) or given == had
+    return given == had
 
 
 def check_run_flags(args, run_dir: str) -> None:
@@ -168,6 +210,10 @@ def run(args) -> int:
         run_dir = args.out or os.path.join("runs", f"{task}-{dt.datetime.now():%Y%m%d-%H%M%S}")
         check_run_flags(args, run_dir)
         plan = _plan(args, run_dir)
+        if args.resume:
+            from unlearnbench.sweep import check_resume
+
+            check_resume(plan)
     except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -199,13 +245,14 @@ def run(args) -> int:
 
 def _sweep(args, plan) -> int:
     """Run the plan in its (locked) run directory, then print the table and build the run's leaderboard."""
+    from unlearnbench.pipelines import ModelPathError
     from unlearnbench.rundir import write_args
     from unlearnbench.sweep import format_table, run_sweep
 
-    saved = {k: getattr(args, k) for k in ("task", "methods", "grid", "seeds", "config", "sets", "steps", "cache_dir",
-                                           "model", "allow_download", "save_models")}
-    saved["task"] = plan.task
-    write_args(plan.run_dir, saved)
+    if not args.resume:  # a resumed sweep keeps the settings it was started with
+        saved = {k: getattr(args, k) for k in (*SWEEP_FLAGS, "cache_dir")}
+        saved.update(task=plan.task, grid=args.grid or DEFAULT_GRID, seeds=args.seeds or DEFAULT_SEEDS)
+        write_args(plan.run_dir, saved)
     print(f"{len(plan.trials)} trials of {plan.task} -> {plan.run_dir}", flush=True)
     try:
         records = run_sweep(plan, executor=args.executor, resume=bool(args.resume), address=args.address,
@@ -213,7 +260,7 @@ def _sweep(args, plan) -> int:
                             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                             echo=lambda s: print(s, flush=True), tune_callbacks=args.tune_callback,
                             rerun_diverged=args.rerun_diverged)
-    except RuntimeError as e:
+    except (RuntimeError, ModelPathError) as e:  # a model that passed the checks but does not load in the driver
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
@@ -223,7 +270,7 @@ def _sweep(args, plan) -> int:
         try:
             from unlearnbench.leaderboard import build_leaderboard
 
-            build_leaderboard([plan.run_dir], os.path.join(plan.run_dir, "leaderboard"))
+            build_leaderboard([plan.run_dir], os.path.join(plan.run_dir, "leaderboard"), own=True)
             print(f"leaderboard: {os.path.join(plan.run_dir, 'leaderboard', 'index.html')}")
         except ImportError:
             pass
@@ -250,9 +297,21 @@ def validate(args) -> int:
 
 
 def pretrain(args) -> int:
-    from unlearnbench.cache import used_artefacts
+    from unlearnbench.cache import default_cache_dir, used_artefacts
+    from unlearnbench.config import ConfigError, check_writable_dir
     from unlearnbench.tasks import TASKS
 
+    try:
+        check_writable_dir(args.cache_dir or default_cache_dir(), "--cache-dir" if args.cache_dir else
+                           "cache directory ($UNLEARNBENCH_CACHE or ~/.cache/unlearnbench)")
+        name = "digits" if args.task == "digits" else TASKS.canonical(args.task)
+        if name != "digits" and "model" in TASKS.get(name).default_options:
+            raise ConfigError(f"pretrain --task {name}: this task unlearns from weights you give "
+                              f"(`unlearnbench run --task {name} --model PATH`), nothing is pretrained for it; "
+                              f"pretrain builds the models of {', '.join(_pretrained_tasks())} (or 'digits')")
+    except (ConfigError, KeyError) as e:
+        print(f"error: {e}{' (or digits)' if isinstance(e, KeyError) else ''}", file=sys.stderr)
+        return 2
     if args.no_shipped:
         os.environ["UNLEARNBENCH_SHIPPED"] = "0"
     if args.task == "digits":
@@ -268,11 +327,13 @@ def pretrain(args) -> int:
         for (kind, path), source in first.items():
             print(f"{kind}: {source} ({path})")
         return 0
-    try:
-        name = TASKS.canonical(args.task)
-    except KeyError as e:
-        print(f"error: {e} (or 'digits')", file=sys.stderr)
-        return 2
     TASKS.get(name)(None, cache_dir=args.cache_dir).prepare()
     print(f"{name}: pretrained models cached")
     return 0
+
+
+def _pretrained_tasks() -> list[str]:
+    """The tasks whose models unlearnbench builds (no ``model`` option)."""
+    from unlearnbench.tasks import TASKS
+
+    return [n for n in TASKS.names() if "model" not in TASKS.get(n).default_options]

@@ -34,8 +34,9 @@ from unlearnbench.leaderboard import page
 from unlearnbench.leaderboard.plots import method_color, plot_axis, plot_duals
 from unlearnbench.leaderboard.stats import REFERENCE_POINTS, common_levels, hypervolume_ci, reference
 from unlearnbench.leaderboard.tables import csv_text, formatted, points_table, summary_table
-from unlearnbench.records import read_records
+from unlearnbench.records import artifact_path, read_records
 from unlearnbench.results import TaskData, axis_label, collect_tasks, fmt, grid_of
+from unlearnbench.rundir import claim_out_dir
 
 __all__ = ["build_leaderboard", "REFERENCE_POINTS", "collect_tasks", "method_color", "common_levels",
            "hypervolume_ci", "reference"]
@@ -90,11 +91,12 @@ def copy_samples(td: TaskData, out: Path, s: str) -> list[tuple[str, str]]:
     """Copy the sample grid of the first seed of every entry and grid value; (relative path, caption) each."""
     copied, seen = [], set()
     for r in td.with_status("ok"):
-        src = (r.get("artifacts") or {}).get("samples")
         key = (r["_entry"], json.dumps(grid_of(r).get("value")))
-        if not src or key in seen:
+        if key in seen:
             continue
-        src = Path(src) if Path(src).is_absolute() else Path(r.get("_dir") or ".") / src
+        src = artifact_path(r, "samples")  # only a file inside the record's run folder
+        if src is None:
+            continue
         if not src.is_file():
             logger.warning("task %s, trial %s: sample grid %s is missing", td.name, r.get("trial_id"), src)
             continue
@@ -136,21 +138,22 @@ def assemble(out: Path) -> tuple[Path, list]:
     return out / "index.html", claims
 
 
-def build_leaderboard(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> dict:
+def build_leaderboard(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, own: bool = False) -> dict:
     """Rebuild the leaderboards of every task found in the records of ``run_dirs``.
 
     Args:
         run_dirs: run directories (searched recursively for records.jsonl) or records.jsonl files.
-        out_dir: where the CSVs, plots, samples and index.html go (created). Files of tasks not in these records
-            are kept and stay on the page.
+        out_dir: where the CSVs, plots, samples and index.html go: a new or empty folder, or one an earlier build
+            wrote (it holds ``rundir.OUT_MARKER``); anything else raises ``rundir.OutDirRefused`` before a file is
+            written. Files of tasks not in these records are kept and stay on the page.
+        own: ``out_dir`` belongs to the caller already (a run directory's ``leaderboard/``): no marker needed.
 
     Returns:
         ``{"out_dir", "index", "claims", "tasks": {task: {"csv", "points_csv", "plots", "samples", "ranking",
         "n_ok", "n_diverged", "n_failed"}}, "failed": [{"task", "trial_id", "method", "status", "error"}],
         "n_records"}``; paths absolute.
     """
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_out_dir(out_dir, own=own)
     records = read_records([Path(p).resolve() for p in run_dirs])
     if not records:
         logger.warning("no records found in %s", ", ".join(str(p) for p in run_dirs))

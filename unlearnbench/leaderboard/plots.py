@@ -51,10 +51,27 @@ def entry_styles(td: TaskData) -> dict[str, tuple[str, str]]:
     return out
 
 
+def plain_text(fig: Any) -> Any:
+    """Titles, labels and legends are text from records (entry settings, metric names): a ``$`` in them is shown as it
+    is, never parsed as mathtext (where a bad command would end the build). Call before the figure is first laid out;
+    tick labels, made when it is drawn, keep their mathtext."""
+    texts = [*fig.texts, *(t for leg in fig.legends for t in leg.get_texts())]
+    if getattr(fig, "_suptitle", None) is not None:
+        texts.append(fig._suptitle)
+    for ax in fig.axes:
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        if ax.get_legend() is not None:
+            texts += ax.get_legend().get_texts()
+    for t in texts:
+        if "$" in t.get_text():
+            t.set_parse_math(False)
+    return fig
+
+
 def save(fig: Any, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    FigureCanvasAgg(fig)
+    FigureCanvasAgg(plain_text(fig))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
 
@@ -313,6 +330,6 @@ def plot_duals(td: TaskData, path: Path) -> bool:
                 td.method_of(entry)))
             ax.set_ylabel("λ (dual variable)")
             ax.set_xlabel("training step")
-        fig.tight_layout()
+        plain_text(fig).tight_layout()
         save(fig, path)
     return True

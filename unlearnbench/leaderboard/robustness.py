@@ -152,7 +152,7 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    from unlearnbench.leaderboard.plots import method_color, save, style
+    from unlearnbench.leaderboard.plots import method_color, plain_text, save, style
 
     rows = [r for r in rows if r["attack"] == attack and r["metric"] != "mia_tpr_at_1fpr"]
     if not rows:
@@ -222,7 +222,7 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
             ax.set_ylabel("MIA AUC (0.5 = chance)" if attack == "mia" else f"{rows[0]['metric']} (higher = back)")
         fig.suptitle(f"{task}: {attack} attack, seed means with 95 % intervals; darker = larger grid value",
                      fontsize=9)
-        fig.tight_layout()
+        plain_text(fig).tight_layout()
         save(fig, path)
     return True
 

@@ -212,6 +212,9 @@ class Task(abc.ABC):
         out = {}
         for k, v in options.items():
             if k == "forget":
+                if v is not None and not isinstance(v, str):
+                    raise ValueError(f"task {cls.name}: forget={v!r} is not a forget set name; valid: "
+                                     f"{', '.join(cls.forget_sets) or 'a name'}")
                 if cls.forget_sets and v is not None and v not in cls.forget_sets:
                     raise ValueError(f"task {cls.name}: unknown forget set {v!r}; valid: {', '.join(cls.forget_sets)}")
                 out[k] = v

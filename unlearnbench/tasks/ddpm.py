@@ -49,7 +49,23 @@ def image_files(folder: str | os.PathLike, what: str) -> list[Path]:
     files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"task ddpm-data: {what}={str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    for f in files:  # named now, before any work, rather than deep inside the first trial
+        _open_image(f, what).close()
     return files
+
+
+def _open_image(f: Path, what: str):
+    """``PIL.Image.open(f)``, checked; ``ValueError`` naming the file when it is not a readable image."""
+    from PIL import Image
+
+    try:
+        if not f.is_file():
+            raise OSError("not a regular file")
+        with Image.open(f) as probe:
+            probe.verify()  # reads the whole file: a truncated or non-image file fails here
+        return Image.open(f)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"task ddpm-data: {what}: {f} is not a readable image ({type(e).__name__}: {e})") from None
 
 
 def load_images(files: list[Path], size: int, channels: int) -> Tensor:
@@ -59,7 +75,10 @@ def load_images(files: list[Path], size: int, channels: int) -> Tensor:
 
     out = []
     for f in files:
-        im = Image.open(f).convert("RGB" if channels == 3 else "L")
+        try:
+            im = _open_image(f, "images").convert("RGB" if channels == 3 else "L")
+        except OSError as e:  # verified when listed; changed since
+            raise ValueError(f"task ddpm-data: {f} is not a readable image ({e})") from None
         s = min(im.size)
         left, top = (im.width - s) // 2, (im.height - s) // 2
         im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
