@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser(
         "leaderboard", help="rebuild leaderboards (CSV, plots, index.html) from run records",
         description="Rebuild per-task leaderboards from trial records: Pareto fronts per method and settings, "
-                    "hypervolume and retention at matched unlearning levels with 95 %% intervals, convergence and "
+                    "hypervolume and retention at matched unlearning levels with 95 % intervals, convergence and "
                     "constraint satisfaction, gap to exact fronts, cost and provenance; plots and one static "
                     "index.html. Records only: nothing is re-run. Writes only the given tasks' files and deletes "
                     "nothing, so one run can be added to a full leaderboard folder.",
@@ -53,7 +53,7 @@ def add_claims_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "claims", help="check the paper's three claims on run records",
         description="Check the paper's claims (rkl dominates ESD on concept tasks, fkl dominates SISS on data "
                     "tasks, lik preserves retained concepts better at matched unlearning) as paired tests at "
-                    "matched unlearning levels: each verdict with its levels, seeds and the 95 %% bootstrap "
+                    "matched unlearning levels: each verdict with its levels, seeds and the 95 % bootstrap "
                     "interval of the retention difference; 'inconclusive' when the interval contains 0.",
         epilog=_CLAIMS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_runs_flag(p)

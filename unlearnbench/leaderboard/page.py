@@ -86,10 +86,18 @@ def summary_fragment(td: TaskData, slug: str, rows: list[dict]) -> str:
     header += [label for _, label in cols] + ["converged", "constraints met"]
     body = []
     for v in rows:
-        body.append([e(fmt(v.get("rank"))), f'<span class="nw">{_swatch(v["method"])}{e(v["entry"])}</span>',
+        flag = f' <span class="fails" title="scored with random-weight {e(v["random_weight_metrics"])}">' \
+            f'(random-weight metrics)</span>' if v.get("random_weight_metrics") else ""
+        body.append([e(fmt(v.get("rank"))), f'<span class="nw">{_swatch(v["method"])}{e(v["entry"])}</span>{flag}',
                      e(f"{v['n_ok']} / {v['n_diverged']} / {v['n_failed']}"), e(fmt(v["seeds"])), e(v["interval"])]
                     + [_ci(v, c) for c, _ in cols] + [e(v["converged"] or "-"), e(v["constraints_met"] or "-")])
     notes = [f"{e(a)}: hypervolume reference {e(ref)}" for a, ref in reference_notes(td).items()]
+    randomized = [v["entry"] for v in rows if v.get("random_weight_metrics")]
+    if randomized:
+        nets = sorted({n for v in rows for n in (v.get("random_weight_metrics") or "").split(";") if n})
+        notes.insert(0, f'<span class="fails">random-weight metric networks ({e(", ".join(nets))}) scored '
+                        f'{e(", ".join(randomized))}: their values of those metrics are not meaningful (a test or '
+                        "smoke run; configure the networks' weights for a real one)</span>")
     metrics = list(dict.fromkeys(m for axis in td.axes for m in axis))
 
     def shown(vals: list) -> str:

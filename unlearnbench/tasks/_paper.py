@@ -37,6 +37,11 @@ for _f in FEATURES:
     spec(f"kid_retain_{_f}", "retention", False, "kid_fid", f"KID ({_f} features) of samples to the retain reference")
     spec(f"fid_retain_{_f}", "retention", False, "kid_fid", f"FID ({_f} features) of samples to the retain reference")
 
+# what ``emits`` / ``axes_when`` declare for the KID/FID metrics (``ls`` reads them without building the task)
+FEATURE_EMITS: dict[str, None] = {f"{k}_retain_{f}": None for k in ("kid", "fid") for f in FEATURES}
+KID_AXIS = "kid_retain_{features}"
+FEATURES_WHEN = "{features}: inception when its weights are on disk, else clip"
+
 PAPER_OPTIONS: dict[str, Any] = {
     "model": None, "allow_download": False, "precision": "auto", "gradient_checkpointing": False,
     "sample_steps": 50, "n_eval": 4, "gen_batch": 16, "eval_seed": 0, "pool_size": 16,
@@ -261,7 +266,8 @@ class PaperTask(Task):
         else:
             ext = CLIPFeatures(o["clip_model"], o["clip_pretrained"], model_config=o["clip_config"],
                                allow_random=bool(o["clip_random"]))
-        self.eval_info["features"] = ext.cache_key
+        random = self.features == "clip" and o["clip_pretrained"] is None  # the leaderboard flags such records
+        self.eval_info["features"] = {**ext.cache_key, "random_weights": random}
         return ext.to(device)
 
     def kid_fid(self, real: Tensor, fake: Tensor, device: torch.device, seed: int,
@@ -270,9 +276,10 @@ class PaperTask(Task):
         ``pretrained`` images (the base model's, same prompts and noise) give the ``*_pretrained`` info values."""
         if self.features is None:
             return {}
-        from unlearnbench.metrics.kid_fid import fid, kid
+        from unlearnbench.metrics.kid_fid import clean_fid, fid, kid
 
         ext = self.feature_extractor(device)
+        fid_of = clean_fid if self.eval_info["features"].get("backend") == "clean-fid" else fid
         fr, ff = batched(ext, real, device), batched(ext, fake, device)
         sets = {"": ff} if pretrained is None else {"": ff, "_pretrained": batched(ext, pretrained, device)}
         free(ext)
@@ -280,7 +287,7 @@ class PaperTask(Task):
         for suffix, f in sets.items():
             m = min(fr.shape[0], f.shape[0], 1000)
             k = kid(fr, f, subsets=50, subset_size=m, generator=torch.Generator().manual_seed(seed))
-            d = fid(fr, f)
+            d = fid_of(fr, f)
             role = "info" if suffix else "retention"
             out[f"kid_retain_{self.features}{suffix}"] = MetricValue(k.value, k.stderr, k.n, role, False)
             out[f"fid_retain_{self.features}{suffix}"] = MetricValue(d.value, d.stderr, d.n, role, False)
