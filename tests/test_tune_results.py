@@ -30,10 +30,13 @@ def restored(path: Path):
 def test_the_tune_experiment_reopens_with_its_curves_and_resume_adds_one(plugin, tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray's default, which warned on every local run
     out = tmp_path / "run"
-    r = cli([*TOY, "--out", str(out)], plugin_path=plugin, timeout=300)
+    r = cli([*TOY, "--out", str(out), "--set", "task.sleep=2.5"], plugin_path=plugin, timeout=300,
+            env_extra={"UNLEARNBENCH_PROGRESS_EVERY_S": "1"})  # each trial's evaluation sleeps 2.5 s
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Token authentication" not in r.stdout + r.stderr, "no Ray warning on a local run"
     assert "[4/4]" in r.stdout and "(sweep ETA" in r.stdout
+    assert " done, " in r.stdout and "] running: " in r.stdout and " step 5/5 " in r.stdout, \
+        "heartbeats with the running trials' latest step while they evaluate"
     grid = restored(out / "ray_results" / "run")
     df = grid.get_dataframe()
     assert len(df) == 4 and df["trial_ok"].tolist() == [1, 1, 1, 1]
