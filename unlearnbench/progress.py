@@ -34,7 +34,7 @@ class Progress:
 
             self.bar = tqdm(total=total, desc=desc, unit=unit, file=stream, leave=False, mininterval=0.5)
         elif enabled:
-            logger.info("%s: started%s", desc, f" ({total} {unit}s)" if total else "")
+            logger.info("%s: started%s", desc, f" ({_count(total, unit)})" if total else "")
         self._stop = threading.Event()
         if enabled and self.every_s >= 1:
             threading.Thread(target=self._watch, daemon=True, name=f"progress: {desc}").start()
@@ -81,7 +81,7 @@ class Progress:
             self.bar.close()
             self.bar = None
         elif self.enabled:
-            count = f"{self.n} {self.unit}{'s' * (self.n != 1)} " if self.n else ""
+            count = f"{_count(self.n, self.unit)} " if self.n else ""
             logger.info("%s: done, %sin %.1fs", self.desc, count, time.monotonic() - self.t0)
             self.enabled = False
 
@@ -90,6 +90,13 @@ class Progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _count(n: int, unit: str) -> str:
+    """``"6000 steps"``, ``"1 prompt"``, ``"3 batches"``, ``"14 MiB"``."""
+    if n == 1 or unit[-1:].isupper():
+        return f"{n} {unit}"
+    return f"{n} {unit}{'es' if unit.endswith(('ch', 'sh', 's', 'x')) else 's'}"
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, unit: str = "it",
