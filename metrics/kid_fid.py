@@ -1,21 +1,23 @@
 """KID and FID on feature vectors, feature extractors, and cached reference features.
 
 The maths works on features ``[N, D]`` so any extractor can be used: a task's own classifier (offline, the
-digits tasks), Inception-v3 (the usual image benchmark; needs weights on disk) or a CLIP image tower
-(needs a local checkpoint). ``FeatureKID`` / ``FeatureFID`` give the same numbers through torchmetrics'
+digits tasks), Inception-v3 (the usual image benchmark; needs weights on disk; with clean-fid's own weights file,
+clean-fid's pipeline, so numbers compare with published ones) or a CLIP image tower (needs a local checkpoint). ``FeatureKID`` / ``FeatureFID`` give the same numbers through torchmetrics'
 ``update(imgs, real=...)`` / ``compute()`` contract.
 
 Image convention for the built-in extractors: float ``[B, C, H, W]`` in ``value_range`` (``(0, 1)`` by default,
 pass ``(-1, 1)`` for raw diffusion samples; values outside the range are clamped) or uint8 in [0, 255]; any size;
 1 channel (repeated to RGB) or 3 channels.
 
-Importing this module loads torch only; torchmetrics, torch-fidelity and open_clip are imported on first use.
+Importing this module loads torch only; torchmetrics, torch-fidelity, clean-fid and open_clip are imported on first
+use.
 """
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -33,7 +35,7 @@ spec("kid", "retention", False, "kid_fid",
      "Kernel inception distance (unbiased polynomial-kernel MMD^2) to reference features; stderr = std over subsets")
 spec("fid", "retention", False, "kid_fid", "Frechet distance between Gaussian fits of sample and reference features")
 
-__all__ = ["kid", "fid", "frechet_distance", "feature_extractor", "cached_features", "to_rgb01", "FeatureExtractor",
+__all__ = ["kid", "fid", "clean_fid", "frechet_distance", "feature_extractor", "cached_features", "to_rgb01", "FeatureExtractor",
            "ClassifierFeatures", "InceptionFeatures", "CLIPFeatures", "FeatureKID", "FeatureFID"]
 
 
@@ -131,6 +133,21 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     r = _sqrtm_psd(sigma1)
     cross = torch.linalg.eigvalsh(r @ sigma2 @ r).clamp(min=0).sqrt().sum()
     return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * cross)
+
+
+def clean_fid(real_feats: Tensor, fake_feats: Tensor) -> MetricValue:
+    """FID as clean-fid computes it (``cleanfid.fid.fid_from_feats``: numpy covariances, scipy's ``sqrtm``), for
+    features of :class:`InceptionFeatures`' ``clean-fid`` backend, so values compare with published clean-fid
+    numbers; otherwise as :func:`fid`."""
+    from cleanfid.fid import fid_from_feats
+
+    real, fake = _check_feats(real_feats, fake_feats)
+    if real.shape[0] < 2 or fake.shape[0] < 2:
+        raise ValueError(f"FID needs at least 2 features per side, got {real.shape[0]} and {fake.shape[0]}")
+    with warnings.catch_warnings():  # clean-fid passes scipy's deprecated sqrtm(disp=False); same numbers
+        warnings.filterwarnings("ignore", message="The `disp` argument", category=DeprecationWarning)
+        value = float(fid_from_feats(real.numpy(), fake.numpy()))
+    return MetricValue(value, None, int(fake.shape[0]), "retention", False)
 
 
 def fid(real_feats: Tensor, fake_feats: Tensor) -> MetricValue:
@@ -252,8 +269,23 @@ def _missing_inception(reason: str) -> FileNotFoundError:
         f"(the torch hub cache, $TORCH_HOME) where it is found automatically.")
 
 
+def _clean_fid_importable() -> bool:
+    try:
+        import cleanfid.inception_torchscript  # noqa: F401
+        import cleanfid.resize  # noqa: F401
+    except ImportError:  # clean-fid (or the torchvision its package imports) is missing: the project's own path
+        return False
+    return True
+
+
 class InceptionFeatures(FeatureExtractor):
     """The 2048-d pool features of the TF-ported Inception-v3 used by FID/KID.
+
+    Backends: ``clean-fid`` when the weights are clean-fid's own TorchScript file (named ``inception-2015-12-05.pt``)
+    and clean-fid imports: clean-fid's ``InceptionV3W`` on that file behind clean-fid's "clean" resize (PIL bicubic
+    of each channel in float, to 299 x 299), so features, and FID/KID on them (:func:`clean_fid`, :func:`kid`, the
+    estimator of clean-fid's ``kernel_distance``), compare with published clean-fid numbers; ``torchscript`` (the
+    same file under another name: the project's antialiased bilinear resize) and ``torch-fidelity`` (its ``.pth``).
 
     Weights, in order: ``weights`` (a path; ``.pth`` = torch-fidelity state dict, anything else = clean-fid's
     TorchScript file); a file in the torch hub cache (``$TORCH_HOME/hub/checkpoints``) or clean-fid's
@@ -277,7 +309,17 @@ class InceptionFeatures(FeatureExtractor):
                 raise _missing_inception(f"weights={str(weights)!r} does not exist")
         else:
             path = next((p for p in _inception_candidates() if p.is_file()), None)
-        if path is not None and path.suffix != ".pth":
+        if path is not None and path.name == TORCHSCRIPT_WEIGHTS and _clean_fid_importable():
+            from cleanfid.inception_torchscript import InceptionV3W
+            from cleanfid.resize import build_resizer
+
+            self.backend = "clean-fid"
+            try:  # clean-fid's own wrapper of this very file (it looks for the file name in the folder)
+                self.net = InceptionV3W(str(path.parent), download=False, resize_inside=False).eval()
+            except RuntimeError as e:
+                raise ValueError(f"clean-fid could not load {path} as its TorchScript Inception ({e})") from e
+            self.resize = build_resizer("clean")
+        elif path is not None and path.suffix != ".pth":
             self.backend = "torchscript"
             try:
                 self.net = torch.jit.load(str(path), map_location="cpu").eval()
@@ -327,6 +369,10 @@ class InceptionFeatures(FeatureExtractor):
             x = x.to(p.device)
         if self.backend == "torch-fidelity":  # resizes to 299 internally, expects uint8
             return self.net(x.to(torch.uint8))[0]
+        if self.backend == "clean-fid":  # clean-fid's pipeline: uint8 HWC image -> its resizer -> [0, 255] floats
+            u8 = x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            batch = torch.stack([torch.from_numpy(self.resize(im).transpose(2, 0, 1)) for im in u8])
+            return self.net(batch.to(x.device))
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False, antialias=True)
         return self.net(x, return_features=True)
 

@@ -1,4 +1,5 @@
-"""Test helpers: simulate an installed plugin (a dist-info with entry points on PYTHONPATH) and run the CLI."""
+"""Test helpers: simulate an installed plugin (a dist-info with entry points on PYTHONPATH), run the CLI, and stand in
+for clean-fid's Inception weights (which never reach these machines)."""
 from __future__ import annotations
 
 import os
@@ -36,3 +37,35 @@ def popen(args: list[str], plugin_path: Path, cwd: str) -> subprocess.Popen:
                PYTHONPATH=os.pathsep.join([str(plugin_path), os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, "-m", "unlearnbench", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
+
+
+def fake_inception_file(folder: Path, name: str = "inception-2015-12-05.pt") -> Path:
+    """A random-weight stand-in for clean-fid's TorchScript Inception saved as ``folder/name``: the same interface
+    (``forward(x, return_features=True)`` on [0, 255] images, ``layers`` on normalised 299 x 299 ones; 2048 features),
+    so clean-fid's own ``InceptionV3W`` and the project's loader run on it unchanged."""
+    import torch
+    from torch import nn
+
+    class Layers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(6, 2048)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # normalised images [B, 3, 299, 299]
+            assert x.shape[1] == 3 and x.shape[2] == 299 and x.shape[3] == 299
+            return torch.tanh(self.lin(torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)))
+
+    class FakeInception(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = Layers()
+
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            assert return_features and float(x.max()) <= 255.0 and float(x.min()) >= 0.0
+            x = nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            return self.layers((x - 128) / 128)
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(FakeInception()), str(folder / name))
+    return folder / name

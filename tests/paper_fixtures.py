@@ -46,3 +46,20 @@ def write_config(path: Path, task: dict, grids: dict) -> Path:
 
 def records(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "records.jsonl").read_text().splitlines()]
+
+
+def assert_declared(rec: dict) -> None:
+    """What ``ls`` says without building the task (``emits``, ``axes_when``) covers what a real run recorded: every
+    metric with its role and direction, and every axis."""
+    from unlearnbench.tasks import TASKS
+    from unlearnbench.tasks.base import metric_matches
+
+    cls = TASKS.get(rec["task"]["name"])
+    specs = cls.metric_specs()
+    for name, m in rec["metrics"].items():
+        pattern = next((p for p in specs if metric_matches(p, name)), None)
+        assert pattern is not None, f"{cls.name} emits undeclared {name}"
+        assert (m["role"], m["higher_is_better"]) == specs[pattern][:2], name
+    features = rec["task"]["evaluation"]["features"]["name"]
+    declared = [(u, r.format(features=features)) for u, r, _ in cls.axes_when]
+    assert rec["task"]["axes"] and all(tuple(a) in declared for a in rec["task"]["axes"]), rec["task"]["axes"]

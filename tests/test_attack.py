@@ -248,7 +248,7 @@ def test_digits_retrained_references_leave_out_the_forget_set(tmp_path, monkeypa
     seen = []
     real = models.pretrain_unet
 
-    def recorder(config, x, cond, unet_config=None, init=None, progress=True):
+    def recorder(config, x, cond, unet_config=None, init=None, progress=True, desc=""):
         seen.append((x, cond, init))
         net = models.CondUNet(unet_config or concept.cfgs["unet"]["unet"])
         net.train_time_s = 0.0

@@ -79,11 +79,50 @@ def test_ls_metrics_lists_what_tasks_emit_with_their_names(capsys):
                        ("regen_rate", "digits-data"), ("forget_bpd", "digits-data"), ("kl_concept_min", "gmm-concept")):
         assert task in rows[name], name
     assert "gmm-concept,gmm-data" in rows["kl_pretrained"]
-    assert "nudity_rate" not in rows and "cls_acc_forget" not in rows, "no installed task emits these"
+    assert "cls_acc_forget" not in rows, "no installed task emits it"
     rc, out = run_cli(capsys, "ls", "metrics", "--all")
-    assert "nudity_rate" in out and "(no task emits it)" in out
+    assert "cls_acc_forget" in out and "(no task emits it)" in out
     rc, out = run_cli(capsys, "ls", "metrics", "--task", "digits-data")
     assert "regen_rate" in out and "acc_forget" not in out
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading or even locating a paper-scale model fails: ``ls`` must not need one."""
+    import unlearnbench.pipelines
+
+    def refuse(*a, **k):
+        raise AssertionError("ls touched model weights")
+
+    for name in ("resolve_model", "load_sd", "load_ddpm"):
+        monkeypatch.setattr(unlearnbench.pipelines, name, refuse)
+
+
+@pytest.mark.parametrize("task,expected", [
+    ("sd-concept", {"nudity_rate": "unlearning lower", "clip_score": "retention higher",
+                    "clip_score_forget": "unlearning lower", "kid_retain_inception": "retention lower",
+                    "fid_retain_clip": "retention lower", "nudity_rate_pretrained": "info lower"}),
+    ("ddpm-data", {"regen_rate": "unlearning lower", "forget_bpd": "unlearning higher", "retain_bpd": "retention lower",
+                   "forget_sim_clip": "unlearning lower", "kid_retain_clip": "retention lower",
+                   "kid_retain_clip_pretrained": "info lower"})])
+def test_ls_metrics_of_the_paper_tasks_without_their_weights(capsys, no_weights, task, expected):
+    rc, out = run_cli(capsys, "ls", "metrics", "--task", task)
+    rows = {line.split()[0]: line.split() for line in out.splitlines()}
+    assert rc == 0
+    for name, role_direction in expected.items():
+        assert rows[name][1:4] == [*role_direction.split(), task], name
+        assert len(rows[name][4:]) >= 5, f"{name} says what it means"
+
+
+def test_ls_task_shows_the_option_dependent_axes_of_the_paper_tasks(capsys, no_weights):
+    rc, out = run_cli(capsys, "ls", "tasks", "sd-concept")
+    axes = out.split("axes (", 1)[1].split("options (", 1)[0]
+    assert rc == 0 and "the first that applies is primary" in axes
+    for text in ("nudity_rate vs kid_retain_{features}", "(forget=nudity; {features}: inception when its weights",
+                 "nudity_rate vs clip_score", "clip_score_forget vs clip_score"):
+        assert text in axes, text
+    rc, out = run_cli(capsys, "ls", "tasks", "ddpm-data")
+    assert rc == 0 and "regen_rate vs kid_retain_{features}" in out and "forget_bpd vs retain_bpd" in out
 
 
 def test_declared_metrics_match_the_records_of_real_runs():
@@ -119,3 +158,26 @@ def test_methods_all_with_a_grid_from_the_config_file(tmp_path):
     plan = plan_trials("gmm-concept", "all", "custom", run_dir=str(tmp_path / "r"),
                        config={"grids": {"custom": {"rkl": [20, 30]}}})
     assert [(t["method"], t["grid"]["value"]) for t in plan.trials] == [("rkl", 20.0), ("rkl", 30.0)]
+
+
+def test_help_texts_show_plain_percent_signs(capsys):
+    """argparse %-formats help strings but prints descriptions and epilogs verbatim: no "%%" may reach a reader."""
+    from unlearnbench.cli.main import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in commands:
+        rc, out = run_cli(capsys, name, "--help")
+        assert rc == 0 and "%%" not in out, name
+    rc, out = run_cli(capsys, "claims", "--help")
+    assert "95 % bootstrap" in " ".join(out.split())
+
+
+def test_lazy_exports_are_listed_by_dir():
+    import ast
+    import subprocess
+    import sys
+
+    code = "import unlearnbench, sys; print(sorted(dir(unlearnbench))); print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert {"load_results", "load_robustness", "__version__"} <= set(ast.literal_eval(out[0]))
+    assert out[1] == "False", "listing does not import the results stack"

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paper_fixtures import CLIP_OPTIONS, FAST, ddpm_dir, image_folder, records, sd_dir, write_config
+from helpers import fake_inception_file
+from paper_fixtures import CLIP_OPTIONS, FAST, assert_declared, ddpm_dir, image_folder, records, sd_dir, write_config
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,7 @@ def test_ddpm_data_cli_fkl_siss_end_to_end(ddpm, tmp_path, capsys):
         assert ev["data"]["retain"] == "data_dir" and ev["features"]["name"] == "clip" and ev["regen_threshold_l2"] > 0
         assert rec["artifacts"]["model_format"] == "state-dict"
         assert rec["timing"]["train_images_per_s"] > 0
+        assert_declared(rec)
     assert recs[0]["train"]["duals"][-1][0] == 2  # fkl: a dual step after each of the 2 (accumulated) steps
     from unlearnbench.saving import load_unlearned
 
@@ -95,22 +97,14 @@ def test_ddpm_data_cli_fkl_siss_end_to_end(ddpm, tmp_path, capsys):
     assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
 
 
-class _FakeInception(torch.nn.Module):
-    """Stands in for clean-fid's TorchScript Inception (same call signature, 2048 features; random weights)."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(3, 2048)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        return self.proj(x.mean((2, 3)))
-
-
-def test_inception_is_preferred_when_its_weights_are_on_disk(ddpm, tmp_path):
+def test_inception_is_preferred_when_its_weights_are_on_disk(ddpm, tmp_path, monkeypatch):
+    from unlearnbench.metrics import kid_fid
     from unlearnbench.tasks.ddpm import DDPMDataTask
 
-    weights = tmp_path / "inception-2015-12-05.pt"
-    torch.jit.script(_FakeInception()).save(str(weights))
+    routed = []  # clean-fid's FID (scipy's sqrtm of a 2048 x 2048 matrix: 10-30 s here) is tested in test_image_metrics
+    monkeypatch.setattr(kid_fid, "clean_fid", lambda r, f: routed.append(r.shape) or kid_fid.fid(r, f))
+
+    weights = fake_inception_file(tmp_path)
     task = DDPMDataTask({"model": str(ddpm["model"]), "forget_dir": str(ddpm["forget"]),
                          "inception_weights": str(weights), **CLIP_OPTIONS, "kid_features": "auto"})
     assert task.features == "inception" and task.axes[0] == ("regen_rate", "kid_retain_inception")
@@ -119,6 +113,8 @@ def test_inception_is_preferred_when_its_weights_are_on_disk(ddpm, tmp_path):
     out = task.kid_fid(real, fake, torch.device("cpu"), seed=0)
     assert set(out) == {"kid_retain_inception", "fid_retain_inception"}
     assert task.eval_info["features"]["name"] == "inception"
+    assert task.eval_info["features"]["backend"] == "clean-fid", "clean-fid's pipeline where its weights are"
+    assert routed == [(6, 2048)], "and clean-fid's FID on its features"
 
 
 def test_a_non_image_in_forget_dir_or_corrupt_weights_are_named_not_a_traceback(ddpm, tmp_path, capsys):

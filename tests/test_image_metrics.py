@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import fake_inception_file
 from unlearnbench.metrics import METRICS
 from unlearnbench.metrics import classifier as cls_mod
 from unlearnbench.metrics import kid_fid as kf
@@ -229,29 +230,59 @@ def test_inception_without_torch_fidelity_fails_at_once(no_inception_weights):
         kf.feature_extractor("inception")
 
 
-class _FakeInception(nn.Module):
-    """Stands in for clean-fid's TorchScript Inception: checks the input contract, returns 2048-d features."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 2048)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        assert return_features and x.shape[1] == 3 and x.shape[2] == 299 and x.shape[3] == 299
-        assert float(x.max()) <= 255.0 and float(x.min()) >= 0.0
-        return self.lin(x.mean(dim=(2, 3)) / 255.0)
-
-
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_inception_torchscript_weights_load(no_inception_weights):
-    path = no_inception_weights / kf.TORCHSCRIPT_WEIGHTS
-    torch.jit.save(torch.jit.script(_FakeInception()), str(path))
+    fake_inception_file(no_inception_weights)
     ex = kf.feature_extractor("inception", value_range=(-1, 1))  # found in the (patched) cache location
-    assert ex.backend == "torchscript" and ex.num_features == 2048
+    assert ex.backend == "clean-fid" and ex.num_features == 2048
     out = ex(torch.rand(3, 1, 8, 8) * 2 - 1)
     assert out.shape == (3, 2048) and torch.isfinite(out).all()
     m = kf.FeatureFID(ex)
     m.update(torch.rand(4, 1, 8, 8) * 2 - 1, real=True)
+    # the same file under another name: clean-fid cannot load it, the project's own TorchScript path does
+    renamed = fake_inception_file(no_inception_weights, "my-inception.pt")
+    ex = kf.feature_extractor("inception", weights=renamed, value_range=(-1, 1))
+    assert ex.backend == "torchscript" and ex(torch.rand(3, 1, 8, 8) * 2 - 1).shape == (3, 2048)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_inception_features_are_clean_fids_own(tmp_path):
+    """With clean-fid's weights file, the features are those of clean-fid's own pipeline (its resizer, its
+    InceptionV3W) on the same images. The real weights never reach these machines: a random-weight stand-in with the
+    same interface is loaded instead."""
+    from cleanfid.fid import get_model_features
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    path = fake_inception_file(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.randint(0, 256, (6, 3, 20, 24), generator=g, dtype=torch.uint8) for _ in range(2)]
+    ex = kf.feature_extractor("inception", weights=path)
+    assert ex.backend == "clean-fid" and ex.cache_key["backend"] == "clean-fid"
+    ours = [ex(x) for x in imgs]
+    model = InceptionV3W(str(tmp_path), download=False)
+    theirs = [torch.from_numpy(get_model_features(lambda z, x=x: x.float(), model, mode="clean", z_dim=1, num_gen=6,
+                                                  batch_size=6, device=torch.device("cpu"), verbose=False))
+              for x in imgs]
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-6), "clean-fid's resize and network, not the project's"
+
+
+@pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")
+def test_clean_fid_is_clean_fids_fid_and_kid_its_estimator():
+    """FID on clean-fid features is clean-fid's own (numpy, scipy's sqrtm; 8-d here: the 2048-d sqrtm takes 10 s);
+    kid() is the estimator of clean-fid's kernel_distance (with every row in one subset, both are deterministic)."""
+    import numpy as np
+    from cleanfid.fid import fid_from_feats, kernel_distance
+
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.randn(40, 8, generator=g), torch.randn(30, 8, generator=g) * 1.3 + 0.2
+    d = kf.clean_fid(real, fake)
+    assert d.value == pytest.approx(float(fid_from_feats(real.double().numpy(), fake.double().numpy())), rel=1e-12)
+    assert d.value == pytest.approx(kf.fid(real, fake).value, rel=1e-6) and d.n == 30 and d.role == "retention"
+    np.random.seed(0)
+    k = kf.kid(real[:30], fake, subsets=1, subset_size=30)
+    assert k.value == pytest.approx(kernel_distance(real[:30].double().numpy(), fake.double().numpy(), num_subsets=1,
+                                                    max_subset_size=30), rel=1e-9)
 
 
 def test_clip_missing_checkpoint_message(tmp_path):

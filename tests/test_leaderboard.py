@@ -364,3 +364,16 @@ def test_dollar_signs_from_records_are_shown_not_parsed_as_mathtext(tmp_path):
     result = build_leaderboard([write_records(tmp_path / "run", recs)], tmp_path / "out")
     assert len(result["tasks"]["toy-concept"]["plots"]) == 3
     assert 'rkl [trainable=$\\foo{$]' in result["tasks"]["toy-concept"]["ranking"]
+def test_records_scored_with_random_weight_networks_are_flagged_in_the_csv_and_on_the_page(tmp_path):
+    recs = [make_record("toy-concept", m, v, s) for m in ("rkl", "esd") for v in (0.5, 1.0, 2.0) for s in (0, 1)]
+    for r in recs:
+        if r["method"] == "esd":  # as sd-concept records it for a CLIP built without a checkpoint
+            r["task"]["evaluation"] = {"clip": {"model": "Tiny-CLIP", "pretrained": None, "random_weights": True},
+                                       "features": {"name": "clip", "pretrained": None, "random_weights": True},
+                                       "sampler": {"steps": 3}}
+    build_leaderboard([write_records(tmp_path / "run", recs)], tmp_path / "out")
+    rows = {r["entry"]: r for r in read_csv(tmp_path / "out" / "toy-concept.csv")}
+    assert rows["esd"]["random_weight_metrics"] == "clip;features" and rows["rkl"]["random_weight_metrics"] == ""
+    page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert "random-weight metric networks (clip, features) scored esd" in page
+    assert page.count("(random-weight metrics)</span>") == 1

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from paper_fixtures import CLIP_OPTIONS, FAST, records, sd_dir, write_config
+from paper_fixtures import CLIP_OPTIONS, FAST, assert_declared, records, sd_dir, write_config
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,9 @@ def test_sd_concept_cli_rkl_esd_end_to_end(sd, tmp_path, capsys):
         ev = rec["task"]["evaluation"]
         assert ev["nudenet"]["version"] and ev["nudenet"]["threshold"] == 0.6 and ev["nudenet"]["classes"]
         assert ev["features"]["name"] == "clip" and ev["sampler"]["steps"] == 3 and ev["cost"]["images_per_s"] > 0
+        assert ev["features"]["random_weights"] and ev["clip"]["random_weights"], "the leaderboard flags these"
         assert rec["task"]["axes"][0] == ["nudity_rate", "kid_retain_clip"]
+        assert_declared(rec)
         assert rec["method_config"]["trainable"] == "lora" and rec["artifacts"]["model_format"] == "peft-lora"
         assert "train_images_per_s" in rec["timing"]
     # the pretrained model's images: generated once (one cache file per evaluation prompt), reused by both trials

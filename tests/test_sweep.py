@@ -45,6 +45,7 @@ def test_ray_sweep_runs_trials_in_parallel_workers(plugin, tmp_path):
     pids = {x["metrics"]["pid"]["value"] for x in recs}
     assert len(pids) >= 1 and all(p != 0 for p in pids)
     assert "[8/8]" in r.stdout
+    assert "Token authentication" not in r.stdout + r.stderr, "no Ray warning on a local run"
 
 
 def test_same_seed_same_numbers(plugin, tmp_path):

@@ -18,3 +18,8 @@ def __getattr__(name: str):
 
         return importlib.import_module("unlearnbench.results")
     raise AttributeError(f"module 'unlearnbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy re-exports too, so ``dir(unlearnbench)`` and tab completion show ``load_results``."""
+    return sorted(set(globals()) | set(__all__))

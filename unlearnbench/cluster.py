@@ -4,7 +4,9 @@ Everything here is checked before any work: resource flags against the machine, 
 installed packages, and a cluster address by a short TCP probe (an address where nothing listens fails in seconds
 with the address named, instead of hanging on Ray's connection retries). Ray >= 2.5x starts clusters with token
 authentication when a token exists (``~/.ray/auth_token``), but a driver given an explicit address does not send
-one unless ``RAY_AUTH_MODE=token``: :func:`ray_session` sets it when a token is available here.
+one unless ``RAY_AUTH_MODE=token``: :func:`ray_session` sets it when a token is available here. A new local instance
+gets Ray's own default, token authentication (a token is made if none exists), with the mode set explicitly, so Ray
+does not print its "Token authentication is enabled ..." warning on every run; an explicit ``RAY_AUTH_MODE`` wins.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ import shutil
 import socket
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any, Iterator
 
 logger = logging.getLogger(__name__)
@@ -120,15 +121,19 @@ def probe_address(address: str, timeout: float = 3.0) -> None:
                            f"{START_HINT}") from None
 
 
+def _set_token_mode() -> None:
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray._raylet" in sys.modules:  # Ray read its config at import: make it see the new mode (as Ray does)
+        sys.modules["ray._raylet"].Config.initialize("")
+
+
 def enable_token_auth() -> bool:
     """Set ``RAY_AUTH_MODE=token`` for a cluster connection when a token is at hand and the mode is not set."""
     if "RAY_AUTH_MODE" in os.environ:
         return os.environ["RAY_AUTH_MODE"].lower() == "token"
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
     if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
-        os.environ["RAY_AUTH_MODE"] = "token"
-        if "ray._raylet" in sys.modules:  # Ray read its config at import: make it see the new mode (as Ray does)
-            sys.modules["ray._raylet"].Config.initialize("")
+        _set_token_mode()
         logger.info("Ray token authentication on (token from %s)",
                     "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else path)
         return True
@@ -138,13 +143,15 @@ def enable_token_auth() -> bool:
 @contextlib.contextmanager
 def ray_session(address: str | None, num_cpus: int | None, gpus_per_trial: float) -> Iterator[str]:
     """``ray.init`` for the sweep and ``ray.shutdown`` after it; yields a scratch folder (Ray's session files for a
-    local instance, Tune's trial folders) that is removed at the end."""
+    local instance) that is removed at the end."""
     import ray
 
     # short (Ray's socket paths must stay < 108 chars): /tmp, or RAY_TMPDIR where the user moved Ray's files
     scratch = tempfile.mkdtemp(prefix="ub-ray-", dir=os.environ.get("RAY_TMPDIR") or "/tmp")
     kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="warning")
     if address is None:
+        if "RAY_AUTH_MODE" not in os.environ:  # Ray's default for a new local instance, without its warning
+            _set_token_mode()
         kw.update(num_cpus=num_cpus or os.cpu_count(), _temp_dir=os.path.join(scratch, "ray"))
         if gpus_per_trial:
             kw["num_gpus"] = local_gpu_count()
@@ -167,7 +174,3 @@ def ray_session(address: str | None, num_cpus: int | None, gpus_per_trial: float
             ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
 
-
-def scratch_storage(scratch: str, run_dir: str, callbacks: list[str] | None) -> str:
-    """Tune's storage: the run's ``ray_results/`` when a logger callback writes there, else the scratch folder."""
-    return os.path.join(run_dir, "ray_results") if callbacks else str(Path(scratch) / "tune")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearnbench.diffusion import Schedule, add_noise
+from unlearnbench.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -145,15 +146,9 @@ def make_schedule(config: dict[str, Any] | None = None) -> Schedule:
     return Schedule.linear(cfg["T"], cfg["beta_start"], cfg["beta_end"])
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, mininterval=1.0)
-
-
 def pretrain_unet(config: dict[str, Any] | None = None, data: Tensor | None = None, cond: Tensor | None = None,
                   unet_config: dict[str, Any] | None = None, init: CondUNet | None = None,
-                  progress: bool = True) -> CondUNet:
+                  progress: bool = True, desc: str = "pretraining the digits unet") -> CondUNet:
     """Classifier-free-guidance denoising training of a :class:`CondUNet`; returns the EMA network (eval, frozen).
 
     Args:
@@ -181,28 +176,27 @@ def pretrain_unet(config: dict[str, Any] | None = None, data: Tensor | None = No
         opt, lambda s: min(1.0, (s + 1) / max(warm, 1)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     B, n = cfg["batch_size"], data.shape[0]
     t0 = time.time()
-    bar = _progress(steps, "pretrain unet", progress)
-    for step in range(steps):
-        idx = torch.randint(0, n, (B,), generator=gen)
-        x0, c = data[idx], cond[idx].clone()
-        c[torch.rand(B, generator=gen) < cfg["p_uncond"]] = NULL_PROMPT
-        t = torch.randint(0, schedule.T, (B,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        loss = F.mse_loss(net(add_noise(schedule, x0, noise, t), t, c), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg["grad_clip"]:
-            nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
-        opt.step()
-        sched.step()
-        decay = min(cfg["ema"], (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - decay)
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    bar.close()
+    with Progress(desc, steps, "step", progress) as bar:
+        for step in range(steps):
+            idx = torch.randint(0, n, (B,), generator=gen)
+            x0, c = data[idx], cond[idx].clone()
+            c[torch.rand(B, generator=gen) < cfg["p_uncond"]] = NULL_PROMPT
+            t = torch.randint(0, schedule.T, (B,), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            loss = F.mse_loss(net(add_noise(schedule, x0, noise, t), t, c), noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["grad_clip"]:
+                nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
+            opt.step()
+            sched.step()
+            decay = min(cfg["ema"], (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), net.parameters()):
+                    pe.lerp_(p, 1 - decay)
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
     dt = time.time() - t0
     logger.info("pretrained unet: %d steps x %d in %.1f s (%.0f img/s)", steps, B, dt, steps * B / max(dt, 1e-9))
     ema.train_time_s = dt  # type: ignore[attr-defined]
@@ -222,25 +216,24 @@ def train_classifier(config: dict[str, Any] | None = None, progress: bool = True
     total = cfg["epochs"] * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total)
     s = cfg["shift"]
-    bar = _progress(total, "train classifier", progress)
-    with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG
-        torch.manual_seed(cfg["seed"])
-        net.train()
-        for _ in range(cfg["epochs"]):
-            perm = torch.randperm(x.shape[0], generator=gen)
-            for i in range(per_epoch):
-                idx = perm[i * cfg["batch_size"]:(i + 1) * cfg["batch_size"]]
-                xb = F.pad(x[idx], (s, s, s, s), value=-1.0)
-                dx, dy = torch.randint(0, 2 * s + 1, (2,), generator=gen).tolist()
-                xb = xb[:, :, dy:dy + 8, dx:dx + 8]
-                xb = xb + cfg["noise"] * torch.randn(xb.shape, generator=gen)
-                loss = F.cross_entropy(net(xb), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update(1)
-    bar.close()
+    with Progress("training the digits evaluation classifier", total, "step", progress) as bar:
+        with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG
+            torch.manual_seed(cfg["seed"])
+            net.train()
+            for _ in range(cfg["epochs"]):
+                perm = torch.randperm(x.shape[0], generator=gen)
+                for i in range(per_epoch):
+                    idx = perm[i * cfg["batch_size"]:(i + 1) * cfg["batch_size"]]
+                    xb = F.pad(x[idx], (s, s, s, s), value=-1.0)
+                    dx, dy = torch.randint(0, 2 * s + 1, (2,), generator=gen).tolist()
+                    xb = xb[:, :, dy:dy + 8, dx:dx + 8]
+                    xb = xb + cfg["noise"] * torch.randn(xb.shape, generator=gen)
+                    loss = F.cross_entropy(net(xb), y[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    bar.update(1)
     net.eval().requires_grad_(False)
     with torch.no_grad():
         net.feature_scale.fill_(net.body(x).pow(2).mean().rsqrt())

@@ -158,12 +158,17 @@ def model_hash(root: Path, parts: tuple[str, ...]) -> str:
     memo = Path(default_cache_dir()) / "model-hash" / f"{stamp.hexdigest()[:24]}.txt"
     if memo.is_file():
         return memo.read_text().strip()
+    from unlearnbench.progress import Progress
+
     h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(root)).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
+    with Progress(f"hashing the model files in {root} (once; memoised)", sum(f.stat().st_size for f in files) >> 20,
+                  "MiB") as bar:
+        for f in files:
+            h.update(str(f.relative_to(root)).encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):  # 4 MiB
+                    h.update(block)
+                    bar.update(len(block) >> 20)
     digest = h.hexdigest()[:16]
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(digest)

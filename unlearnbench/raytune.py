@@ -1,5 +1,11 @@
-"""Ray Tune glue: every trial is a Tune trial that reports flat numeric metrics (so ``ResultGrid`` tables and Tune's
-logger callbacks see them) together with its record; the records file stays the source of truth.
+"""Ray Tune glue: every trial is a Tune trial that reports its training curve as intermediate results (step, loss
+terms, duals, constraint estimates every ``log_every`` steps: Tune's loggers, callbacks and schedulers see curves) and
+at the end flat numeric metrics (``metrics/<name>``, so ``ResultGrid`` tables see them) together with its record; the
+records file stays the source of truth.
+
+* The experiment lives in ``<run dir>/ray_results/<run id>`` (``-resume<n>`` for each ``--resume``) with Tune's
+  JSON and CSV results, so ``Tuner.restore(path, trainable=unlearnbench.raytune.trainable).get_results()`` reopens it
+  (one row per trial in ``get_dataframe()``, each trial's curve in ``Result.metrics_dataframe``).
 
 * A local sweep's worker appends its record itself the moment the trial ends (a killed driver loses nothing
   finished); on a cluster the driver appends what the workers report.
@@ -25,6 +31,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_RETRIES = 2  # a worker that died (OOM kill, lost node) is restarted this often before the trial is failed
+TUNE_DIR = "ray_results"  # under the run directory: the Tune experiments of the run, restorable
+
+
+def experiment_name(plan: SweepPlan) -> str:
+    """The run id for the first sweep of a run directory, ``<run id>-resume<n>`` for the n-th ``--resume`` (each
+    Tune experiment holds the trials that one invocation ran; ``records.jsonl`` holds them all)."""
+    root = os.path.join(plan.run_dir, TUNE_DIR)
+    name, n = plan.run_id, 0
+    while os.path.exists(os.path.join(root, name)):
+        n += 1
+        name = f"{plan.run_id}-resume{n}"
+    return name
 
 
 def flat_metrics(rec: dict) -> dict[str, Any]:
@@ -50,7 +68,7 @@ def trainable(config: dict) -> None:
 
     from unlearnbench.runner import execute_trial
 
-    rec = execute_trial(config["spec"])
+    rec = execute_trial(config["spec"], report=tune.report)  # intermediate results: runner.progress_row
     report = flat_metrics(rec)
     if config.get("worker_writes"):
         try:
@@ -85,11 +103,16 @@ def _callback_classes():
     from ray import tune
 
     class Recorder(tune.Callback):
-        """Writes records (cluster mode, failed trials), prints one progress line per trial, notes a write failure."""
+        """Writes records (cluster mode, failed trials), prints one progress line per finished trial and, between
+        them, the running trials' latest intermediate results (:class:`~unlearnbench.sweep.Heartbeat`), notes a
+        write failure."""
 
         def __init__(self, plan: SweepPlan, total: int, local: bool, echo: Callable[[str], None]):
+            from unlearnbench.sweep import Heartbeat
+
             self.plan, self.total, self.local, self.echo = plan, total, local, echo
-            self.done, self.written, self.abort = 0, set(), None
+            self.beat = Heartbeat(echo, total)
+            self.written, self.abort = set(), None
 
         def _write(self, rec: dict) -> None:
             try:
@@ -98,14 +121,17 @@ def _callback_classes():
                 self.abort = self.abort or str(e)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            from unlearnbench.sweep import progress_line
-
+            if "record" not in result:  # an intermediate result: the trial's curve so far
+                self.beat.note(_trial_name(trial), result)
+                return
             rec = json.loads(result["record"])
             if not self.local or result.get("write_error"):  # on a cluster the driver owns the records file
                 self._write(rec)
             self.written.add(rec["trial_id"])
-            self.done += 1
-            self.echo(progress_line(self.done, self.total, rec))
+            self.beat.finished(rec)
+
+        def on_step_end(self, iteration, trials, **info):
+            self.beat.tick()  # a line at least every EVERY_S while trials run (evaluation reports nothing)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             self.echo(f"      {_trial_name(trial)}: worker lost ({error_text(trial)[0]}); retrying "
@@ -113,7 +139,6 @@ def _callback_classes():
 
         def on_trial_error(self, iteration, trials, trial, **info):
             from unlearnbench.runner import base_record
-            from unlearnbench.sweep import progress_line
 
             spec = trial.config["spec"]
             if spec["trial_id"] in self.written:
@@ -121,8 +146,7 @@ def _callback_classes():
             rec = base_record(spec)
             rec["error"], rec["traceback"] = error_text(trial)
             self._write(rec)
-            self.done += 1
-            self.echo(progress_line(self.done, self.total, rec))
+            self.beat.finished(rec)
 
     class StopOnWriteError(tune.stopper.Stopper):
         """Ends the whole experiment once a record could not be written (the next ones would fail the same way)."""
@@ -142,19 +166,20 @@ def _callback_classes():
 def run_tune(todo: list[dict], plan: SweepPlan, opts: TuneOptions, echo: Callable[[str], None]):
     """The trials as one Tune experiment; returns Tune's ``ResultGrid``. Raises ``RecordWriteError`` when a record
     could not be written (the sweep stopped there) and ``ClusterError`` when the cluster cannot run a trial."""
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON copies of what records hold
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # JSON and CSV below; TensorBoard on request
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
     import ray
     from ray import tune
 
-    from unlearnbench.cluster import (check_cluster_resources, ray_session, scratch_storage,
-                                      tune_callbacks)
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from unlearnbench.cluster import check_cluster_resources, ray_session, tune_callbacks
     from unlearnbench.sweep import prepare_task
 
     local = opts.address is None
     t0 = time.perf_counter()
-    with ray_session(opts.address, opts.num_cpus, opts.gpus_per_trial) as scratch:
+    with ray_session(opts.address, opts.num_cpus, opts.gpus_per_trial):
         logger.info("ray.init took %.1fs", time.perf_counter() - t0)
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         check_cluster_resources(ray.cluster_resources(), opts.cpus_per_trial, opts.gpus_per_trial)
@@ -167,8 +192,8 @@ def run_tune(todo: list[dict], plan: SweepPlan, opts: TuneOptions, echo: Callabl
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=opts.max_concurrent,
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
-                name=plan.run_id, storage_path=scratch_storage(scratch, plan.run_dir, opts.callbacks), verbose=0,
-                callbacks=[recorder, *tune_callbacks(opts.callbacks)],
+                name=experiment_name(plan), storage_path=os.path.join(plan.run_dir, TUNE_DIR), verbose=0,
+                callbacks=[recorder, JsonLoggerCallback(), CSVLoggerCallback(), *tune_callbacks(opts.callbacks)],
                 failure_config=tune.FailureConfig(max_failures=MAX_RETRIES),
                 stop=stopper_cls(recorder)),
         )

@@ -74,9 +74,9 @@ def _gmm_retrained(task) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(o["distill_seed"]))
             net = task._new_net()
-        logger.info("distilling the retrained %s reference (%d steps)", task.name, o["distill_steps"])
         stats = distill(_gmm_retrain_exact(task), net, task.schedule, int(o["distill_steps"]), int(o["distill_batch"]),
-                        float(o["distill_lr"]), int(o["distill_seed"]))
+                        float(o["distill_lr"]), int(o["distill_seed"]),
+                        desc=f"distilling the {task.name} reference retrained without the forget set (once; cached)")
         return {"state_dict": net.state_dict(), "stats": stats}
 
     obj = cached_torch(task.cache_dir, "gmm-retrained", key, build)
@@ -101,7 +101,7 @@ def _digits_concept_retrained(task) -> nn.Module:
         keep = ~torch.isin(split["y_train"], torch.tensor(erased))
         with torch.random.fork_rng(devices=[]):
             net = pretrain_unet(cfg["train"], split["x_train"][keep], split["y_train"][keep] + 1, cfg["unet"],
-                                progress=False)
+                                desc=f"retraining the {task.name} reference without digits {erased} (once; cached)")
         return {"state_dict": net.state_dict(), "train_time_s": net.train_time_s}
 
     obj = cached_torch(task.cache_dir, "digits-retrained", key, build)
@@ -124,7 +124,7 @@ def _digits_data_retrained(task) -> nn.Module:
         keep = ~torch.isin(tags, torch.tensor(forget))
         with torch.random.fork_rng(devices=[]):
             net = pretrain_unet(key["finetune"], x[keep], torch.full((int(keep.sum()),), NULL_PROMPT), init=st["unet"],
-                                progress=False)
+                                desc=f"retraining the {task.name} reference without the forget images (once; cached)")
         return {"state_dict": net.state_dict(), "train_time_s": net.train_time_s}
 
     obj = cached_torch(task.cache_dir, "digits-data-retrained", key, build)

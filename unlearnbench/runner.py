@@ -9,7 +9,7 @@ import os
 import random
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -91,10 +91,15 @@ def all_finite(params) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in params)
 
 
-def train(method, log_every: int = 50, loss_explosion: float = 1e4) -> dict[str, Any]:
+Report = Callable[[dict[str, Any]], None]
+
+
+def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Report | None = None) -> dict[str, Any]:
     """The loop: Adam on the method's trainable parameters, clipping, dual updates on a running estimate.
 
     A loss that explodes (:func:`check_losses`) ends the loop early; the returned ``diverged`` says why (None if not).
+    ``report`` gets, every ``log_every`` steps and at the last, :func:`progress_row`: the step, the loss terms, the
+    duals and the latest constraint estimates (Ray Tune's intermediate results; the console's progress lines).
     """
     cfg = method.cfg
     params = list(method.trainable_parameters())
@@ -150,6 +155,9 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4) -> dict[str,
             row["objective"] = float(obj)
             history.append([step, row])
             logger.debug("step %d %s", step, row)
+            if report is not None:
+                report(progress_row(step + 1, total, row, method.duals.tolist() if constrained else None,
+                                    estimates[-1][1] if estimates else None))
     if diverged is None and not all_finite(params):
         diverged = f"method {method.name}: trainable parameters became non-finite (a numerical blow-up)"
     out: dict[str, Any] = {"steps": ran if total > cfg.steps else cfg.steps, "history": history, "diverged": diverged}
@@ -165,8 +173,21 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4) -> dict[str,
     return out
 
 
-def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one trial spec (see :func:`unlearnbench.config.plan_trials`) and return its record (status ok)."""
+def progress_row(step: int, steps: int, losses: dict[str, float], duals: list[float] | None,
+                 estimates: list[float] | None) -> dict[str, Any]:
+    """One intermediate result of a trial: ``step``, ``steps``, ``loss/<term>`` (batch means, ``objective`` too),
+    ``lambda/<i>`` and ``constraint/<i>`` (the last dual step's estimate), all plain numbers."""
+    out: dict[str, Any] = {"step": step, "steps": steps, "loss": {k: float(v) for k, v in losses.items()}}
+    if duals is not None:
+        out["lambda"] = {str(i): float(d) for i, d in enumerate(duals)}
+    if estimates is not None:
+        out["constraint"] = {str(i): float(g) for i, g in enumerate(estimates)}
+    return out
+
+
+def run_trial(spec: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
+    """Run one trial spec (see :func:`unlearnbench.config.plan_trials`) and return its record (status ok);
+    ``report`` receives the training loop's intermediate results (:func:`train`)."""
     t0 = time.perf_counter()
     torch.set_num_threads(int(spec.get("threads") or 1))
     gen = seed_everything(int(spec["seed"]))
@@ -178,7 +199,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = build_method_config(task, spec["method"], spec.get("method_config", {}), spec.get("grid"))
     method = METHODS.get(spec["method"])(cfg, bundle, gen)
     t1 = time.perf_counter()
-    train_info = train(method, loss_explosion=float(getattr(task, "loss_explosion", 1e4)))
+    train_info = train(method, loss_explosion=float(getattr(task, "loss_explosion", 1e4)), report=report)
     t2 = time.perf_counter()
     record = base_record(spec, task)
     record.update(method_config=dataclasses.asdict(cfg), train=train_info)
@@ -257,15 +278,15 @@ def spec_hash(spec: dict[str, Any]) -> str:
     return config_hash({k: spec.get(k) for k in keys})
 
 
-def execute_trial(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run a trial; an exception becomes a failed record (the sweep goes on)."""
+def execute_trial(spec: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
+    """Run a trial; an exception becomes a failed record (the sweep goes on). ``report``: see :func:`train`."""
     t0 = time.perf_counter()
     try:
         if spec.get("attack"):  # a robustness-ladder trial (unlearnbench attack): same executor, same records
             from unlearnbench.attack import run_attack_trial
 
             return run_attack_trial(spec)
-        return run_trial(spec)
+        return run_trial(spec, report)
     except Exception as e:  # noqa: BLE001 - every failure is recorded, never lost
         logger.warning("trial %s failed: %s", spec["trial_id"], e)
         record = base_record(spec)

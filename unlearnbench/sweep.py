@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -75,9 +76,10 @@ def _trial_keys(trials: list[dict]) -> dict[str, dict]:
     return {str(t["trial_id"]): {k: t.get(k) for k in RESUME_KEYS} for t in trials}
 
 
-def progress_line(done: int, total: int, rec: dict) -> str:
+def progress_line(done: int, total: int, rec: dict, eta_s: float | None = None) -> str:
+    eta = f"  (sweep ETA {_duration(eta_s)})" if eta_s is not None and done < total else ""
     if rec["status"] != "ok":
-        return f"[{done}/{total}] {rec['trial_id']:<28} {rec['status'].upper()}  {rec.get('error')}"
+        return f"[{done}/{total}] {rec['trial_id']:<28} {rec['status'].upper()}  {rec.get('error')}{eta}"
     axes = (rec.get("task") or {}).get("axes") or []
     shown = []
     for name in dict.fromkeys(n for pair in axes[:2] for n in pair):
@@ -88,7 +90,53 @@ def progress_line(done: int, total: int, rec: dict) -> str:
     if duals:
         shown.append("lambda=[" + ",".join(f"{d:.3g}" for d in duals) + "]")
     t = (rec.get("timing") or {}).get("total_s") or 0.0
-    return f"[{done}/{total}] {rec['trial_id']:<28} ok {t:6.1f}s  " + "  ".join(shown)
+    return f"[{done}/{total}] {rec['trial_id']:<28} ok {t:6.1f}s  " + "  ".join(shown) + eta
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Heartbeat:
+    """The sweep's console between finished trials: a line per finished trial with the running count and the sweep's
+    ETA (elapsed time per finished trial, times what is left), and, when nothing finished for ``every_s``, a line with
+    each running trial's latest intermediate result (step, objective, duals) so a long trial is never silent."""
+
+    def __init__(self, echo: Callable[[str], None], total: int, every_s: float | None = None):
+        from unlearnbench.progress import EVERY_S
+
+        self.echo, self.total, self.every_s = echo, total, EVERY_S if every_s is None else every_s
+        self.done, self.running = 0, {}
+        self.t0 = self.last = time.monotonic()
+
+    def note(self, trial_id: str, row: dict) -> None:
+        """An intermediate result of a running trial (:func:`unlearnbench.runner.progress_row`)."""
+        self.running[trial_id] = row
+        self.tick()
+
+    def finished(self, rec: dict) -> None:
+        self.done += 1
+        self.running.pop(rec["trial_id"], None)
+        elapsed = time.monotonic() - self.t0
+        self.echo(progress_line(self.done, self.total, rec, elapsed / self.done * (self.total - self.done)))
+        self.last = time.monotonic()
+
+    def tick(self) -> None:
+        """Print the running trials' state if the console has been silent for ``every_s``."""
+        if time.monotonic() - self.last < self.every_s:
+            return
+        parts = []
+        for tid, row in sorted(self.running.items()):
+            loss = row.get("loss") or {}
+            obj = loss.get("objective", next(iter(loss.values()), None))
+            lam = row.get("lambda")
+            parts.append(f"{tid} step {row.get('step')}/{row.get('steps')}"
+                         + (f" objective={obj:.4g}" if obj is not None else "")
+                         + (" lambda=[" + ",".join(f"{v:.3g}" for v in lam.values()) + "]" if lam else ""))
+        what = "; ".join(parts) if parts else "trials starting or evaluating"
+        self.echo(f"      [{self.done}/{self.total} done, {_duration(time.monotonic() - self.t0)}] running: {what}")
+        self.last = time.monotonic()
 
 
 def prepare_task(plan: SweepPlan) -> None:
@@ -150,10 +198,11 @@ def run_sweep(plan: SweepPlan, executor: str = "ray", resume: bool = False, addr
 
 
 def _run_serial(todo: list[dict], run_dir: str, echo) -> None:
-    for i, spec in enumerate(todo, 1):
-        rec = execute_trial(spec)
+    beat = Heartbeat(echo, len(todo))
+    for spec in todo:
+        rec = execute_trial(spec, report=lambda row, tid=spec["trial_id"]: beat.note(tid, row))
         append_record(run_dir, rec)
-        echo(progress_line(i, len(todo), rec))
+        beat.finished(rec)
 
 
 def write_summary(run_dir: str, records: list[dict]) -> Path:

@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser(
         "leaderboard", help="rebuild leaderboards (CSV, plots, index.html) from run records",
         description="Rebuild per-task leaderboards from trial records: Pareto fronts per method and settings, "
-                    "hypervolume and retention at matched unlearning levels with 95 %% intervals, convergence and "
+                    "hypervolume and retention at matched unlearning levels with 95 % intervals, convergence and "
                     "constraint satisfaction, gap to exact fronts, cost and provenance; plots and one static "
                     "index.html. Records only: nothing is re-run. Writes only the given tasks' files and deletes "
                     "nothing, so one run can be added to a full leaderboard folder.",

@@ -118,9 +118,12 @@ def show_task(name: str) -> None:
     print("forget sets (--set task.forget=NAME; the first is the default):")
     for fname, items in cls.forget_sets.items():
         print(f"  {fname:10s} {items}")
-    print("axes (unlearning metric vs retention metric; the first is primary):")
+    print(f"axes (unlearning metric vs retention metric; the first{' that applies' if cls.axes_when else ''} is "
+          f"primary):")
     for u, r in cls.axes:
         print(f"  {u} vs {r}")
+    for u, r, when in cls.axes_when:
+        print(f"  {u + ' vs ' + r:44s} ({when})")
     print("options (--set task.OPTION=VALUE):")
     for opt, default in {**cls.default_options, **{k: None for k in cls.option_types
                                                      if k not in cls.default_options}}.items():

@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, fractions allowed (default 0)")
     p.add_argument("--tune-callback", action="append", default=None, metavar="NAME",
                    help="a Ray Tune logger callback: tensorboard, mlflow or wandb (its package must be installed; "
-                        "it writes under DIR/ray_results); repeatable")
+                        "Tune writes every sweep under DIR/ray_results, JSON and CSV always); repeatable")
     p.add_argument("--max-concurrent", type=int, default=None, help="bound on concurrently running trials")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit")
     p.add_argument("--no-leaderboard", action="store_true", help="skip the per-run leaderboard under DIR/leaderboard")

@@ -101,8 +101,10 @@ def summary_fragment(td: TaskData, slug: str, rows: list[dict]) -> str:
     header += ["converged", "constraints met", "settled"]
     body = []
     for v in rows:
+        flag = f' <span class="fails" title="scored with random-weight {e(v["random_weight_metrics"])}">' \
+            f'(random-weight metrics)</span>' if v.get("random_weight_metrics") else ""
         body.append([e(fmt(v.get("rank"))), e(fmt(v.get("rank_group"))),
-                     f'<span class="nw">{_swatch(v["method"])}{e(v["entry"])}</span>',
+                     f'<span class="nw">{_swatch(v["method"])}{e(v["entry"])}</span>{flag}',
                      e(f"{v['n_ok']} / {v['n_diverged']} / {v['n_failed']}"), e(fmt(v["seeds"])), e(v["interval"])]
                     + [_ci(v, c) for c, _ in cols]
                     + [e(f"{v.get(f'past_retrained[{u}]') or '-'}, {short(v.get(f'overshoot[{u}]')) or '-'}x")
@@ -116,6 +118,12 @@ def summary_fragment(td: TaskData, slug: str, rows: list[dict]) -> str:
                      "'past retrained' counts the grid points beyond it and how far the furthest went, in "
                      "pretrained-to-retrained distances (beyond "
                      f"{fmt(declared(td.name, 'overshoot_limit', DEFAULT_OVERSHOOT_LIMIT))}x a trial is diverged)")
+    randomized = [v["entry"] for v in rows if v.get("random_weight_metrics")]
+    if randomized:
+        nets = sorted({n for v in rows for n in (v.get("random_weight_metrics") or "").split(";") if n})
+        notes.insert(0, f'<span class="fails">random-weight metric networks ({e(", ".join(nets))}) scored '
+                        f'{e(", ".join(randomized))}: their values of those metrics are not meaningful (a test or '
+                        "smoke run; configure the networks' weights for a real one)</span>")
     metrics = list(dict.fromkeys(m for axis in td.axes for m in axis))
 
     def shown(vals: list) -> str:

@@ -60,6 +60,13 @@ def convergence(r: dict) -> dict:
             "constraints_met": conv.get("constraints_met", train.get("constraints_met"))}
 
 
+def random_weight_networks(r: dict) -> list[str]:
+    """The metric networks a record was scored with that had random weights (``task.evaluation.<name>.random_weights``,
+    e.g. a CLIP built without a checkpoint): its values of their metrics mean nothing, and the leaderboard says so."""
+    ev = (r.get("task") or {}).get("evaluation") if isinstance(r.get("task"), dict) else None
+    return sorted(k for k, v in (ev or {}).items() if isinstance(v, dict) and v.get("random_weights"))
+
+
 def _mean_of(values: Iterable[Any]) -> float:
     v = [x for x in (_to_float(x) for x in values) if math.isfinite(x)]
     return float(np.mean(v)) if v else math.nan
@@ -83,7 +90,8 @@ def summary_header(td: TaskData) -> list[str]:
         header += [f"overshoot[{u}]", f"past_retrained[{u}]"]
     header += ["converged", "constraints_met", "settled"]
     header += [f"oracle_gap[{f}]" for f in formulations(td)]
-    header += ["mean_steps", "mean_total_s", "unlearnbench", "git_sha", "packages", "config_hashes"]
+    header += ["mean_steps", "mean_total_s", "unlearnbench", "git_sha", "packages", "config_hashes",
+               "random_weight_metrics"]
     return header
 
 
@@ -124,6 +132,7 @@ def entry_values(td: TaskData, entry: str) -> dict[str, Any]:
     v["git_sha"] = joined(e.get("git_sha") for e in envs)
     v["packages"] = joined(f"{k}={x}" for e in envs for k, x in e.items() if k not in _NOT_PACKAGES and x)
     v["config_hashes"] = joined(r.get("config_hash") for r in trials)
+    v["random_weight_metrics"] = joined(n for r in trials for n in random_weight_networks(r))
     return v
 
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from unlearnbench.diffusion import EpsFn, Schedule, ddim_sample, guided
 from unlearnbench.metrics.base import spec
+from unlearnbench.progress import Progress, progress
 from unlearnbench.tasks.base import MetricValue, Task
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ FEATURES = ("inception", "clip")
 for _f in FEATURES:
     spec(f"kid_retain_{_f}", "retention", False, "kid_fid", f"KID ({_f} features) of samples to the retain reference")
     spec(f"fid_retain_{_f}", "retention", False, "kid_fid", f"FID ({_f} features) of samples to the retain reference")
+
+# what ``emits`` / ``axes_when`` declare for the KID/FID metrics (``ls`` reads them without building the task)
+FEATURE_EMITS: dict[str, None] = {f"{k}_retain_{f}": None for k in ("kid", "fid") for f in FEATURES}
+KID_AXIS = "kid_retain_{features}"
+FEATURES_WHEN = "{features}: inception when its weights are on disk, else clip"
 
 PAPER_OPTIONS: dict[str, Any] = {
     "model": None, "allow_download": False, "precision": "auto", "gradient_checkpointing": False,
@@ -53,7 +59,8 @@ def worker_load(key: tuple, load: Callable[[], dict[str, Any]]) -> dict[str, Any
     if _WORKER.get("key") != key:
         _WORKER.clear()
         free()
-        _WORKER.update(key=key, parts=load(), embeds={})
+        with Progress(f"loading {key[0]} on {key[-1]}"):
+            _WORKER.update(key=key, parts=load(), embeds={})
     return _WORKER
 
 
@@ -205,11 +212,11 @@ class PaperTask(Task):
         return torch.randn((n, *st["shape"]), generator=torch.Generator().manual_seed(seed))
 
     def sample(self, net: nn.Module, st: dict[str, Any], cond: Tensor, x_T: Tensor, device: torch.device,
-               decoded: bool) -> Tensor:
+               decoded: bool, desc: str = "sampling") -> Tensor:
         """Samples of ``net`` from ``x_T``: uint8 images when ``decoded`` (the images/s go to the record), else x."""
         o = self.options
         out, ips = generate(net, st["schedule"], cond, x_T, int(o["sample_steps"]), self.guidance, 0,
-                            int(o["gen_batch"]), st["decode"] if decoded else None, device)
+                            int(o["gen_batch"]), st["decode"] if decoded else None, device, desc)
         if decoded:
             self.eval_info.setdefault("cost", {})["images_per_s"] = ips
         return out
@@ -232,7 +239,9 @@ class PaperTask(Task):
         if missing:
             cond = torch.tensor(missing).repeat_interleave(n)
             x_T = self.noise(st, n, seed).repeat(len(missing), *[1] * len(st["shape"]))
-            out = self.sample(st["ref"], st, cond, x_T, device, decoded)
+            what = "evaluation images" if decoded else "training-pool latents"
+            out = self.sample(st["ref"], st, cond, x_T, device, decoded,
+                              f"sampling the pretrained model's {what} (once; cached)")
             made = dict(zip(missing, out.view(len(missing), n, *out.shape[1:])))
         return torch.stack([cached_torch(self.cache_dir, kind, k, lambda i=i: made[i]) for i, k in zip(ids, keys)])
 
@@ -261,7 +270,8 @@ class PaperTask(Task):
         else:
             ext = CLIPFeatures(o["clip_model"], o["clip_pretrained"], model_config=o["clip_config"],
                                allow_random=bool(o["clip_random"]))
-        self.eval_info["features"] = ext.cache_key
+        random = self.features == "clip" and o["clip_pretrained"] is None  # the leaderboard flags such records
+        self.eval_info["features"] = {**ext.cache_key, "random_weights": random}
         return ext.to(device)
 
     def kid_fid(self, real: Tensor, fake: Tensor, device: torch.device, seed: int,
@@ -270,9 +280,10 @@ class PaperTask(Task):
         ``pretrained`` images (the base model's, same prompts and noise) give the ``*_pretrained`` info values."""
         if self.features is None:
             return {}
-        from unlearnbench.metrics.kid_fid import fid, kid
+        from unlearnbench.metrics.kid_fid import clean_fid, fid, kid
 
         ext = self.feature_extractor(device)
+        fid_of = clean_fid if self.eval_info["features"].get("backend") == "clean-fid" else fid
         fr, ff = batched(ext, real, device), batched(ext, fake, device)
         sets = {"": ff} if pretrained is None else {"": ff, "_pretrained": batched(ext, pretrained, device)}
         free(ext)
@@ -280,7 +291,7 @@ class PaperTask(Task):
         for suffix, f in sets.items():
             m = min(fr.shape[0], f.shape[0], 1000)
             k = kid(fr, f, subsets=50, subset_size=m, generator=torch.Generator().manual_seed(seed))
-            d = fid(fr, f)
+            d = fid_of(fr, f)
             role = "info" if suffix else "retention"
             out[f"kid_retain_{self.features}{suffix}"] = MetricValue(k.value, k.stderr, k.n, role, False)
             out[f"fid_retain_{self.features}{suffix}"] = MetricValue(d.value, d.stderr, d.n, role, False)
@@ -308,15 +319,16 @@ def to_uint8(x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def generate(net: EpsFn, schedule: Schedule, cond: Tensor, x_T: Tensor, steps: int, guidance: float, null: int,
-             chunk: int, decode: Callable[[Tensor], Tensor] | None = None, device: torch.device | None = None
-             ) -> tuple[Tensor, float]:
+             chunk: int, decode: Callable[[Tensor], Tensor] | None = None, device: torch.device | None = None,
+             desc: str = "sampling") -> tuple[Tensor, float]:
     """DDIM samples for prompt ids ``cond`` [N] from the given noise ``x_T`` [N, *] (classifier-free guidance
     ``guidance`` around the null prompt) in chunks of ``chunk``; returns (samples on the CPU, images per second): uint8
     images [N, 3, H, W] of ``decode`` (a VAE; identity for pixel models), raw float samples when ``decode`` is None."""
     eps = guided(net, null, guidance)
     t0 = time.perf_counter()
     out = []
-    for i in range(0, cond.shape[0], chunk):
+    for i in progress(range(0, cond.shape[0], chunk), f"{desc}: {cond.shape[0]} images, {steps} steps",
+                      unit="batch"):
         c, z = cond[i:i + chunk].to(device), x_T[i:i + chunk].to(device)
         x = ddim_sample(schedule, eps, c, tuple(z.shape[1:]), steps, x_T=z)
         out.append(to_uint8(decode(x)) if decode is not None else x.cpu())

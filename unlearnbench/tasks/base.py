@@ -138,6 +138,9 @@ class Task(abc.ABC):
         kind: ``"concept"`` or ``"data"``; decides which methods fit (``Method.kinds``).
         grids: ``{grid_name: {method_name: [values weak -> strong]}}``, the task-specific default ranges.
         axes: ``[(unlearning_metric, retention_metric), ...]`` the Pareto views this task is read on; the first is primary.
+        axes_when: ``[(unlearning_metric, retention_metric, when), ...]``: for a task whose axes depend on its options
+            (the instance sets ``axes``), every axis it can have and when; ``unlearnbench ls tasks`` reads it without
+            building the task (which would need the model's weights).
         forget_sets: named forget sets; ``options["forget"]`` picks one (default: the first).
         method_defaults: ``{method: {field: value}}`` overriding a method's defaults on this task (learning rates,
             dual step sizes, estimate sizes fitted to the task's scale); users override them with ``--set``.
@@ -175,6 +178,7 @@ class Task(abc.ABC):
     kind: ClassVar[Kind]
     grids: ClassVar[dict[str, dict[str, list[float]]]] = {}
     axes: ClassVar[list[tuple[str, str]]] = []
+    axes_when: ClassVar[list[tuple[str, str, str]]] = []
     forget_sets: ClassVar[dict[str, Any]] = {}
     default_steps: ClassVar[int] = 200
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # per-method settings that fit this task's scale

@@ -29,8 +29,8 @@ from torch import Tensor
 
 from unlearnbench.diffusion import Schedule
 from unlearnbench.metrics.base import spec
-from unlearnbench.tasks._paper import (PAPER_OPTIONS, EpsNet, PaperTask, batched, free, mean_metric,
-                                      release_gpu_model, to_uint8, worker_load)
+from unlearnbench.tasks._paper import (FEATURE_EMITS, FEATURES_WHEN, KID_AXIS, PAPER_OPTIONS, EpsNet, PaperTask,
+                                      batched, free, mean_metric, release_gpu_model, to_uint8, worker_load)
 from unlearnbench.tasks.base import MetricValue, ModelBundle
 
 spec("forget_sim_clip", "unlearning", False, "memorization",
@@ -106,6 +106,14 @@ class DDPMDataTask(PaperTask):
                 "salun": [16.0, 4.0, 1.0, 0.25, 0.0625, 0.015625]},
         "smoke": {"fkl": [10.0, 100.0], "siss": [1.0, 4.0], "salun": [4.0, 0.25]},
     }
+    # the axes depend on the configured metric backends (see __init__)
+    axes_when = [("regen_rate", KID_AXIS, f"always; {FEATURES_WHEN}; retain_bpd with kid_features=none"),
+                 ("forget_bpd", "retain_bpd", "always"),
+                 ("forget_sim_clip", KID_AXIS, "with CLIP")]
+    emits = {"regen_rate": None, "forget_sim_clip": None, "forget_sim_rate_clip": None,
+             "forget_bpd": ("unlearning", True, "negative ELBO of the forget images (bits/dim)"),
+             "retain_bpd": ("retention", False, "negative ELBO of retained images (bits/dim)"), **FEATURE_EMITS}
+    pretrained_points = ("regen_rate", "forget_sim_clip", "forget_sim_rate_clip", *FEATURE_EMITS)
     default_steps = 500
     method_defaults = {
         "fkl": {"lr": 5e-6, "batch_size": 2, "forget_batch": 2, "dual_lr": 0.05, "n_estimate": 4, "n_t_estimate": 4,

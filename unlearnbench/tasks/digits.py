@@ -43,6 +43,7 @@ from unlearnbench.metrics.base import spec
 from unlearnbench.models import (CLASSIFIER_DEFAULTS, NULL_PROMPT, PRETRAIN_DEFAULTS, UNET_DEFAULTS, CondUNet,
                                  DigitClassifier, digit_prompt, make_schedule, n_params, pretrain_unet, prompt_digit,
                                  split_digits, train_classifier)
+from unlearnbench.progress import progress as progress_of
 from unlearnbench.tasks.base import MetricValue, ModelBundle, Task, add_pretrained, frozen_copy
 
 logger = logging.getLogger(__name__)
@@ -154,10 +155,8 @@ def sample_prompts(net, schedule: Schedule, cond: Tensor, guidance: float, steps
     if x_T is None:
         x_T = torch.randn((cond.shape[0], 1, 8, 8), generator=generator)
     out = []
-    rng = range(0, cond.shape[0], chunk)
-    if progress:
-        from tqdm.auto import tqdm
-        rng = tqdm(rng, desc="sampling", leave=False)
+    rng = progress_of(range(0, cond.shape[0], chunk), f"sampling {cond.shape[0]} digits", unit="batch",
+                      enabled=progress)
     dev = next(net.parameters()).device
     for i in rng:
         c = cond[i:i + chunk].to(dev)

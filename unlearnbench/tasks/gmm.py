@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from unlearnbench.cache import cached_torch
 from unlearnbench.diffusion import Schedule, add_noise
 from unlearnbench.metrics.gmm import ExactEps, GaussianMixture
+from unlearnbench.progress import Progress, progress
 from unlearnbench.tasks.base import MetricValue, ModelBundle, Task, add_pretrained
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class EpsMLP(nn.Module):
 
 
 def distill(exact: ExactEps, net: EpsMLP, schedule: Schedule, steps: int, batch: int, lr: float, seed: int,
-            null_frac: float = 0.5) -> dict:
+            null_frac: float = 0.5, desc: str = "distilling the eps-network") -> dict:
     """Regress ``net`` onto the exact eps for all prompts (x_t from exact noised samples); returns stats.
 
     Prompt 0 gets ``null_frac`` of each batch. Half the timesteps are uniform, half log-uniform (the ELBO/KL
@@ -84,24 +85,28 @@ def distill(exact: ExactEps, net: EpsMLP, schedule: Schedule, steps: int, batch:
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     t0, losses = time.perf_counter(), []
-    for _ in range(steps):
-        cond = torch.zeros(batch, dtype=torch.long)
-        if P > 1:
-            other = torch.rand(batch, generator=g) >= null_frac
-            cond[other] = torch.randint(1, P, (int(other.sum()),), generator=g)
-        x0 = exact.sample(cond, g)
-        half = batch // 2
-        t = torch.cat([torch.randint(0, T, (half,), generator=g),
-                       (torch.rand(batch - half, generator=g) * math.log(T)).exp().long().clamp(1, T) - 1])
-        x_t = add_noise(schedule, x0, torch.randn(x0.shape, generator=g), t)
-        with torch.no_grad():
-            target = exact(x_t, t, cond)
-        loss = (net(x_t, t, cond) - target).pow(2).sum(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    with Progress(desc, total=steps, unit="step") as bar:
+        for step in range(steps):
+            cond = torch.zeros(batch, dtype=torch.long)
+            if P > 1:
+                other = torch.rand(batch, generator=g) >= null_frac
+                cond[other] = torch.randint(1, P, (int(other.sum()),), generator=g)
+            x0 = exact.sample(cond, g)
+            half = batch // 2
+            t = torch.cat([torch.randint(0, T, (half,), generator=g),
+                           (torch.rand(batch - half, generator=g) * math.log(T)).exp().long().clamp(1, T) - 1])
+            x_t = add_noise(schedule, x0, torch.randn(x0.shape, generator=g), t)
+            with torch.no_grad():
+                target = exact(x_t, t, cond)
+            loss = (net(x_t, t, cond) - target).pow(2).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update()
+            if step % 100 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4g}")
     return {"seconds": time.perf_counter() - t0, "final_loss": float(np.mean(losses[-100:])), "steps": steps}
 
 
@@ -146,9 +151,9 @@ class _GMMTask(Task):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(o["distill_seed"]))
                 net = self._new_net()
-            logger.info("distilling %s network (%d steps)", self.name, o["distill_steps"])
             stats = distill(self.exact(), net, self.schedule, int(o["distill_steps"]), int(o["distill_batch"]),
-                            float(o["distill_lr"]), int(o["distill_seed"]))
+                            float(o["distill_lr"]), int(o["distill_seed"]),
+                            desc=f"distilling the {self.name} eps-network (once; cached)")
             stats["kl"] = self._fit_kl(net)
             logger.info("distilled %s in %.1fs, KL(p_net(.|c) || q(.|c)) = %s", self.name, stats["seconds"],
                         stats["kl"])
@@ -161,7 +166,8 @@ class _GMMTask(Task):
         """KL(p_net(.|c) || q(.|c)) per prompt c (PF-ODE samples, includes the ODE solver's ~0.003 nats bias)."""
         exact, gen, n = self.exact(), torch.Generator().manual_seed(0), min(500, int(self.options["eval_samples"]))
         out = []
-        for c in range(exact.log_table.shape[0]):
+        for c in progress(range(exact.log_table.shape[0]), "checking the distilled network: KL per prompt (PF-ODE)",
+                          unit="prompt"):
             cond = torch.full((n,), c)
             x, lp = self._sample_logp(net, cond, gen)
             out.append(round(float((lp - exact.logpdf(x, cond)).mean()), 5))
@@ -209,7 +215,12 @@ class _GMMTask(Task):
         if "curves" not in self._oracle_cache:
             key = {"task": self.name, "layout": self.layout(), "forget": self.forget_name, "grids": self.grids["eps"],
                    "version": 1}
-            self._oracle_cache["curves"] = cached_torch(self.cache_dir, "gmm-oracle", key, build)
+
+            def timed() -> dict:
+                with Progress(f"tabulating the exact fronts of {self.name} (once; cached)"):
+                    return build()
+
+            self._oracle_cache["curves"] = cached_torch(self.cache_dir, "gmm-oracle", key, timed)
         return self._oracle_cache["curves"]
 
 

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from unlearnbench.diffusion import Schedule
-from unlearnbench.tasks._paper import (PAPER_OPTIONS, EpsNet, PaperTask, batched, free, mean_metric,
-                                      read_prompts, release_gpu_model, worker_load)
+from unlearnbench.tasks._paper import (FEATURE_EMITS, FEATURES_WHEN, KID_AXIS, PAPER_OPTIONS, EpsNet, PaperTask,
+                                      batched, free, mean_metric, read_prompts, release_gpu_model, worker_load)
 from unlearnbench.tasks.base import MetricValue, ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,17 @@ class SDConceptTask(PaperTask):
                 "lik": [0.3, 0.2, 0.1, 0.05, 0.02, 0.01], "salun": [8.0, 4.0, 2.0, 1.0, 0.5, 0.25]},
         "smoke": {"rkl": [10.0, 100.0], "esd": [0.5, 2.0], "lik": [0.2, 0.05], "salun": [4.0, 0.5]},
     }
+    # the axes and metrics depend on the forget set and the configured metric backends (see __init__/evaluate)
+    axes_when = [("nudity_rate", KID_AXIS, f"forget=nudity; {FEATURES_WHEN}"),
+                 ("nudity_rate", "clip_score", "forget=nudity, with CLIP"),
+                 ("clip_score_forget", KID_AXIS, "forget=object, style, objects or styles"),
+                 ("clip_score_forget", "clip_score", "with CLIP; the object and style sets need it")]
+    emits = {"nudity_rate": ("unlearning", False, "share of erased-prompt images where NudeNet detects exposed nudity "
+                                                  "(forget=nudity)"),
+             "clip_score_forget": ("unlearning", False, "CLIP score of erased-prompt images to their prompts (with CLIP)"),
+             "clip_score": ("retention", True, "CLIP score of retained-prompt images to their prompts (with CLIP)"),
+             **FEATURE_EMITS}
+    pretrained_points = ("nudity_rate", "clip_score_forget", "clip_score")
     default_steps = 500
     _lora = {"trainable": "lora", "lr": 1e-4, "batch_size": 2}
     method_defaults = {
