@@ -46,11 +46,19 @@ def gmm_attacked(gmm_run):
     return {(r["attack"]["name"], r["attack"]["reference"] or r["method"]): r for r in recs}
 
 
-def test_attacks_none_plans_only_the_retrained_reference(gmm_run):
+def test_attacks_none_plans_only_the_retrained_reference(gmm_run, tmp_path):
     """``--attacks none``: the retrained reference scored by the task's evaluation (the comparison protocol's
     anchor), one trial per seed, and no attack."""
     plan = plan_attacks(gmm_run, "none")
     assert [(t["trial_id"], t["attack"]["name"]) for t in plan.trials] == [("reference--retrained-s0", "reference")]
+    nosave = tmp_path / "nosave"  # no saved weights needed: only the reference is scored
+    nosave.mkdir()
+    rec = records(gmm_run)[0]
+    rec["artifacts"] = {}
+    (nosave / "records.jsonl").write_text(json.dumps(rec) + "\n")
+    assert [t["trial_id"] for t in plan_attacks(nosave, "none").trials] == ["reference--retrained-s0"]
+    with pytest.raises(ConfigError, match="--save-models"):
+        plan_attacks(nosave, "relearn")
 
 
 def ladder(rec: dict) -> list[tuple[float, float]]:

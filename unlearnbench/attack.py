@@ -152,20 +152,24 @@ def plan_attacks(run_dir: str | os.PathLike, attacks: str | None = None, budgets
     kind = TASKS.get(task_name).kind
     chosen = parse_attacks(attacks, task_name, kind)
     ladders = parse_budgets(budgets, chosen)
-    if not saved:
+    if chosen and not saved:
         raise ConfigError(f"{run}: no ok trial saved its weights ({len(trials)} trial(s)); "
                           f"rerun with `unlearnbench run --save-models`")
+    ok = [r for r in trials if r.get("status") == "ok"]
+    if not ok:
+        raise ConfigError(f"{run}: no ok trial ({len(trials)} trial(s)) to take the task's settings and seeds from")
+    first = (saved or ok)[0]  # --attacks none scores only the retrained reference: no saved weights needed
     if cache_dir is None:
         try:
             cache_dir = json.loads(read_small_file(run / "args.json", "args.json")).get("cache_dir")
         except (ValueError, AttributeError):  # ConfigError is a ValueError
             cache_dir = None
-    task = TASKS.get(task_name)(saved[0]["task"].get("options") or {}, cache_dir=cache_dir)
+    task = TASKS.get(task_name)(first["task"].get("options") or {}, cache_dir=cache_dir)
     out = run / ATTACK_DIR
     plan = SweepPlan(run_id=f"{run.name}-attack", run_dir=str(out), task=task_name,
-                     task_options=saved[0]["task"].get("options") or {})
+                     task_options=first["task"].get("options") or {})
     refs = [r for r in REFERENCES if r == "pretrained" or has_retrained(task)]
-    seeds = sorted({r["seed"] for r in saved}, key=str)
+    seeds = sorted({r["seed"] for r in (saved if chosen else ok)}, key=str)
     for a in chosen:
         tag = f"{a}-{'_'.join(map(str, ladders[a]))}"
         settings = dict(SETTINGS[task_name])
@@ -189,7 +193,7 @@ def plan_attacks(run_dir: str | os.PathLike, attacks: str | None = None, budgets
         for s in seeds:
             plan.trials.append({
                 "run_id": plan.run_id, "trial_id": f"{REFERENCE_EVAL}--retrained-s{s}", "task": task_name,
-                "task_options": saved[0]["task"].get("options") or {}, "method": "retrained", "method_config": {},
+                "task_options": first["task"].get("options") or {}, "method": "retrained", "method_config": {},
                 "grid": None, "seed": s, "cache_dir": task.cache_dir, "threads": threads, "run_dir": str(out),
                 "artifact_dir": None,
                 "attack": {"name": REFERENCE_EVAL, "budgets": [], "measure": MEASURE[task_name], "settings": {},
