@@ -1,13 +1,14 @@
-"""Refresh the digits artefacts shipped with the package (``unlearnbench/pretrained/``) from a cache.
+"""Refresh the artefacts shipped with the package (``unlearnbench/pretrained/``) from a cache.
 
     python scripts/ship_pretrained.py [--cache-dir DIR]
 
 Resolves everything the default digits tasks need (``unlearnbench pretrain --task digits``: the UNet, the classifier,
-the sample pools, the digits-data fine-tune), from ``DIR`` (default: the user cache), building what is missing there,
-and copies those files, each with its key, code version and sha256, into ``unlearnbench/pretrained/<kind>/``; older
-shipped files of the same kinds are removed. Run it after a change to the code that builds them (until then
-``tests/test_cache.py::test_the_shipped_digits_artefacts_are_what_the_current_code_builds`` fails), then rebuild
-the committed digits leaderboards on the new networks.
+the sample pools, the digits-data fine-tune) and the default mixture tasks need (``unlearnbench pretrain --task gmm``:
+each task's distilled network, its exact-front tables and its retrained reference), from ``DIR`` (default: the user
+cache), building what is missing there, and copies those files, each with its key, code version and sha256, into
+``unlearnbench/pretrained/<kind>/``; older shipped files of the same kinds are removed. Run it after a change to the
+code that builds them (until then ``tests/test_cache.py::test_the_shipped_*_artefacts_are_what_the_current_code_builds``
+fail), then rebuild the committed leaderboards on the new networks.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from unlearnbench.cache import SHIPPED_DIR, default_cache_dir, used_artefacts  # noqa: E402
 from unlearnbench.tasks.digits import pretrain  # noqa: E402
+from unlearnbench.tasks.gmm import pretrain as gmm_pretrain  # noqa: E402
 
 
 def main() -> None:
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None, help="cache to ship from (default: the user cache)")
     args = ap.parse_args()
     pretrain("digits", cache_dir=args.cache_dir or default_cache_dir(), progress=True)
+    gmm_pretrain(cache_dir=args.cache_dir or default_cache_dir())
     keep: dict[str, set[str]] = {}
     for kind, path, source in dict.fromkeys(used_artefacts()):
         dest = SHIPPED_DIR / kind

@@ -171,7 +171,25 @@ def test_the_shipped_digits_artefacts_are_what_the_current_code_builds(tmp_path)
     kinds = {kind for kind, _, _ in used}
     assert kinds == {"digits-unet", "digits-classifier", "digits-pool", "digits-data-unet", "digits-data-pool"}
     assert {source for _, _, source in used} <= {"shipped", "cache"} and "shipped" in {s for _, _, s in used}
-    shipped = {p.relative_to(SHIPPED_DIR) for p in SHIPPED_DIR.glob("*/*.pt")}
+    shipped = {p.relative_to(SHIPPED_DIR) for p in SHIPPED_DIR.glob("digits-*/*.pt")}
+    assert shipped == {p.relative_to(tmp_path) for _, p, _ in used}, "no stale files ship"
+
+
+def test_the_shipped_gmm_artefacts_are_what_the_current_code_builds(tmp_path):
+    """The mixture tasks' distilled networks, exact-front tables and retrained references ship too (a cold `make run`
+    would spend minutes distilling them): a change to the code that builds one fails here until
+    ``python scripts/ship_pretrained.py`` ships the rebuilt file."""
+    from unlearnbench.cache import SHIPPED_DIR, NotCached, no_builds
+    from unlearnbench.tasks.gmm import pretrain
+
+    try:
+        with no_builds() as used:
+            pretrain(cache_dir=str(tmp_path))
+    except NotCached as e:
+        raise AssertionError(f"{e}: refresh with python scripts/ship_pretrained.py") from e
+    assert {kind for kind, _, _ in used} == {"gmm-distilled", "gmm-oracle", "gmm-retrained"}
+    assert {source for _, _, source in used} == {"shipped"}
+    shipped = {p.relative_to(SHIPPED_DIR) for p in SHIPPED_DIR.glob("gmm-*/*.pt")}
     assert shipped == {p.relative_to(tmp_path) for _, p, _ in used}, "no stale files ship"
 
 

@@ -74,7 +74,8 @@ def add_pretrain_parser(sub) -> None:
     p = sub.add_parser("pretrain", help="train and cache a task's pretrained model(s), or copy the shipped ones",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="example:\n  unlearnbench pretrain --task digits")
-    p.add_argument("--task", default="digits", help="a task name, or 'digits' for both digits tasks")
+    p.add_argument("--task", default="digits", help="a task name, 'digits' for both digits tasks or 'gmm' for both "
+                                                    "mixture tasks (with their retrained references)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--no-shipped", action="store_true",
                    help="build what is not in the cache here, instead of copying the artefacts shipped with the package "
@@ -304,21 +305,23 @@ def pretrain(args) -> int:
     try:
         check_writable_dir(args.cache_dir or default_cache_dir(), "--cache-dir" if args.cache_dir else
                            "cache directory ($UNLEARNBENCH_CACHE or ~/.cache/unlearnbench)")
-        name = "digits" if args.task == "digits" else TASKS.canonical(args.task)
-        if name != "digits" and "model" in TASKS.get(name).default_options:
+        name = args.task if args.task in ("digits", "gmm") else TASKS.canonical(args.task)
+        if name not in ("digits", "gmm") and "model" in TASKS.get(name).default_options:
             raise ConfigError(f"pretrain --task {name}: this task unlearns from weights you give "
                               f"(`unlearnbench run --task {name} --model PATH`), nothing is pretrained for it; "
-                              f"pretrain builds the models of {', '.join(_pretrained_tasks())} (or 'digits')")
+                              f"pretrain builds the models of {', '.join(_pretrained_tasks())} (or 'digits', 'gmm')")
     except (ConfigError, KeyError) as e:
-        print(f"error: {e}{' (or digits)' if isinstance(e, KeyError) else ''}", file=sys.stderr)
+        print(f"error: {e}{' (or digits, gmm)' if isinstance(e, KeyError) else ''}", file=sys.stderr)
         return 2
     if args.no_shipped:
         os.environ["UNLEARNBENCH_SHIPPED"] = "0"
-    if args.task == "digits":
+    if args.task in ("digits", "gmm"):
         from unlearnbench.tasks.digits import pretrain as digits_pretrain
+        from unlearnbench.tasks.gmm import pretrain as gmm_pretrain
 
         start = len(used_artefacts())
-        report = digits_pretrain("digits", cache_dir=args.cache_dir, progress=True)
+        report = digits_pretrain("digits", cache_dir=args.cache_dir, progress=True) if args.task == "digits" else \
+            gmm_pretrain(cache_dir=args.cache_dir)
         for k, v in (report or {}).items():
             print(f"{k}: {v}")
         first: dict[tuple[str, object], str] = {}

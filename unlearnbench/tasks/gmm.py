@@ -495,3 +495,19 @@ class GMMDataTask(_GMMTask):
         v = {k: _value(metrics, k) for k in ("forget_kl_min", "forget_kl_gain_min", "kl_pretrained", "kl_retrain")}
         fronts = data_report(*self._oracles(), self.oracle(), *v.values())
         return {"fronts": fronts, "lambda": duals, "method_front": "fkl" if method == "fkl" else None}
+
+
+def pretrain(cache_dir: str | None = None) -> dict[str, Any]:
+    """Resolve everything the default mixture tasks need (each task's distilled network and exact-front tables, and
+    its retrained reference), from the cache, the shipped copies or by building them; returns the seconds taken.
+    ``unlearnbench pretrain --task gmm`` and ``scripts/ship_pretrained.py`` call it."""
+    import time
+
+    from unlearnbench.references import retrained_net
+
+    t0 = time.time()
+    for cls in (GMMConceptTask, GMMDataTask):
+        task = cls(None, cache_dir=cache_dir)
+        task.prepare()
+        retrained_net(task)
+    return {"wall_s": time.time() - t0}
