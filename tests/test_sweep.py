@@ -185,6 +185,7 @@ def test_resume_runs_the_sweep_the_folder_holds_and_refuses_other_settings(plugi
         (["--methods", "esd"], "--methods esd (the sweep has esd,mymethod)"),
         (["--grid", str(grid)], f"--grid {grid} (the sweep has eps)"),
         (["--steps", "3"], "--steps 3 (the sweep has none)"),
+        (["--steps", "0"], "--steps 0 (the sweep has none)"),
         (["--task", "gmm-concept"], "--task gmm-concept (the sweep has toy)"),
         (["--out", str(tmp_path / "other")], "names another folder"),
     ]

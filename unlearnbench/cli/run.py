@@ -136,7 +136,7 @@ def _resume_args(args) -> None:
     changed = []
     for k in SWEEP_FLAGS:
         given, had = getattr(args, k, None), saved.get(k)
-        if given in (None, [], False):
+        if _unset(given):
             setattr(args, k, had if had is not None else given)
         elif not _same_flag(k, given, had):
             flag = "--set" if k == "sets" else f"--{k.replace('_', '-')}"
@@ -149,8 +149,13 @@ def _resume_args(args) -> None:
     args.out = args.resume
 
 
+def _unset(value) -> bool:
+    """A flag left out: None, an empty --set list or an unset switch (``--steps 0`` is set)."""
+    return value is None or value is False or value == []
+
+
 def _shown(value) -> str:
-    if value in (None, [], False):
+    if _unset(value):
         return "none"
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
