@@ -169,7 +169,9 @@ def test_help_texts_show_plain_percent_signs(capsys):
         rc, out = run_cli(capsys, name, "--help")
         assert rc == 0 and "%%" not in out, name
     rc, out = run_cli(capsys, "claims", "--help")
-    assert "95 % bootstrap" in " ".join(out.split())
+    assert "95 % t interval" in " ".join(out.split())
+    rc, out = run_cli(capsys, "compare", "--help")
+    assert "25/50/75/100 % of the way" in " ".join(out.split())
 
 
 def test_lazy_exports_are_listed_by_dir():

@@ -86,8 +86,12 @@ def _trial_name(trial) -> str:
 def error_text(trial) -> tuple[str, str | None]:
     """(one-line error, full text) of a trial Ray gave up on, read from Ray's error file before it is removed."""
     text = None
-    try:
-        text = trial.get_error()
+    try:  # Ray writes the error into the trial's local staging folder; the storage copy (get_error) is synced later
+        local = trial.error_file
+        if local and os.path.isfile(local):
+            with open(local, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        text = text or trial.get_error()
     except Exception:  # noqa: BLE001 - the message below still says what happened
         text = None
     if not text:
