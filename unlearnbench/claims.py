@@ -14,7 +14,8 @@ metric is the constrained quantity (the oracle's pair for that formulation, else
 the primary pair); claim 3 on the formulation-neutral pairs. Claim 3 also needs lik to *match* the baseline's
 unlearning: its front must reach every fixed level the baseline's reaches, else that comparison fails.
 
-A claim: "holds" when every comparison is ``a_better``; "fails" when any is ``b_better`` (or lik does not match);
+A claim: "holds" when every comparison is ``a_better`` (and, for claim 3, matches); "fails" when any is ``b_better``
+or, for claim 3, does not match;
 otherwise "inconclusive"; "no valid points" / "not enough data" when no comparison had data.
 """
 from __future__ import annotations
@@ -66,11 +67,13 @@ def evidence_line(ev: dict) -> str:
 
 
 def _require_match(c: Comparison) -> None:
-    """Claim 3: lik's front must reach every fixed level the baseline's reaches (on every shared seed)."""
-    if c.a in c.reach and c.b in c.reach and c.reach[c.a] < c.reach[c.b]:
-        c.verdict = B_BETTER
-        c.reason = (f"{MATCH} {c.b}'s unlearning: {c.reach[c.a]:.0%} against {c.reach[c.b]:.0%} of the way to the "
-                    f"retrained model")
+    """Claim 3: lik's front must reach every fixed level the baseline's reaches (on every shared seed). Not a test:
+    the comparison keeps its verdict, and ``matched`` says whether the unlearning matches (the claim fails if not)."""
+    if c.a in c.reach and c.b in c.reach:
+        c.matched = c.reach[c.a] >= c.reach[c.b]
+        if not c.matched:
+            c.reason = "; ".join(filter(None, [c.reason, f"{MATCH} {c.b}'s unlearning: {c.reach[c.a]:.0%} against "
+                                                         f"{c.reach[c.b]:.0%} of the way to the retrained model"]))
 
 
 def _is_kl_like(metric: str) -> bool:
@@ -107,9 +110,9 @@ def task_evidence(td: TaskData) -> list[dict[str, Any]]:
 def verdict(evidence: list[dict]) -> str:
     """A claim's verdict from its decided comparisons."""
     vs = [e["verdict"] for e in evidence]
-    if B_BETTER in vs:
+    if B_BETTER in vs or any(e.get("matched") is False for e in evidence):
         return FAILS
-    if vs and all(v == A_BETTER for v in vs):
+    if vs and all(v == A_BETTER for v in vs):  # (a comparison that does not match has failed above)
         return HOLDS
     if any(v in (INCONCLUSIVE, "equivalent") and math.isfinite(e.get("estimate", math.nan))
            for v, e in zip(vs, evidence)):

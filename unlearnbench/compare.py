@@ -75,6 +75,7 @@ class Comparison:
     reach: dict = field(default_factory=dict)  # entry -> strongest fraction its front reaches on every seed
     seeds_needed: int | None = None
     reason: str = ""
+    matched: bool | None = None  # claim 3 only: whether a's front reaches every fixed level b's reaches
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "axes": axis_label(self.axis), "unlearning_metric": self.axis[0],
@@ -84,7 +85,7 @@ class Comparison:
                 "p_equivalence_adjusted": self.p_equivalence_adjusted, "effect_size": self.effect_size,
                 "margin": self.margin, "min_effect": self.min_effect, "seeds": self.seeds,
                 "per_seed": self.per_seed, "levels": self.levels, "anchor": self.anchor, "reach": self.reach,
-                "seeds_needed": self.seeds_needed, "reason": self.reason}
+                "seeds_needed": self.seeds_needed, "reason": self.reason, "matched": self.matched}
 
 
 def from_dict(d: dict[str, Any]) -> Comparison:
@@ -92,7 +93,7 @@ def from_dict(d: dict[str, Any]) -> Comparison:
     c = Comparison(d["task"], (d["unlearning_metric"], d["retention_metric"]), d["a"], d["b"])
     for k in ("verdict", "estimate", "p_value", "p_adjusted", "p_equivalence", "p_equivalence_adjusted",
               "effect_size", "margin", "min_effect", "seeds", "per_seed", "levels", "anchor", "reach",
-              "seeds_needed", "reason"):
+              "seeds_needed", "reason", "matched"):
         if k in d:
             setattr(c, k, math.nan if d[k] is None and k.startswith(("p_", "estimate", "effect")) else d[k])
     c.interval = tuple(math.nan if x is None else x for x in d.get("interval", (None, None)))
