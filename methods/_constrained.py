@@ -11,6 +11,7 @@ from torch import Tensor
 
 from unlearnbench.diffusion import per_sample_mse
 from unlearnbench.methods.base import Method, MethodConfig
+from unlearnbench.protocol import SETTLE_TOL
 
 
 @dataclass
@@ -28,7 +29,7 @@ class ConstrainedConfig(MethodConfig):
     met_tol: float = field(default=0.05, metadata={"help": "relative slack counted as 'constraint met' in the record"})
     converge_tol: float = field(default=0.1, metadata={"help": "duals count as converged when their relative change "
                                                                "over the last 20% of steps is at most this"})
-    settle_tol: float = field(default=0.05, metadata={"help": "a trial is settled when its duals changed by at most this "
+    settle_tol: float = field(default=SETTLE_TOL, metadata={"help": "a trial is settled when its duals changed by at most this "
                                                             "(relative) over the last 20% of its steps and every "
                                                             "constraint is met within met_tol"})
     max_steps: int | None = field(default=None, metadata={

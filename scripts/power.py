@@ -17,6 +17,8 @@ import argparse
 import math
 import sys
 
+import numpy as np
+
 
 def seeds_for(half_width: float, seed_var: float, eval_var: float, factor: float, cap: int = 200) -> int | None:
     """The smallest seed count (>= 3) whose t interval half-width is below ``half_width`` when the evaluation noise is
@@ -57,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
             if len(c.per_seed) < 2:
                 print(f"{label:64s} {len(c.per_seed):5d}  ({c.reason or 'no spread'})")
                 continue
-            import numpy as np
-
             sd = float(np.std(c.per_seed, ddof=1))
             floor = noise_floor(td, c.axis[1], (c.a, c.b))
             eval_var = min(floor ** 2, sd ** 2)

@@ -68,12 +68,15 @@ class Anchor:
     def levels(self, fractions: Iterable[float] = FRACTIONS) -> list[float]:
         return [self.pretrained + f * self.span for f in fractions]
 
-    def clip(self, value: float) -> float:
-        """``value``, or the retrained value where it reached it (within the retrained value's interval) or went past
-        it (NaN stays NaN)."""
-        if not math.isfinite(value):
-            return value
-        return self.retrained if self.progress(value) >= self.progress(self.reached_at) else value
+    def clip(self, value):
+        """``value`` (a number or an array), or the retrained value where it reached it (within the retrained value's
+        interval) or went past it; NaN stays NaN."""
+        import numpy as np
+
+        v = np.asarray(value, dtype=float)
+        with np.errstate(invalid="ignore"):
+            out = np.where(self.progress(v) >= self.progress(self.reached_at), self.retrained, v)
+        return float(out) if out.ndim == 0 else out
 
     def overshoot(self, value: float) -> float:
         """Distance past the retrained value in units of the pretrained-to-retrained distance (0 when short of it)."""
@@ -128,13 +131,10 @@ def anchors(td) -> dict[str, Anchor]:
     return out
 
 
-def _out_of_range(name: str, metrics: dict) -> str | None:
-    """The first of a record's metrics outside today's sane range of the task (``Task.insane_metrics``), or None."""
+def _out_of_range(task, metrics: dict) -> str | None:
+    """The first of a record's metrics outside today's sane range of ``task`` (``Task.insane_metrics``), or None."""
     from unlearnbench.tasks.base import MetricValue
 
-    cls = task_class(name)
-    if cls is None:
-        return None
     values = {}
     for metric, m in metrics.items():
         try:
@@ -143,7 +143,7 @@ def _out_of_range(name: str, metrics: dict) -> str | None:
             continue
         role = m.get("role") if isinstance(m, dict) and m.get("role") in ("unlearning", "retention") else "info"
         values[metric] = MetricValue(v, role=role)
-    bad = cls.__new__(cls).insane_metrics(values)  # today's class-level ranges; no task is built
+    bad = task.insane_metrics(values)
     return f"{bad[0]}: outside the task's sane range" if bad else None
 
 
@@ -152,18 +152,21 @@ def rejudge(name: str, trials: list[dict], anchor_map: dict[str, Anchor]) -> int
     than the task's ``overshoot_limit`` past the retrained value, or a metric left the task's sane range. Returns
     how many it marked."""
     limit = float(declared(name, "overshoot_limit", DEFAULT_OVERSHOOT_LIMIT))
+    cls = task_class(name)
+    task = cls.__new__(cls) if cls is not None else None  # today's class-level sane ranges; no task is built
     n = 0
     for r in trials:
         if r.get("status") != "ok":
             continue
         metrics = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
-        why = _out_of_range(name, metrics)
+        why = _out_of_range(task, metrics) if task is not None else None
         for metric, a in sorted(anchor_map.items()):
             m = metrics.get(metric)
             v = m.get("value") if isinstance(m, dict) else None
-            if why is None and isinstance(v, (int, float)) and a.overshoot(float(v)) > limit:
-                why = (f"{metric} = {float(v):.6g} is {a.overshoot(float(v)):.3g}x the pretrained-to-retrained "
-                       f"distance past the retrained model's {a.retrained:.6g} (limit {limit:g})")
+            over = a.overshoot(float(v)) if why is None and isinstance(v, (int, float)) else 0.0
+            if over > limit:
+                why = (f"{metric} = {float(v):.6g} is {over:.3g}x the pretrained-to-retrained distance past the "
+                       f"retrained model's {a.retrained:.6g} (limit {limit:g})")
         if why is not None:
             r["status"], r[REJUDGED] = "diverged", why
             n += 1

@@ -26,6 +26,7 @@ import numpy as np
 from unlearnbench.cache import config_hash
 from unlearnbench.pareto import _to_float as to_float
 from unlearnbench.pareto import grid_sort_key, is_rate, mean_interval
+from unlearnbench.protocol import SETTLE_TOL
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def oracle_fronts(record: dict) -> dict[str, dict]:
 
 # Settings added after records were made, at the value that trains exactly as before they existed (the stop rule off;
 # settle_tol only labels a trial): a record that has them at that value and one that predates them are one entry.
-NEUTRAL_DEFAULTS: dict[str, Any] = {"max_steps": None, "settle_tol": 0.05}
+NEUTRAL_DEFAULTS: dict[str, Any] = {"max_steps": None, "settle_tol": SETTLE_TOL}
 
 
 def settings_of(r: dict) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from unlearnbench.cache import config_hash
 from unlearnbench.methods import METHODS
 from unlearnbench.methods._constrained import ConstrainedMethod
 from unlearnbench.methods.base import make_config
+from unlearnbench.protocol import SETTLE_TOL
 from unlearnbench.records import SCHEMA_VERSION, environment, now_iso
 from unlearnbench.tasks import TASKS
 
@@ -82,7 +83,7 @@ def convergence(cfg, duals: list, slack: list[float] | None, met: bool | None,
     denom = max(np.abs(a).sum(), np.abs(b).sum())
     rel = float(np.abs(b - a).sum() / denom) if denom > 0 else 0.0
     return {"dual_rel_change": rel, "converged": rel <= cfg.converge_tol,
-            "settled": bool(met) and rel <= getattr(cfg, "settle_tol", 0.05), "final_slack": slack,
+            "settled": bool(met) and rel <= getattr(cfg, "settle_tol", SETTLE_TOL), "final_slack": slack,
             "constraints_met": met}
 
 

@@ -192,7 +192,7 @@ def claims_fragment(claims: list) -> str:
            "p &lt; 0.05 and at least the minimum effect; equivalent: TOST adjusted p &lt; 0.05; otherwise "
            "inconclusive, with the seeds that would settle it at the observed spread. Constrained entries count "
            "their settled trials only. A claim holds when every comparison is a_better and fails when any is "
-           "b_better.</p>"]
+           "b_better (claim 3 also when lik does not reach the baseline's unlearning: matched false).</p>"]
     rows = []
     for c in claims:
         css = "holds" if c.verdict == "holds" else "fails" if c.verdict == "fails" else \

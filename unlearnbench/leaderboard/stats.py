@@ -96,16 +96,14 @@ def common_levels(td: TaskData, axis: Axis, entries: list[str] | None = None) ->
 
 
 def clipped(td: TaskData, axis: Axis, points: np.ndarray) -> np.ndarray:
-    """``points`` [..., 2] with the unlearning coordinate clipped at the retrained value (where the task has both
-    anchors on that axis): past the retrained model earns nothing more."""
+    """``points`` [..., 2] with the unlearning coordinate clipped at the retrained value (:meth:`Anchor.clip
+    <unlearnbench.protocol.Anchor.clip>`, where the task has both anchors on that axis): past the retrained model
+    earns nothing more."""
     anchor = td.anchors.get(axis[0])
     if anchor is None or points.size == 0:
         return points
     out = np.array(points, dtype=float, copy=True)
-    u = out[..., 0]
-    with np.errstate(invalid="ignore"):
-        past = np.isfinite(u) & ((u - anchor.pretrained) / anchor.span >= anchor.progress(anchor.reached_at))
-    u[past] = anchor.retrained
+    out[..., 0] = anchor.clip(out[..., 0])
     return out
 
 
