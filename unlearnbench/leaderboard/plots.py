@@ -118,16 +118,17 @@ def limits(pts: np.ndarray, pre: tuple | None, curves: list, ref: tuple | None, 
 
 
 def exact_curves(td: TaskData, axis: Axis) -> list[tuple[str, np.ndarray]]:
-    """Distinct exact-front curves recorded for this axis pair, as (formulation, [k, 2] points)."""
-    seen: dict[tuple, tuple[str, np.ndarray]] = {}
-    for r in td.trials:
-        if r.get("status") != "ok":
-            continue
+    """The exact-front curve of each formulation recorded for this axis pair, as (formulation, [k, 2] points): one per
+    formulation, the newest record's (records made on re-tabulated fronts carry the same curve up to float rounding,
+    which would otherwise be drawn, and listed, twice)."""
+    seen: dict[str, tuple[str, np.ndarray]] = {}
+    ok = [r for r in td.trials if r.get("status") == "ok"]
+    for r in sorted(ok, key=lambda r: (str(r.get("created_at", "")), str(r.get("trial_id")))):
         for form, entry in oracle_fronts(r).items():
             if (entry.get("unlearning_metric"), entry.get("retention_metric")) != tuple(axis) or not entry.get("curve"):
                 continue
             arr = np.array([[_to_float(a) for a in pt[:2]] for pt in entry["curve"]], dtype=float).reshape(-1, 2)
-            seen.setdefault((form, arr.tobytes()), (form, arr))
+            seen[form] = (form, arr)
     return [seen[k] for k in sorted(seen)]
 
 
@@ -227,6 +228,11 @@ def _panel(ax: Any, td: TaskData, axis: Axis, series: list, curves: list, lims: 
                               ms=8, mec="black", mew=0.6)
         handles.append(Line2D([], [], marker="D", ms=7, color=RETRAINED_COLOR, mec="black", mew=0.6, ls="none",
                               label=f"retrained without the forget set ({n} seed{'s' * (n != 1)})"))
+    anchor = td.anchors.get(axis[0])
+    if anchor is not None and xlim[0] <= anchor.retrained <= xlim[1]:  # the target: past it earns nothing
+        ax.axvline(anchor.retrained, color=RETRAINED_COLOR, linestyle=(0, (2, 2)), lw=1.0, zorder=0)
+        handles.append(Line2D([], [], color=RETRAINED_COLOR, linestyle=(0, (2, 2)), lw=1.0,
+                              label="retrained level (past it earns nothing)"))
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     ax.set_xlabel(f"{axis[0]} ({_direction(mx[0])})")
