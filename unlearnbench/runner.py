@@ -103,6 +103,11 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
     duals and the latest constraint estimates (Ray Tune's intermediate results; the console's progress lines).
     """
     cfg = method.cfg
+    if not method.trains:  # an inference-time method: setup() installs its sampler, no weights change
+        method.setup()
+        return {"steps": 0, "history": [], "diverged": None, "final_duals": None, "duals": [],
+                "constraint_estimates": None, "constraint_slack": None, "constraints_met": None,
+                "convergence": convergence(cfg, [], None, None)}
     params = list(method.trainable_parameters())
     if not params:
         raise ValueError(f"method {method.name}: no trainable parameters (trainable={cfg.trainable})")
@@ -204,6 +209,9 @@ def run_trial(spec: dict[str, Any], report: Report | None = None) -> dict[str, A
     t2 = time.perf_counter()
     record = base_record(spec, task)
     record.update(method_config=dataclasses.asdict(cfg), train=train_info)
+    hook = getattr(bundle.net, "sampling_hook", None)
+    if hook is not None:  # an inference-time method's sampler, applied by every guided sampler of the evaluation
+        record["sampling_hook"] = hook.to_dict()
     if train_info["diverged"]:
         record.update(status="diverged", error=f"diverged in training: {train_info['diverged']}",
                       timing={"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": 0.0, "total_s": t2 - t0})

@@ -405,6 +405,12 @@ class DigitsConceptTask(_DigitsTask):
         "rkl-fixed": {"lr": 5e-4, "batch_size": 64},
         "esd": {"lr": 5e-4, "batch_size": 16, "ddim_steps": SAMPLE_STEPS, "trainable": "xattn"},
         "salun": {"lr": 1e-3, "batch_size": 64},
+        # SPM / AdvUnlearn: x_t along the task's 20-step schedule as ESD; AdvUnlearn's attack shortened to the trial
+        # budget (10 steps every 5 after 30 warm-up steps); SLD's warm-up 10 of 50 sampler steps is 4 of 20 here
+        "spm": {"lr": 1e-3, "batch_size": 16, "ddim_steps": SAMPLE_STEPS},
+        "advunlearn": {"lr": 5e-4, "batch_size": 16, "retain_batch": 16, "ddim_steps": SAMPLE_STEPS, "warmup": 30,
+                       "attack_steps": 10, "attack_every": 5, "attack_batch": 4},
+        "sld": {"warmup_steps": 4},
     }
     # accuracies and rates in [0, 1]; KID on classifier features is ~0.01 for the pretrained model, 2 is noise;
     # the KL proxy of a working model is a few nats
