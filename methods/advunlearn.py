@@ -81,6 +81,11 @@ class AdvUnlearn(ESD):
 
     @classmethod
     def unsupported_reason(cls, task) -> str | None:
+        from unlearnbench.tasks._paper import PaperTask
+
+        if issubclass(task if isinstance(task, type) else type(task), PaperTask):
+            return (f"advunlearn trains the prompt's encoder, but task {task.name} feeds its UNet precomputed text "
+                    f"embeddings (no text encoder is loaded to train); use digits-concept")
         return prompt_side_reason(cls.name, task)
 
     def __init__(self, cfg, bundle, generator):

@@ -128,6 +128,11 @@ class SLD(Method):
     whose safety guidance lives inside its classifier-free guidance branch), so the unguided conditional predictions
     that ``kl_proxy_kept`` reads are the pretrained model's (0 by construction); the warm-up counts sampler steps as
     the pipeline does, and the digits task sets it to 4 of its 20 steps (10 of the pipeline's 50).
+    What follows from the equations here: the element-wise scale ``clamp(|e_p - e_s| * sld_guidance_scale, 1)``
+    vanishes where the prompt's prediction equals the safety concept's, so a prompt that *is* the safety concept (one
+    erased digit, whose prompt is the whole safety concept) is sampled unchanged, while the kept prompts, whose
+    predictions differ from it, are steered (digits-concept, forget set one, guidance scale 1000: acc_forget 0.995,
+    acc_kept 0.934, kid_kept 0.84, seed 0). With several erased prompts the joined safety concept differs from each.
     Sweep: ``--grid eps`` sets ``guidance_scale`` (the preset's other settings stay).
     """
 

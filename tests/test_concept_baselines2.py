@@ -94,6 +94,23 @@ def test_spm_adapters_are_spm_layers_on_the_transformer_blocks():
     assert torch.allclose(lin(x), lin.base_layer(x) + up(down(x)) * 1.0 * 1.0 / 1, atol=1e-6)
 
 
+def test_spm_adapters_save_and_load_back(tmp_path):
+    from unlearnbench.saving import load_weights, save_unlearned
+
+    b = digits_bundle()
+    make("spm", b)
+    with torch.no_grad():
+        for n, p in b.net.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    assert save_unlearned(b.net, tmp_path / "m")["model_format"] == "peft-lora"
+    fresh = load_weights(copy.deepcopy(b.ref), tmp_path / "m")
+    x, t = draws(7)
+    c = torch.tensor([FORGET, 1, 0, 9])
+    assert torch.allclose(fresh(x, t, c), b.net(x, t, c), atol=1e-6)
+    assert not torch.allclose(b.ref(x, t, c), b.net(x, t, c), atol=1e-4)
+
+
 def test_spm_loss_and_gradient_match_train_spm():
     """train_spm.py + src/configs/prompt.py ``_erase_with_la``: ``loss = MSE(target, neutral - guidance_scale *
     (positive - neutral)) + la_strength * MSE(anchor_latents, anchor_latents_ori)``; positive / neutral from the
@@ -316,6 +333,11 @@ def test_the_prompt_side_methods_refuse_gmm_concept_and_data_tasks(name):
     b.kind = "data"
     with pytest.raises(ValueError, match=f"method {name} applies to concept tasks, not data"):
         make(name, b)
+
+
+def test_advunlearn_refuses_the_paper_scale_tasks_without_a_text_encoder():
+    reason = METHODS.get("advunlearn").unsupported_reason(TASKS.get("sd-concept"))
+    assert reason and "sd-concept" in reason and "text encoder" in reason
 
 
 @pytest.mark.parametrize("name", ["spm", "advunlearn", "sld"])
