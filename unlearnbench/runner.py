@@ -69,9 +69,10 @@ def check_losses(losses: dict[str, torch.Tensor], obj: torch.Tensor, step: int, 
 
 
 def convergence(cfg, duals: list, slack: list[float] | None, met: bool | None,
-                steps: int | None = None) -> dict[str, Any]:
+                steps: int | None = None, floor: float = 0.0) -> dict[str, Any]:
     """How settled the duals are: ``dual_rel_change = ||lambda_T - lambda_0.8T||_1 / max(||lambda_T||_1,
-    ||lambda_0.8T||_1)`` over the last 20% of the ``steps`` run (default ``cfg.steps``; 0 when both are 0),
+    ||lambda_0.8T||_1, floor)`` over the last 20% of the ``steps`` run (default ``cfg.steps``; 0 when all are 0;
+    ``floor``: the method's :meth:`~ConstrainedMethod.dual_floor`),
     ``converged`` when it is at most ``cfg.converge_tol``, ``settled`` when it is at most ``cfg.settle_tol`` and the
     constraints are met; with the final constraint slack."""
     if not duals:
@@ -80,7 +81,7 @@ def convergence(cfg, duals: list, slack: list[float] | None, met: bool | None,
     start = 0.8 * (steps or cfg.steps)
     before = [d for s, d in duals if s <= start] or [duals[0][1]]
     a, b = np.asarray(before[-1], dtype=float), np.asarray(duals[-1][1], dtype=float)
-    denom = max(np.abs(a).sum(), np.abs(b).sum())
+    denom = max(np.abs(a).sum(), np.abs(b).sum(), floor)
     rel = float(np.abs(b - a).sum() / denom) if denom > 0 else 0.0
     return {"dual_rel_change": rel, "converged": rel <= cfg.converge_tol,
             "settled": bool(met) and rel <= getattr(cfg, "settle_tol", SETTLE_TOL), "final_slack": slack,
@@ -149,7 +150,8 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
             estimates.append([step + 1, est.tolist()])
             duals.append([step + 1, new.tolist()])
             if total > cfg.steps and step + 1 >= cfg.steps and \
-                    convergence(cfg, duals, None, method.constraints_met(est), step + 1)["settled"]:
+                    convergence(cfg, duals, None, method.constraints_met(est), step + 1,
+                                method.dual_floor())["settled"]:
                 break
         if step % log_every == 0 or step == total - 1:
             row = {k: float(v.detach().float().mean()) for k, v in losses.items()}
@@ -163,11 +165,11 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
         diverged = f"method {method.name}: trainable parameters became non-finite (a numerical blow-up)"
     out: dict[str, Any] = {"steps": ran if total > cfg.steps else cfg.steps, "history": history, "diverged": diverged}
     if constrained and diverged is None:
-        final = method.estimate_constraints()
+        final = method.final_estimate()
         slack, met = (-method.violation(final.double())).tolist(), method.constraints_met(final)
         out.update(final_duals=method.duals.tolist(), duals=duals, estimates=estimates,
                    constraint_estimates=final.tolist(), constraint_slack=slack, constraints_met=met,
-                   convergence=convergence(cfg, duals, slack, met, out["steps"]))
+                   convergence=convergence(cfg, duals, slack, met, out["steps"], method.dual_floor()))
     else:
         out.update(final_duals=method.duals.tolist() if constrained else None, duals=duals, constraint_estimates=None,
                    constraint_slack=None, constraints_met=None, convergence=convergence(cfg, [], None, None))
