@@ -35,7 +35,9 @@ class ConstrainedConfig(MethodConfig):
         "help": "step on the relative violation (violation / |eps|): the same constraint written g/eps >= 1, so one "
                 "dual_lr serves thresholds of different sizes"})
     final_estimates: int = field(default=1, metadata={
-        "help": "independent constraint estimates averaged for the final slack and the 'constraints met' verdict"})
+        "help": "independent constraint estimates averaged for the final slack and the 'constraints met' verdict; "
+                "with 2 or more, a constraint whose threshold lies within two standard errors of the final estimate "
+                "(their spread / sqrt(n)) also counts as met, since no estimate of that size can tell it apart"})
     n_estimate: int = field(default=256, metadata={"help": "model samples per constraint estimate"})
     n_t_estimate: int = field(default=4, metadata={"help": "timestep draws per sample in an estimate"})
     met_tol: float = field(default=0.05, metadata={"help": "relative slack counted as 'constraint met' in the record"})
@@ -112,6 +114,7 @@ class ConstrainedMethod(Method):
         self.project()
         self.estimate: Tensor | None = None
         self.n_decayed = 0  # dual updates made in the decay phase
+        self.final_se: Tensor | None = None
 
     def n_constraints(self) -> int:
         return self.bundle.n_constraints
@@ -158,16 +161,24 @@ class ConstrainedMethod(Method):
 
     @torch.no_grad()
     def final_estimate(self) -> Tensor:
-        """The mean of ``final_estimates`` independent constraint estimates: the slack and the 'met' verdict."""
-        return torch.stack([self.estimate_constraints() for _ in range(self.cfg.final_estimates)]).mean(0)
+        """The mean of ``final_estimates`` independent constraint estimates: the slack and the 'met' verdict; their
+        standard error (spread / sqrt(n), n >= 2) is kept in ``self.final_se``."""
+        draws = torch.stack([self.estimate_constraints().to(torch.float64).cpu()
+                             for _ in range(self.cfg.final_estimates)])
+        self.final_se = draws.std(0) / draws.shape[0] ** 0.5 if draws.shape[0] > 1 else None
+        return draws.mean(0)
 
     def dual_floor(self) -> float:
         """Smallest ``||lambda||_1`` the settle rule divides a dual change by: changes of duals near 0 (inactive
         constraints) are measured against it, not against their own noise. 0 where the duals have no natural scale."""
         return 0.0
 
-    def constraints_met(self, est: Tensor) -> bool:
-        tol = self.cfg.met_tol * max(abs(self.cfg.eps), 1e-8)
+    def constraints_met(self, est: Tensor, se: Tensor | None = None) -> bool:
+        """Every constraint met within ``met_tol`` of ``|eps|`` or, given the estimate's standard errors ``se``,
+        within two of them."""
+        tol = torch.full((est.numel(),), self.cfg.met_tol * max(abs(self.cfg.eps), 1e-8), dtype=torch.float64)
+        if se is not None:
+            tol = torch.maximum(tol, 2.0 * se.to(torch.float64).cpu())
         return bool((self.violation(est.to(torch.float64).cpu()) <= tol).all())
 
     def state_dict(self) -> dict:

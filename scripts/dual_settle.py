@@ -61,17 +61,19 @@ def main() -> None:
         info = train(METHODS.get(spec["method"])(cfg, bundle, gen))
         c = info["convergence"]
         row = {"value": spec["grid"]["value"], "seed": spec["seed"], "steps": info["steps"],
-               "diverged": info["diverged"], "dual_rel_change": c["dual_rel_change"], "met": c["constraints_met"],
+               "diverged": info["diverged"], "dual_rel_change": c["dual_rel_change"], "met": c["constraints_met"], "met_strict": info.get("constraints_met_strict"),
                "settled": bool(c["settled"]), "final_duals": info["final_duals"],
                "worst_rel_slack": None if info["diverged"] else worst_relative_slack(info, cfg.eps)}
         rows.append(row)
         print(f"{spec['grid']['value']:>8g} s{spec['seed']}  steps {row['steps']:>5}  "
               f"dual change {row['dual_rel_change'] if row['dual_rel_change'] is None else round(row['dual_rel_change'], 3)!s:>6}  "
               f"worst slack {row['worst_rel_slack'] if row['worst_rel_slack'] is None else round(row['worst_rel_slack'], 3)!s:>7}  "
-              f"{'settled' if row['settled'] else 'UNSETTLED'}  duals {[round(d, 4) for d in info['final_duals']]}",
+              f"{'settled' if row['settled'] else 'UNSETTLED'}{'' if row['met_strict'] in (None, row['met']) else ' (strict: unmet)'}  duals {[round(d, 4) for d in info['final_duals']]}",
               flush=True)
     n = sum(r["settled"] for r in rows)
+    strict = sum(r["settled"] and r["met_strict"] is not False for r in rows)
     print(f"{args.task} {' '.join(args.task_set)} {args.method} {' '.join(args.set) or '(task defaults)'}: settled {n}/{len(rows)} "
+          f"(strictly within 5 %: {strict}) "
           f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:

@@ -166,9 +166,12 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
     out: dict[str, Any] = {"steps": ran if total > cfg.steps else cfg.steps, "history": history, "diverged": diverged}
     if constrained and diverged is None:
         final = method.final_estimate()
-        slack, met = (-method.violation(final.double())).tolist(), method.constraints_met(final)
+        slack = (-method.violation(final.double())).tolist()
+        met, se = method.constraints_met(final, method.final_se), method.final_se
         out.update(final_duals=method.duals.tolist(), duals=duals, estimates=estimates,
                    constraint_estimates=final.tolist(), constraint_slack=slack, constraints_met=met,
+                   constraint_se=None if se is None else se.tolist(),
+                   constraints_met_strict=method.constraints_met(final),
                    convergence=convergence(cfg, duals, slack, met, out["steps"], method.dual_floor()))
     else:
         out.update(final_duals=method.duals.tolist() if constrained else None, duals=duals, constraint_estimates=None,
