@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from unlearnbench.diffusion import add_noise, per_sample_mse, sample_t
+from unlearnbench.diffusion import add_noise, elbo_error, per_sample_mse, sample_t
 from unlearnbench.registry import Registry
 from unlearnbench.tasks.base import MetricValue
 
@@ -177,12 +177,9 @@ def mia_loss(schedule, net, x0: Tensor, cond: Tensor, n_t: int, gen: torch.Gener
     w = schedule.elbo_weights().to(x0.device, x0.dtype)
     ts = ((torch.arange(n_t, dtype=torch.float64) + 0.5) * T / n_t).long().clamp(0, T - 1)
     noise = torch.randn((n_t, *x0.shape[1:]), generator=gen).to(x0.device, x0.dtype)
-    out = torch.zeros(x0.shape[0], device=x0.device, dtype=x0.dtype)
-    for j, tj in enumerate(ts.tolist()):
-        t = torch.full((x0.shape[0],), tj, device=x0.device, dtype=torch.long)
-        nz = noise[j].expand_as(x0)
-        out += w[tj] * per_sample_mse(net(add_noise(schedule, x0, nz, t), t, cond), nz)
-    return out * T / n_t
+    draws = ((torch.full((x0.shape[0],), tj, device=x0.device, dtype=torch.long), noise[j].expand_as(x0), w[tj])
+             for j, tj in enumerate(ts.tolist()))
+    return elbo_error(schedule, x0, net, cond, draws) * T / n_t
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from unlearnbench.cache import artefact_digests, cached_torch
-from unlearnbench.diffusion import Schedule, add_noise, ddim_sample, guided
+from unlearnbench.diffusion import Schedule, ddim_sample, elbo_error, guided
 from unlearnbench.metrics.base import spec
 from unlearnbench.models import (CLASSIFIER_DEFAULTS, NULL_PROMPT, PRETRAIN_DEFAULTS, UNET_DEFAULTS, CondUNet,
                                  DigitClassifier, make_schedule, pretrain_unet, split_digits, train_classifier)
@@ -167,14 +167,15 @@ def kl_proxy(schedule: Schedule, x0: Tensor, eps_p, eps_q, cond: Tensor, n_t: in
     total = float(w.sum())
     cdf = torch.cumsum(w, 0) / total
     dev = x0.device
-    out = torch.zeros(x0.shape[0], dtype=torch.float64)
-    for k in range(n_t):
-        u = (k + torch.rand(x0.shape[0], generator=generator, dtype=torch.float64)) / n_t
-        t = torch.searchsorted(cdf, u).clamp(max=schedule.T - 1).to(dev)
-        noise = torch.randn(x0.shape, generator=generator).to(dev, x0.dtype)
-        x_t = add_noise(schedule, x0, noise, t)
-        out += total * (eps_p(x_t, t, cond) - eps_q(x_t, t, cond)).pow(2).flatten(1).sum(1).double().cpu()
-    return out / n_t
+
+    def draws():
+        for k in range(n_t):
+            u = (k + torch.rand(x0.shape[0], generator=generator, dtype=torch.float64)) / n_t
+            t = torch.searchsorted(cdf, u).clamp(max=schedule.T - 1).to(dev)
+            yield t, torch.randn(x0.shape, generator=generator).to(dev, x0.dtype), total
+
+    out = torch.zeros(x0.shape[0], dtype=torch.float64)  # summed in float64 on the CPU
+    return elbo_error(schedule, x0, eps_p, cond, draws(), ref=eps_q, out=out) / n_t
 
 
 def _mean_metric(v: Tensor, role: str, hib: bool) -> MetricValue:
