@@ -8,7 +8,8 @@ from unlearnbench.methods import METHODS
 from unlearnbench.methods.base import make_config
 from unlearnbench.runner import convergence, train
 from unlearnbench.tasks.base import MetricValue
-from unlearnbench.tasks.gmm import GMMConceptTask, GMMDataTask
+from unlearnbench.tasks.gmm_concept import GMMConceptTask
+from unlearnbench.tasks.gmm_data import GMMDataTask
 
 
 def test_sane_ranges_flag_blown_up_metrics():
@@ -91,7 +92,7 @@ def test_rkl_at_a_large_learning_rate_is_diverged_not_failed(tmp_path):
     """A numerical blow-up anywhere in training is diverged: at lr >= 0.3 the network's constraint estimate becomes
     inf or NaN, and the dual projection must not be reached with it (it used to crash: a failed trial)."""
     from unlearnbench.config import plan_trials
-    from unlearnbench.runner import execute_trial
+    from unlearnbench.trials import execute_trial
 
     fast = {"distill_steps": 30, "distill_batch": 64, "eval_samples": 100, "eval_steps": 10}
     for lr in (0.3, 1.0):

@@ -8,18 +8,16 @@ import math
 import os
 import random
 import time
-import traceback
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from unlearnbench.cache import config_hash
 from unlearnbench.methods import METHODS
 from unlearnbench.methods._constrained import ConstrainedMethod
-from unlearnbench.methods.base import make_config
 from unlearnbench.protocol import SETTLE_TOL
-from unlearnbench.records import SCHEMA_VERSION, environment, now_iso
+from unlearnbench.config import build_method_config
+from unlearnbench.records import base_record, relative_artifacts
 from unlearnbench.tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -30,18 +28,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def build_method_config(task, method: str, overrides: dict[str, Any], grid: dict | None):
-    """Method defaults < the task's defaults for that method < user overrides < the grid value."""
-    cls = METHODS.get(method)
-    values = dict(getattr(task, "method_defaults", {}).get(method, {}))
-    values.update(overrides or {})
-    if grid is not None:
-        values[grid["param"]] = grid["value"]
-    if values.get("steps") is None:
-        values["steps"] = task.default_steps
-    return make_config(cls.Config, values, method)
 
 
 class LossExploded(Exception):
@@ -248,80 +234,6 @@ def run_trial(spec: dict[str, Any], report: Report | None = None) -> dict[str, A
         artifacts=relative_artifacts(bundle.extras.get("artifacts", {}), spec.get("run_dir")),
     )
     return record
-
-
-def relative_artifacts(artifacts: dict[str, str], run_dir: str | None) -> dict[str, str]:
-    """Artifact paths relative to the run directory (so a run directory can be moved or committed)."""
-    out = {}
-    for k, v in artifacts.items():
-        if run_dir and os.path.isabs(v) and os.path.commonpath([os.path.abspath(v), run_dir]) == run_dir:
-            v = os.path.relpath(v, run_dir)
-        out[k] = v
-    return out
-
-
-def base_record(spec: dict[str, Any], task=None) -> dict[str, Any]:
-    task_info: dict[str, Any] = {"name": spec["task"], "options": spec.get("task_options") or {}}
-    if task is not None:
-        task_info.update(task.describe())
-        task_info["axes"] = [list(a) for a in task.axes]
-    rec = {
-        "schema_version": SCHEMA_VERSION, "run_id": spec.get("run_id"), "trial_id": spec["trial_id"],
-        "created_at": now_iso(), "status": "failed", "error": None, "task": task_info, "method": spec["method"],
-        "method_config": spec.get("method_config", {}), "grid": spec.get("grid"), "seed": spec["seed"],
-        "metrics": {}, "oracle": None, "train": None, "timing": None, "config_hash": spec_hash(spec),
-        "env": environment(), "artifacts": {},
-    }
-    if spec.get("attack"):
-        rec["attack"] = spec["attack"]
-    return rec
-
-
-def spec_hash(spec: dict[str, Any]) -> str:
-    keys = ("task", "task_options", "method", "method_config", "grid", "seed")
-    if spec.get("attack"):  # an attack trial of a trial: its own hash (trials keep theirs)
-        keys += ("attack",)
-    return config_hash({k: spec.get(k) for k in keys})
-
-
-def execute_trial(spec: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
-    """Run a trial; an exception becomes a failed record (the sweep goes on). ``report``: see :func:`train`."""
-    t0 = time.perf_counter()
-    try:
-        if spec.get("attack"):  # a robustness-ladder trial (unlearnbench attack): same executor, same records
-            from unlearnbench.attack import run_attack_trial
-
-            return run_attack_trial(spec)
-        return run_trial(spec, report)
-    except Exception as e:  # noqa: BLE001 - every failure is recorded, never lost
-        logger.warning("trial %s failed: %s", spec["trial_id"], e)
-        record = base_record(spec)
-        tb = traceback.format_exc().strip().splitlines()
-        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback="\n".join(tb[-12:]),
-                      timing={"total_s": time.perf_counter() - t0})
-        return record
-
-
-def summary_row(record: dict[str, Any]) -> dict[str, Any]:
-    """Flat row for summary.csv."""
-    row = {"trial_id": record["trial_id"], "task": record["task"]["name"], "method": record["method"],
-           "grid": (record.get("grid") or {}).get("name"), "param": (record.get("grid") or {}).get("param"),
-           "value": (record.get("grid") or {}).get("value"), "seed": record["seed"], "status": record["status"],
-           "error": record.get("error")}
-    for name, m in sorted(record.get("metrics", {}).items()):
-        row[name] = m["value"]
-        row[f"{name}_stderr"] = m.get("stderr")  # the evaluation's own uncertainty, n samples
-        row[f"{name}_n"] = m.get("n")
-    train = record.get("train") or {}
-    if train.get("final_duals") is not None:
-        row["duals"] = " ".join(f"{d:.4g}" for d in train["final_duals"])
-        row["constraints_met"] = train.get("constraints_met")
-    fronts = (record.get("oracle") or {}).get("fronts") or {}
-    for fname, f in sorted(fronts.items()):
-        if f.get("gap") is not None:
-            row[f"gap_{fname}"] = f["gap"]
-    row["total_s"] = (record.get("timing") or {}).get("total_s")
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
 def set_default_env() -> None:
