@@ -50,7 +50,8 @@ class GMMDataTask(_GMMTask):
     default_steps = 600
     # dual_lr 0.01 swung lambda between 0 and its cap 1/N = 0.017 every few updates (measured); 0.001 moves it by 6% of
     # the cap per nat of violation
-    method_defaults = {"fkl": {"lr": 3e-4, "dual_lr": 0.001, "n_estimate": 256}, "siss": {"lr": 3e-4}}
+    # final_estimates: the "constraints met" verdict on 8 estimates and their standard error (unlearnbench.methods._constrained)
+    method_defaults = {"fkl": {"lr": 3e-4, "dual_lr": 0.001, "n_estimate": 256, "final_estimates": 8}, "siss": {"lr": 3e-4}}
     # KLs in nats between 2-D densities: a model 50 nats from the retrained one, or from the pretrained one, has broken
     # down (SISS at scaling_norm >= 0.1 reaches 1e11-1e22; at 0.001-0.01 it puts one forget point 1e4-1e6 nats away and
     # kl_pretrained at 100-1e5, far past the retrained model, which is a few nats from the pretrained one). The forget
