@@ -342,6 +342,8 @@ def test_advunlearn_refuses_the_paper_scale_tasks_without_a_text_encoder():
 
 @pytest.mark.parametrize("name", ["spm", "advunlearn", "sld"])
 def test_digits_concept_has_grids_for_the_method(name):
+    from unlearnbench.config import grid_values
+
     task = TASKS.get("digits-concept")()
-    eps, smoke = task.grid("eps", name), task.grid("smoke", name)
+    eps, smoke = grid_values(task, "eps", name), grid_values(task, "smoke", name)
     assert len(eps) == 6 and len(smoke) == 2 and set(smoke) <= set(eps)
