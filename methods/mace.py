@@ -75,13 +75,13 @@ class MACE(PromptSideMethod):
 
     1. refinement (``setup``): each projection W becomes :func:`ridge_solve` with the erased prompts' tokens mapped to
        W times the null prompt's tokens (the mapping concept) and the kept prompts' tokens to their own outputs
-       (``preserve_scale``), ridge ``lamb`` towards W;
+       and the null prompt's (``preserve_scale``), ridge ``lamb`` towards W;
     2. LoRA (the training loop): per erased concept i, a rank-1 adapter ``B_i A_i`` on every key and value projection,
        trained on forward-noised pretrained samples x of prompt i to minimise ``sum_l ||A_l[concept tokens] * M(x)||^2``,
        the attention that the queries inside the concept's mask M (the digit's ink) put on the concept's tokens, with
        the adapter of concept i only;
     3. fusion (``finish``): each projection becomes the closed-form solution that reproduces every concept's adapted
-       outputs on that concept's tokens (``(W + B_i A_i) e``) and the kept prompts' outputs (``W p``, weight
+       outputs on that concept's tokens (``(W + B_i A_i) e``) and the kept and null prompts' outputs (``W p``, weight
        ``preserve_scale``), ridge ``lamb``; the adapters are then dropped.
 
     Re-implemented from the paper (Lu et al., CVPR 2024, arXiv 2403.06135; reference repository Shilin-LU/MACE,
@@ -90,7 +90,8 @@ class MACE(PromptSideMethod):
     tokens around the concept word and trains on the concept word's own tokens); the masks are the digits' ink, max-
     pooled to the attention grid (the paper: Grounded-SAM segmentations of generated images); the mapping concept is
     the null prompt; timesteps are uniform (the paper's concept-focal importance sampling favours some timesteps);
-    the preservation term uses the task's kept prompts (the paper: a prior of general captions); ``lamb`` and
+    the preservation term uses the task's kept prompts and the null prompt (the paper: a prior of general captions;
+    the null prompt's tokens overlap the erased prompt's in the digits' 32-dimensional token space, see uce); ``lamb`` and
     ``preserve_scale`` are this task's, not the paper's SD values; steps, lr and batch are per task.
     sd-concept is refused (no segmentation masks there); gmm-concept is refused (it scores the null prompt, which a
     prompt-side edit never touches).
@@ -130,6 +131,10 @@ class MACE(PromptSideMethod):
     def trainable_parameters(self):
         return [p for pairs in self.lora for ab in pairs for p in ab]
 
+    def preserved(self) -> list[int]:
+        """Prompts whose outputs the closed forms keep: the kept prompts and the null prompt (the mapping concept)."""
+        return list(self.bundle.retain_concepts) + [self.bundle.null_cond]
+
     def tokens(self, ids: list[int]) -> Tensor:
         """Token rows [len(ids) * L, d] of prompts ``ids``."""
         with torch.no_grad():
@@ -143,7 +148,7 @@ class MACE(PromptSideMethod):
             return
         erase = self.tokens(self.concepts)
         guide = self.tokens([b.null_cond] * len(self.concepts))
-        keep = self.tokens(list(b.retain_concepts)) if b.retain_concepts else erase[:0]
+        keep = self.tokens(self.preserved())
         for _, lin in self._kv:
             w = lin.weight
             lin.weight.copy_(ridge_solve(w, cfg.lamb, [(erase, guide @ w.T, 1.0),
@@ -172,7 +177,7 @@ class MACE(PromptSideMethod):
     @torch.no_grad()
     def finish(self) -> None:
         b, cfg = self.bundle, self.cfg
-        keep = self.tokens(list(b.retain_concepts)) if b.retain_concepts else self.tokens(self.concepts)[:0]
+        keep = self.tokens(self.preserved())
         for j, (_, lin) in enumerate(self._kv):
             w = lin.weight.clone()
             terms = []

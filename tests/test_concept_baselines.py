@@ -112,8 +112,9 @@ def uce_reference(orig: CondUNet, erase_ids, guide_id, preserve_ids, erase_scale
     return out
 
 
-@pytest.mark.parametrize("forget,preserve,scales", [((FORGET,), "kept", (1.0, 1.0, 0.5)),
-                                                    ((1, 10), "kept", (3.0, 0.5, 0.5)),
+@pytest.mark.parametrize("forget,preserve,scales", [((FORGET,), "kept+null", (1.0, 1.0, 0.5)),
+                                                    ((1, 10), "kept+null", (3.0, 0.5, 0.5)),
+                                                    ((FORGET,), "kept", (1.0, 1.0, 0.5)),
                                                     ((FORGET,), "none", (1.0, 1.0, 0.5))])
 def test_uce_edit_matches_uce_sd_erase(forget, preserve, scales):
     b = digits_bundle(forget)
@@ -122,7 +123,8 @@ def test_uce_edit_matches_uce_sd_erase(forget, preserve, scales):
     m = make("uce", b, erase_scale=s_e, preserve_scale=s_p, lamb=lamb, preserve=preserve)
     info = train(m)
     assert info["steps"] == 0 and info["diverged"] is None
-    kept = [p for p in range(1, 11) if p not in forget] if preserve == "kept" else []
+    kept = [p for p in range(1, 11) if p not in forget] if preserve != "none" else []
+    kept += [0] if preserve == "kept+null" else []
     ref = uce_reference(orig, forget, 0, kept, s_e, s_p, lamb)
     assert len(ref) == len(list(m.trainable_parameters())) > 0
     edited = dict(b.net.unet.named_modules())
@@ -264,13 +266,13 @@ def kv_names(net):
 def test_mace_refinement_matches_the_paper(forget):
     """Stage 1 (paper section 3.2): ``min_W' sum_i ||W' e_i - W m_i||^2 + s_p sum_j ||W' p_j - W p_j||^2 + lamb ||W' -
     W||^2`` per key / value projection, e_i the erased prompts' tokens, m_i the mapping (null) prompt's tokens at the
-    same position, p_j the kept prompts' tokens."""
+    same position, p_j the kept and null prompts' tokens."""
     b = digits_bundle(forget)
     orig = copy.deepcopy(b.net)
     m = make("mace", b, lamb=0.3, preserve_scale=0.5)
     m.setup()
     emb = lambda ids: orig.encode_prompt(torch.tensor(ids)).reshape(-1, 32)  # noqa: E731
-    e, g, p = emb(list(forget)), emb([0] * len(forget)), emb([k for k in range(1, 11) if k not in forget])
+    e, g, p = emb(list(forget)), emb([0] * len(forget)), emb([k for k in range(1, 11) if k not in forget] + [0])
     mods = dict(b.net.named_modules())
     for n in kv_names(orig):
         w = orig.get_submodule(n).weight.detach()
@@ -343,7 +345,7 @@ def test_mace_fusion_matches_the_paper():
     before = copy.deepcopy(b.net)
     m.finish()
     emb = lambda ids: before.encode_prompt(torch.tensor(ids)).reshape(-1, 32).detach()  # noqa: E731
-    p = emb([k for k in range(1, 11) if k not in forget])
+    p = emb([k for k in range(1, 11) if k not in forget] + [0])
     for j, n in enumerate(kv_names(before)):
         w = before.get_submodule(n).weight.detach()
         terms = [(emb([c]), emb([c]) @ (w + m.lora[i][j][1] @ m.lora[i][j][0]).T.detach(), 1.0)
