@@ -66,6 +66,8 @@ class ConceptAblation(PromptSideMethod):
     name = "ca"
     Config = CAConfig
     grid_params = {"eps": "steps"}
+    # tasks whose own grids do not name ca (sd-concept): around the reference's 100 steps (200 on one GPU)
+    default_grids = {"concept": {"eps": [25.0, 50.0, 100.0, 200.0, 400.0, 800.0], "smoke": [50.0, 200.0]}}
 
     def anchor_batch(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Forward-noised pretrained samples of the anchor (null) prompt: (x_t, t, noise, anchor ids)."""

@@ -82,6 +82,8 @@ class UCE(PromptSideMethod):
     name = "uce"
     Config = UCEConfig
     grid_params = {"eps": "erase_scale"}
+    # tasks whose own grids do not name uce (sd-concept): the reference's default scale 1 in the middle
+    default_grids = {"concept": {"eps": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0], "smoke": [0.3, 3.0]}}
     closed_form = True
 
     def __init__(self, cfg, bundle, generator):

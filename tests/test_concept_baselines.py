@@ -357,3 +357,64 @@ def test_mace_fusion_matches_the_paper():
 def test_mace_refuses_sd_and_gmm():
     assert "mask" in METHODS.get("mace").unsupported_reason(TASKS.get("sd-concept"))
     assert "null prompt" in METHODS.get("mace").unsupported_reason(TASKS.get("gmm-concept"))
+
+
+# -- sd-concept: the tiny random pipeline (tests/paper_fixtures.py) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    from paper_fixtures import sd_dir
+
+    return sd_dir(tmp_path_factory.mktemp("sd"))
+
+
+def test_uce_and_ca_on_sd_concept(sd, tmp_path, capsys):
+    """On sd-concept UCE edits every attn2 key / value over all 77 tokens of each prompt's text embedding (the
+    reference's formula on EpsNet's table) and CA trains the keys and values; both run end to end through the CLI."""
+    from paper_fixtures import CLIP_OPTIONS, FAST, records, write_config
+    from unlearnbench.tasks.stable_diffusion import SDConceptTask
+
+    task = SDConceptTask({"model": str(sd), "forget": "object", **CLIP_OPTIONS, **FAST, "eval_prompts": 1},
+                         cache_dir=str(tmp_path / "c0"))
+    b = task.build(0)
+    orig = copy.deepcopy(b.net)
+    m = make("uce", b, erase_scale=2.0)
+    m.setup()
+    table = orig.embeds.double()
+    kept = list(b.retain_concepts) + [0]
+    for name, mod in orig.unet.named_modules():
+        if "attn2" in name and (name.endswith("to_k") or name.endswith("to_v")):
+            w = mod.weight.double()
+            mat1, mat2 = 0.5 * w, 0.5 * torch.eye(w.shape[1], dtype=torch.float64)
+            for e in b.forget_concepts:
+                c, g = table[e].T, table[0].T  # [d, 77]: one column per token
+                mat1 += 2.0 * (w @ g) @ c.T
+                mat2 += 2.0 * c @ c.T
+            for p in kept:
+                c = table[p].T
+                mat1 += (w @ c) @ c.T
+                mat2 += c @ c.T
+            ref = mat1 @ torch.inverse(mat2)
+            assert torch.allclose(b.net.unet.get_submodule(name).weight.double(), ref, atol=1e-5, rtol=1e-4), name
+    cfg = write_config(tmp_path / "sd.yaml", {"forget": "object", "eval_prompts": 1, **CLIP_OPTIONS, **FAST},
+                       {"uce": [1.0], "ca": [2]})
+    out = tmp_path / "run"
+    from unlearnbench.cli.main import main
+
+    rc = main(["run", "--task", "sd-concept", "--model", str(sd), "--methods", "uce,ca", "--grid", "eps", "--config",
+               str(cfg), "--set", "methods.ca.batch_size=2", "--executor", "serial", "--no-leaderboard",
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    assert rc == 0, capsys.readouterr()
+    recs = {r["method"]: r for r in records(out)}
+    assert all(r["status"] == "ok" for r in recs.values()), [r["error"] for r in recs.values()]
+    assert recs["uce"]["train"]["steps"] == 0 and recs["ca"]["train"]["steps"] == 2
+    assert recs["ca"]["method_config"]["trainable"] == "xattn-kv"
+
+
+def test_fmn_and_mace_refuse_sd_concept(sd, tmp_path, capsys):
+    from unlearnbench.cli.main import main
+
+    for name in ("fmn", "mace"):
+        rc = main(["run", "--task", "sd-concept", "--model", str(sd), "--methods", name, "--executor", "serial",
+                   "--dry-run", "--out", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert rc == 2 and name in err and "sd-concept" in err, err
