@@ -71,7 +71,9 @@ def masked_attention(probs: list[Tensor], masks: dict[int, Tensor], positions: T
 
 @METHODS.register("mace")
 class MACE(PromptSideMethod):
-    """MACE in three stages, all on the cross-attention keys and values (``attn2.to_k``, ``attn2.to_v``):
+    """MACE: a closed-form refinement, one rank-1 LoRA per erased concept trained against the concept's attention
+    inside its mask, and a closed-form fusion of the LoRAs, all on the cross-attention keys and values (``attn2.to_k``,
+    ``attn2.to_v``). The stages:
 
     1. refinement (``setup``): each projection W becomes :func:`ridge_solve` with the erased prompts' tokens mapped to
        W times the null prompt's tokens (the mapping concept) and the kept prompts' tokens to their own outputs

@@ -55,7 +55,7 @@ CASES = [  # (arguments, substrings the message must hold)
     ([*RUN, "--set", "methods.rkl.n_estimate=0"], ["n_estimate=0 is out of range", "valid: an integer > 0"]),
     ([*RUN, "--set", "methods.rkl.dual_warmup=-3"], ["dual_warmup", "must be >= 0", "got 0.05, -3"]),
     ([*RUN, "--set", "methods.rkl.trainable=foo"], ["trainable='foo' is not a valid choice",
-                                                   "valid: full, xattn, noxattn, lora"]),
+                                                   "valid: full, xattn, xattn-kv, noxattn, lora"]),
     ([*RUN, "--set", "methods.rkl.train_null=maybe"], ["train_null='maybe' is not a boolean", "valid: true or false"]),
     ([*RUN, "--set", "methods.esd.grad_clip=-1"], ["grad_clip=-1.0 is out of range", "valid: a finite number >= 0"]),
     ([*RUN, "--set", "task.eval_samples=abc"], ["task.eval_samples='abc' is not an integer", "valid: a whole number"]),
