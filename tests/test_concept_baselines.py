@@ -411,10 +411,12 @@ def test_uce_and_ca_on_sd_concept(sd, tmp_path, capsys):
 
 
 def test_fmn_and_mace_refuse_sd_concept(sd, tmp_path, capsys):
+    from paper_fixtures import CLIP_OPTIONS, FAST, write_config
     from unlearnbench.cli.main import main
 
+    cfg = write_config(tmp_path / "sd.yaml", {"forget": "object", **CLIP_OPTIONS, **FAST}, {"fmn": [1], "mace": [1]})
     for name in ("fmn", "mace"):
-        rc = main(["run", "--task", "sd-concept", "--model", str(sd), "--methods", name, "--executor", "serial",
-                   "--dry-run", "--out", str(tmp_path / name)])
+        rc = main(["run", "--task", "sd-concept", "--model", str(sd), "--methods", name, "--config", str(cfg),
+                   "--executor", "serial", "--dry-run", "--out", str(tmp_path / name)])
         err = capsys.readouterr().err
         assert rc == 2 and name in err and "sd-concept" in err, err
