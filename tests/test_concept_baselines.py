@@ -420,3 +420,13 @@ def test_fmn_and_mace_refuse_sd_concept(sd, tmp_path, capsys):
                    "--executor", "serial", "--dry-run", "--out", str(tmp_path / name)])
         err = capsys.readouterr().err
         assert rc == 2 and name in err and "sd-concept" in err, err
+
+
+def test_steps_flag_passes_over_the_closed_form_method(tmp_path):
+    """``--steps N`` sets the optimizer steps of every trained method; UCE, a closed-form edit, takes none and is
+    planned without it (a sweep of several methods with --steps still runs)."""
+    from unlearnbench.config import plan_trials
+
+    plan = plan_trials("digits-concept", "uce,ca", "smoke", "0", run_dir=str(tmp_path / "r"), steps=7)
+    cfg = {t["method"]: t["method_config"] for t in plan.trials}
+    assert "steps" not in cfg["uce"] and cfg["ca"]["steps"] == 7
