@@ -1,4 +1,4 @@
-"""``unlearnbench`` command line: run, ls, pretrain, leaderboard, claims, compare, validate, attack."""
+"""``unlearnbench`` command line: run, ls, pretrain, leaderboard, claims, compare, validate, attack, evaluate."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import sys
 from unlearnbench import __version__
 from unlearnbench.cli import attack as attack_cmd
 from unlearnbench.cli import compare as compare_cmd
+from unlearnbench.cli import evaluate as evaluate_cmd
 from unlearnbench.cli import ls as ls_cmd
 from unlearnbench.cli import run as run_cmd
 from unlearnbench.registry import UnknownNameError
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_pretrain_parser(sub)
     attack_cmd.add_parser(sub)
     compare_cmd.add_parser(sub)
+    evaluate_cmd.add_parser(sub)
     try:
         from unlearnbench.cli import leaderboard as lb_cmd
     except ImportError:  # pragma: no cover - optional during development
