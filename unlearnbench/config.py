@@ -303,7 +303,7 @@ def applicable_methods(task_cls: type, grid: str | None) -> list[str]:
             continue
         if task_cls.kind not in cls.kinds or cls.unsupported_reason(task_cls):
             continue
-        if grid is None or is_grid_file(grid) or name in task_cls.grids.get(grid, {}) or \
+        if grid is None or is_grid_file(grid) or set(cls.lineage()) & set(task_cls.grids.get(grid, {})) or \
                 cls.declared_grid(task_cls.kind, grid) is not None:
             out.append(name)
     return out

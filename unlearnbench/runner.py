@@ -35,7 +35,8 @@ def seed_everything(seed: int) -> torch.Generator:
 def build_method_config(task, method: str, overrides: dict[str, Any], grid: dict | None):
     """Method defaults < the task's defaults for that method < user overrides < the grid value."""
     cls = METHODS.get(method)
-    values = dict(getattr(task, "method_defaults", {}).get(method, {}))
+    defaults = getattr(task, "method_defaults", {})  # a subclass of a built-in method takes its parent's defaults
+    values = dict(next((defaults[n] for n in cls.lineage() if n in defaults), {}))
     values.update(overrides or {})
     if grid is not None:
         values[grid["param"]] = grid["value"]

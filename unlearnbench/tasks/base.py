@@ -274,15 +274,22 @@ class Task(abc.ABC):
         """Score ``bundle.net`` against the pretrained model; keys are metric names."""
 
     def grid(self, grid_name: str, method: str) -> list[float]:
-        """Values of ``grid_name`` for ``method``: the task's own, else the method's declared defaults for this kind."""
+        """Values of ``grid_name`` for ``method``: the task's own for it, else what its class declares for this kind;
+        then the same for each method it subclasses, nearest first (a plugin subclass of a built-in method runs with
+        its parent's values here unless it declares its own)."""
         from unlearnbench.methods import METHODS
 
         own = self.grids.get(grid_name, {})
+        cls = METHODS.get(method)
         if method in own:
             return list(own[method])
-        declared = METHODS.get(method).declared_grid(self.kind, grid_name)
-        if declared is not None:
-            return declared
+        for klass in cls.__mro__:  # its own declared values, then the nearest parent's (the task's, else declared)
+            name = vars(klass).get("name")
+            if klass is not cls and isinstance(name, str) and name in own and name in cls.lineage():
+                return list(own[name])
+            declared = vars(klass).get("default_grids", {}).get(self.kind, {}).get(grid_name)
+            if declared is not None:
+                return [float(v) for v in declared]
         if grid_name not in self.grid_names(method):
             raise ValueError(f"task {self.name} has no grid {grid_name!r}; valid: {', '.join(self.grid_names(method))}")
         raise ValueError(f"grid {grid_name!r} of task {self.name} has no values for method {method!r}; "
