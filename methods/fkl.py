@@ -61,6 +61,11 @@ class ForwardKL(DataBatches, ConstrainedMethod):
         share = float(b.extras.get("forget_fraction", counts.sum() / b.train_data.shape[0]))
         return counts / counts.sum() * share
 
+    def dual_floor(self) -> float:
+        """A tenth of the duals' range ``sum_i w_i`` (``lambda_i = w_i`` is retraining): a dual within noise of 0,
+        whose constraint the pretrained model already meets, is settled when it moves by under 0.5 % of its range."""
+        return 0.1 * float(self.forget_weights().sum())
+
     def project(self) -> None:
         """Box ``[0, w_i]`` (the minimiser stays a density), then ``Lambda <= 1 - delta``."""
         self.duals.copy_(torch.minimum(self.duals.clamp(min=0.0), self.forget_weights()))

@@ -118,13 +118,14 @@ def test_erasediff_adaptive_lambda_matches_train_ours(data_bundle):
 # -- registry, grids and refusals --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,param", [("neggrad", "steps"), ("naive", "steps"), ("erasediff", "lambda_bome")])
 def test_data_baselines_are_registered_with_grids_on_the_data_tasks(name, param, concept_bundle):
+    from unlearnbench.config import grid_values
     from unlearnbench.tasks import TASKS
 
     cls = METHODS.get(name)
     assert cls.kinds == ("data",) and cls.grid_params["eps"] == param
     for task in ("gmm-data", "digits-data"):
-        values = TASKS.get(task)().grid("eps", name)
+        values = grid_values(TASKS.get(task)(), "eps", name)
         assert len(values) == 6 and values == sorted(values), (task, values)
-        assert len(TASKS.get(task)().grid("smoke", name)) == 2
+        assert len(grid_values(TASKS.get(task)(), "smoke", name)) == 2
     with pytest.raises(ValueError, match="applies to data tasks, not concept"):
         make(name, concept_bundle)

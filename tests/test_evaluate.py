@@ -72,7 +72,7 @@ def test_outside_checkpoint_is_scored_like_the_trial_and_enters_the_leaderboard(
 
 
 def test_saved_trial_folder_is_accepted_and_attack_reads_the_copy(saved_run, tmp_path, capsys):
-    from unlearnbench.attack import plan_attacks
+    from unlearnbench.robustness.plan import plan_attacks
 
     run, by_seed = saved_run
     trial_dir = run / "artifacts" / by_seed[1]["trial_id"]  # the folder --save-models wrote, model/ inside

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import cli, install_fake_plugin
-from unlearnbench.config import plan_trials
+from unlearnbench.config import grid_names, grid_values, plan_trials
 from unlearnbench.methods import METHODS, Method
 from unlearnbench.tasks import TASKS
 
@@ -147,13 +147,13 @@ def test_task_values_override_declared_defaults_and_subclasses_inherit():
     METHODS.register(reg_name)(Child)
     try:
         task = TASKS.get("gmm-concept")()
-        assert task.grid("eps", "child") == [3.0]
-        assert task.grid("wide", "child") == [1.0, 10.0]
-        assert "wide" in task.grid_names("child") and "wide" not in task.grid_names()
+        assert grid_values(task, "eps", "child") == [3.0]
+        assert grid_values(task, "wide", "child") == [1.0, 10.0]
+        assert "wide" in grid_names(task, "child") and "wide" not in grid_names(task)
         task.grids = {**task.grids, "eps": {**task.grids["eps"], "child": [7.0]}}
-        assert task.grid("eps", "child") == [7.0], "a task's own values win"
+        assert grid_values(task, "eps", "child") == [7.0], "a task's own values win"
         with pytest.raises(ValueError, match="has no grid 'nope'; valid: eps, smoke, wide"):
-            task.grid("nope", "child")
+            grid_values(task, "nope", "child")
     finally:
         METHODS._items.pop(reg_name)
         METHODS._origin.pop(reg_name)
@@ -179,7 +179,7 @@ def test_plugin_subclass_of_a_builtin_runs_with_its_parents_grid_values_and_defa
     """A plugin's ``class Mine(ESD)`` that declares no grid runs each task's ESD grid with the task's ESD settings; one
     that declares its own values runs those; the built-ins that subclass each other keep only their own names."""
     from unlearnbench.methods.esd import ESD
-    from unlearnbench.runner import build_method_config
+    from unlearnbench.config import build_method_config
 
     class PluginESD(ESD):  # defined outside unlearnbench.methods: a plugin's class
         name = "plugin-esd"
@@ -194,10 +194,10 @@ def test_plugin_subclass_of_a_builtin_runs_with_its_parents_grid_values_and_defa
         assert PluginESD.lineage() == ["plugin-esd", "esd"]
         gmm = TASKS.get("gmm-concept")()
         for grid in ("eps", "smoke"):
-            assert gmm.grid(grid, "plugin-esd") == gmm.grid(grid, "esd"), grid
+            assert grid_values(gmm, grid, "plugin-esd") == grid_values(gmm, grid, "esd"), grid
         plan = plan_trials("gmm-concept", "plugin-esd,plugin-esd-own", "eps", run_dir=str(tmp_path / "r"))
         values = {m: [t["grid"]["value"] for t in plan.trials if t["method"] == m] for m in ("plugin-esd", "plugin-esd-own")}
-        assert values == {"plugin-esd": gmm.grid("eps", "esd"), "plugin-esd-own": [0.25, 4.0]}
+        assert values == {"plugin-esd": grid_values(gmm, "eps", "esd"), "plugin-esd-own": [0.25, 4.0]}
         assert {t["grid"]["param"] for t in plan.trials} == {"eta"}
         every = {t["method"] for t in plan_trials("gmm-concept", "all", "eps", run_dir=str(tmp_path / "r")).trials}
         assert {"plugin-esd", "plugin-esd-own", "esd"} <= every

@@ -187,7 +187,8 @@ def plan_external(task: str, model: str, name: str, seeds: str | list[int] = "0"
 def evaluate_external(plan: ExternalPlan, echo: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Score the checkpoint with the task's evaluation for each seed; appends and returns the records."""
     from unlearnbench.records import append_record
-    from unlearnbench.runner import base_record, relative_artifacts, seed_everything
+    from unlearnbench.records import base_record, relative_artifacts
+    from unlearnbench.runner import seed_everything
     from unlearnbench.saving import save_unlearned
 
     records = []
