@@ -129,3 +129,23 @@ def test_data_baselines_are_registered_with_grids_on_the_data_tasks(name, param,
         assert len(grid_values(TASKS.get(task)(), "smoke", name)) == 2
     with pytest.raises(ValueError, match="applies to data tasks, not concept"):
         make(name, concept_bundle)
+
+
+def test_data_baselines_step_on_the_ddpm_data_bundle(tmp_path):
+    """ddpm-data's bundle (a tiny random DDPM saved with save_pretrained) serves all three: a step's terms are finite
+    and reach the UNet; the sweep plans each method's declared grid there."""
+    from paper_fixtures import FAST, ddpm_dir, image_folder
+    from unlearnbench.config import plan_trials
+    from unlearnbench.tasks.ddpm import DDPMDataTask
+
+    opts = {"model": str(ddpm_dir(tmp_path)), "forget_dir": str(image_folder(tmp_path / "forget", 2, seed=0)),
+            "kid_features": "none", "train_size": 1000, **FAST}
+    b = DDPMDataTask(opts, cache_dir=str(tmp_path / "cache")).build(0)
+    for name in ("neggrad", "naive", "erasediff"):
+        m = METHODS.get(name)(METHODS.get(name).Config(batch_size=2), b, torch.Generator().manual_seed(0))
+        grads = one_step(m)
+        assert all(torch.isfinite(g).all() for g in grads) and any(float(g.abs().max()) > 0 for g in grads), name
+    plan = plan_trials("ddpm-data", "neggrad,naive,erasediff", "smoke", "0", run_dir=str(tmp_path / "r"),
+                       config={"task": opts})
+    assert {t["method"]: t["grid"]["param"] for t in plan.trials} == {"neggrad": "steps", "naive": "steps",
+                                                                      "erasediff": "lambda_bome"}

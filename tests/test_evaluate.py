@@ -115,3 +115,31 @@ def test_missing_and_mismatched_checkpoints_are_refused_before_any_work(saved_ru
                        "--name", "rkl", "--out", str(out))
     assert rc == 2 and "--name rkl" in text
     assert not out.exists(), "refused before anything was written"
+
+
+def test_a_diffusers_folder_is_the_task_model_on_ddpm_data(tmp_path, capsys):
+    """On the tasks that load your weights, an unlearned diffusers folder is scored as the task's model; a state dict
+    needs the base model it was trained from; a diffusers folder on a task that builds its own network is refused."""
+    from paper_fixtures import FAST, ddpm_dir, image_folder
+
+    model = ddpm_dir(tmp_path)
+    sets = [f"task.forget_dir={image_folder(tmp_path / 'forget', 2, seed=0)}", "task.kid_features=none",
+            "task.train_size=1000", "task.elbo_t=2", "task.n_retain_eval=4", *[f"task.{k}={v}" for k, v in FAST.items()]]
+    out = tmp_path / "ev"
+    rc, text = run_cli(capsys, "evaluate", "--task", "ddpm-data", "--model", str(model), "--name", "theirs",
+                       "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *[a for s in sets for a in ("--set", s)])
+    assert rc == 0, text
+    (rec,) = records(out)
+    assert rec["status"] == "ok" and rec["task"]["options"]["model"] == str(model.resolve())
+    assert rec["external"]["format"] == "diffusers" and "model" not in rec["artifacts"]
+    assert {"regen_rate", "forget_bpd", "retain_bpd"} <= set(rec["metrics"])
+    state = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(state))
+    rc, text = run_cli(capsys, "evaluate", "--task", "ddpm-data", "--model", str(state), "--name", "theirs",
+                       "--out", str(tmp_path / "ev2"), *[a for s in sets for a in ("--set", s)])
+    assert rc == 2 and "--set task.model=PATH" in text
+    rc, text = run_cli(capsys, "evaluate", "--task", "gmm-concept", "--model", str(model), "--name", "theirs",
+                       "--out", str(tmp_path / "ev3"))
+    assert rc == 2 and "a diffusers folder, but task gmm-concept builds its own network" in text

@@ -169,14 +169,14 @@ def plan_external(task: str, model: str, name: str, seeds: str | list[int] = "0"
     options = dict(cfg.get("task") or {})
     if ckpt.format == "diffusers":
         options["model"] = str(ckpt.path)
+    elif "model" in task_cls.default_options and "model" not in options:
+        raise ConfigError(f"evaluate --task {task_name}: {ckpt.format} weights go on the base model they were trained "
+                          f"from: give it with --set task.model=PATH")
     try:
         task_obj = task_cls(options, cache_dir=cache_dir)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     options = {k: task_obj.options[k] for k in options}
-    if ckpt.format != "diffusers" and "model" in task_cls.default_options and "model" not in options:
-        raise ConfigError(f"evaluate --task {task_name}: {ckpt.format} weights go on the base model they were trained "
-                          f"from: give it with --set task.model=PATH")
     seed_list = parse_seeds(seeds)
     run_dir = os.path.abspath(run_dir)
     check_name("run name (the last part of the run directory)", os.path.basename(run_dir))
