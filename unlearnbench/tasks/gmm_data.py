@@ -50,7 +50,8 @@ class GMMDataTask(_GMMTask):
     default_steps = 600
     # dual_lr 0.01 swung lambda between 0 and its cap 1/N = 0.017 every few updates (measured); 0.001 moves it by 6% of
     # the cap per nat of violation
-    method_defaults = {"fkl": {"lr": 3e-4, "dual_lr": 0.001, "n_estimate": 256}, "siss": {"lr": 3e-4}}
+    # final_estimates: the "constraints met" verdict on 8 estimates and their standard error (unlearnbench.methods._constrained)
+    method_defaults = {"fkl": {"lr": 3e-4, "dual_lr": 0.001, "n_estimate": 256, "final_estimates": 8}, "siss": {"lr": 3e-4}}
     # KLs in nats between 2-D densities: a model 50 nats from the retrained one, or from the pretrained one, has broken
     # down (SISS at scaling_norm >= 0.1 reaches 1e11-1e22; at 0.001-0.01 it puts one forget point 1e4-1e6 nats away and
     # kl_pretrained at 100-1e5, far past the retrained model, which is a few nats from the pretrained one). The forget
@@ -121,11 +122,40 @@ class GMMDataTask(_GMMTask):
         sub = self.exact().mix.subset(keep)
         return ExactEps(sub, sub.log_w[None].clone(), self.schedule)
 
+    def dual_bounds(self) -> list[float]:
+        """fkl's exact dual bounds, the oracle's: the largest ``lambda_i`` for which ``q - sum_j lambda_j q_u^j``
+        stays a density (its negative part under ``1 - rho_min`` of the positive one on the oracle's grid, as
+        :meth:`DataOracle.solve` requires) with every other group at its own share ``w_j``, capped by the hull bound
+        (``w_i`` for a point on the hull of the data, such as the outlier). An interior point's bound exceeds its share
+        ``1/N``: its neighbours' density covers the hole that removing more than its own mass digs (the densest point:
+        see ``tests/test_gmm.py``)."""
+        if "dual_bounds" not in self._oracle_cache:
+            o = self._oracles()[0]
+            out = []
+            for i in range(o.m):
+                def ok(v: float, i: int = i) -> bool:
+                    lam = o.w0.copy()
+                    lam[i] = v
+                    return float(o._parts(lam)[1].max()) <= 1 - o.rho_min and lam.sum() < 1
+                cap = min(o.hull_bound[i], 1.0)
+                lo, hi = float(o.w0[i]), cap
+                if ok(hi):
+                    out.append(hi)
+                    continue
+                for _ in range(60):  # bisection: ok(lo) holds (the share removes the component), ok(hi) does not
+                    mid = 0.5 * (lo + hi)
+                    lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+                out.append(lo)
+            self._oracle_cache["dual_bounds"] = out
+        return list(self._oracle_cache["dual_bounds"])
+
     def build(self, seed: int, device: torch.device | str = "cpu") -> ModelBundle:
         pts = torch.as_tensor(data_points(), dtype=torch.float32)
         F, R = self.split()
-        return self._bundle(device, train_data=pts, forget_data=pts[F], retain_data=pts[R],
-                            data_noise=float(self.options["data_noise"]))
+        bundle = self._bundle(device, train_data=pts, forget_data=pts[F], retain_data=pts[R],
+                              data_noise=float(self.options["data_noise"]))
+        bundle.extras["dual_bounds"] = self.dual_bounds()
+        return bundle
 
     @torch.no_grad()
     def evaluate(self, bundle: ModelBundle, seed: int) -> dict[str, MetricValue]:
