@@ -69,3 +69,23 @@ def fake_inception_file(folder: Path, name: str = "inception-2015-12-05.pt") -> 
     folder.mkdir(parents=True, exist_ok=True)
     torch.jit.save(torch.jit.script(FakeInception()), str(folder / name))
     return folder / name
+
+
+def run_main(capsys, args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI in this process (``unlearnbench.cli.main.main``): what :func:`cli` returns, without a Python start-up
+    and imports per call. ``env_extra`` is set for the call only."""
+    from unlearnbench.cli.main import main
+
+    capsys.readouterr()  # what earlier calls printed is not this call's output
+    saved = {k: os.environ.get(k) for k in env_extra or {}}
+    os.environ.update(env_extra or {})
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["unlearnbench", *args], code, out.out, out.err)
