@@ -243,3 +243,18 @@ def test_unwritable_record_stops_the_whole_tune_experiment(tmp_path):
     recorder.on_trial_result(0, [], None, {"record": json.dumps(rec)})
     assert stopper.stop_all() and stopper("t1", {})
     assert recorder.abort.startswith("could not write the record of trial 't0'") and lines[0].startswith("[1/2] t0")
+
+
+def test_a_ray_initialised_in_the_process_is_used_not_restarted(shared_ray):
+    """A user (notebook, cluster job, test session) who called ``ray.init`` runs the sweep on that instance; an
+    ``--address`` besides it is refused with both named, and the instance is left running."""
+    from unlearnbench.cluster import ClusterError, ray_is_local, ray_session
+
+    gcs = shared_ray.get_runtime_context().gcs_address
+    with ray_session(None, num_cpus=1, gpus_per_trial=0):
+        assert shared_ray.get_runtime_context().gcs_address == gcs and ray_is_local()
+    assert shared_ray.is_initialized()
+    with pytest.raises(ClusterError, match=r"--address 127.0.0.1:1: Ray is already initialised in this process"):
+        with ray_session("127.0.0.1:1", None, 0):
+            pass
+    assert shared_ray.is_initialized()
