@@ -73,15 +73,23 @@ def fake_inception_file(folder: Path, name: str = "inception-2015-12-05.pt") -> 
 
 def run_main(capsys, args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """The CLI in this process (``unlearnbench.cli.main.main``): what :func:`cli` returns, without a Python start-up
-    and imports per call. ``env_extra`` is set for the call only."""
+    and imports per call. Log records go to stderr as the CLI's own logging set-up writes them in a process of its
+    own (pytest's handlers stop ``logging.basicConfig`` here). ``env_extra`` is set for the call only."""
+    import logging
+    import sys
+
     from unlearnbench.cli.main import main
 
     capsys.readouterr()  # what earlier calls printed is not this call's output
     saved = {k: os.environ.get(k) for k in env_extra or {}}
     os.environ.update(env_extra or {})
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger().addHandler(handler)
     try:
         code = main([str(a) for a in args])
     finally:
+        logging.getLogger().removeHandler(handler)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
