@@ -118,23 +118,13 @@ def toy_plugin_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def toy(toy_plugin_dir, monkeypatch):
+def toy(toy_plugin_dir):
     """The toy plugin (task ``toy``, method ``mymethod``) registered in this process from its entry points, as an
     installed plugin is; the registries and ``sys.path`` are as before afterwards."""
-    from importlib import metadata
+    from helpers import plugins_registered
 
-    from unlearnbench.methods import METHODS
-    from unlearnbench.tasks import TASKS
-
-    monkeypatch.syspath_prepend(str(toy_plugin_dir))
-    saved = [(reg, {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(reg).items()})
-             for reg in (TASKS, METHODS)]
-    dist = next(iter(metadata.distributions(path=[str(toy_plugin_dir)])))
-    for reg in (TASKS, METHODS):
-        reg.load_plugins([ep for ep in dist.entry_points if ep.group == reg.entry_point_group])
-    yield toy_plugin_dir
-    for reg, state in saved:
-        vars(reg).update(state)
+    with plugins_registered(toy_plugin_dir):
+        yield toy_plugin_dir
 
 
 @pytest.fixture(scope="session")

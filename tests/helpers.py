@@ -2,6 +2,7 @@
 for clean-fid's Inception weights (which never reach these machines)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,6 +22,31 @@ def install_fake_plugin(root: Path) -> Path:
         "[unlearnbench.methods]\nmymethod = ub_toy_plugin:MyMethod\n\n"
         "[unlearnbench.tasks]\ntoy = ub_toy_plugin:ToyTask\n")
     return root
+
+
+@contextlib.contextmanager
+def plugins_registered(*folders: Path):
+    """The plugin distributions installed in ``folders`` (dist-infos with entry points) importable and registered in
+    this process, as ``registry.load_plugins`` registers an installed plugin; ``sys.path`` and the registries are as
+    before afterwards."""
+    from importlib import metadata
+
+    from unlearnbench.methods import METHODS
+    from unlearnbench.tasks import TASKS
+
+    regs = (TASKS, METHODS)
+    saved_path = list(sys.path)
+    saved = [{k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(reg).items()} for reg in regs]
+    sys.path[:0] = [str(f) for f in folders]
+    try:
+        for dist in metadata.distributions(path=[str(f) for f in folders]):
+            for reg in regs:
+                reg.load_plugins([ep for ep in dist.entry_points if ep.group == reg.entry_point_group])
+        yield
+    finally:
+        sys.path[:] = saved_path
+        for reg, state in zip(regs, saved):
+            vars(reg).update(state)
 
 
 def cli(args: list[str], env_extra: dict | None = None, cwd: str | None = None, timeout: int = 300,
