@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, install_fake_plugin
+from helpers import cli, install_fake_plugin, plugins_registered, run_main
 from unlearnbench.config import grid_names, grid_values, plan_trials
 from unlearnbench.methods import METHODS, Method
 from unlearnbench.tasks import TASKS
@@ -51,16 +51,19 @@ def records(out):
     return [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
 
 
-def test_plugin_distribution_is_listed_and_runs_with_its_own_grid(installed_plugin, tmp_path):
-    """Fast round trip on the toy task, whose grids do not name the plugin: the declared values are used."""
+def test_plugin_distribution_is_listed_and_runs_with_its_own_grid(installed_plugin, tmp_path, capsys):
+    """Fast round trip on the toy task, whose grids do not name the plugin: the declared values are used. A process
+    of its own finds the installed distributions by their entry points."""
     both = os.pathsep.join([str(installed_plugin), str(install_fake_plugin(tmp_path / "toy"))])
     r = cli(["ls", "methods", "mine"], plugin_path=both)
     assert r.returncode == 0, r.stderr
     assert "plugin unlearnbench-mine" in r.stdout and "--grid eps: 0.5, 2" in r.stdout
     assert "one of: null, kept" in r.stdout
     out = tmp_path / "run"
-    r = cli(["run", "--task", "toy", "--methods", "mine", "--grid", "eps", "--steps", "2", "--executor", "serial",
-             "--no-leaderboard", "--set", "methods.mine.target=kept", "--out", str(out)], plugin_path=both)
+    with plugins_registered(*map(Path, both.split(os.pathsep))):  # found as above; run in this process
+        r = run_main(capsys, ["run", "--task", "toy", "--methods", "mine", "--grid", "eps", "--steps", "2",
+                              "--executor", "serial", "--no-leaderboard", "--set", "methods.mine.target=kept",
+                              "--out", str(out)])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     recs = records(out)
     assert sorted(rec["grid"]["value"] for rec in recs) == [0.5, 2.0], "the plugin's declared grid values"
@@ -81,10 +84,11 @@ def test_plugin_distribution_runs_end_to_end_on_gmm_concept(installed_plugin, tm
     assert all("kl_concept_min" in rec["metrics"] and rec["train"]["steps"] == 2 for rec in recs)
 
 
-def test_plugin_settings_are_checked_before_work(installed_plugin, tmp_path):
+def test_plugin_settings_are_checked_before_work(installed_plugin, tmp_path, capsys):
     out = tmp_path / "bad"
-    r = cli(["run", "--task", "gmm-concept", "--methods", "mine", "--set", "methods.mine.target=both",
-             "--out", str(out)], plugin_path=installed_plugin)
+    with plugins_registered(installed_plugin):
+        r = run_main(capsys, ["run", "--task", "gmm-concept", "--methods", "mine", "--set", "methods.mine.target=both",
+                              "--out", str(out)])
     assert r.returncode == 2 and "target='both' is not a valid choice; valid: null, kept" in r.stderr
     assert not out.exists()
 
