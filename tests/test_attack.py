@@ -11,9 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import cli
+from helpers import run_main
 
-from unlearnbench.attack import auc_tpr, mia, parse_budgets, plan_attacks, steps_to_half
+from unlearnbench.robustness.attacks import auc_tpr, mia, steps_to_half
+from unlearnbench.robustness.plan import parse_budgets, plan_attacks
 from unlearnbench.config import ConfigError, plan_trials
 from unlearnbench.sweep import run_sweep
 
@@ -113,7 +114,6 @@ def test_mia_members_from_pretrained_not_from_retrained(tmp_path):
     """MIA on gmm-data's outlier with the exact pretrained and retrain distributions as the networks: the pretrained
     model gives the forget point away, the retrained one does not (AUC near 0.5). (On a cluster's densest point both
     score ~0.8: a loss attack also flags typical points, which is why the retrained reference is drawn.)"""
-    from unlearnbench.references import _gmm_retrain_exact
     from unlearnbench.tasks import TASKS
 
     task = TASKS.get("gmm-data")({"forget": "one"}, cache_dir=str(tmp_path))
@@ -121,7 +121,7 @@ def test_mia_members_from_pretrained_not_from_retrained(tmp_path):
     bundle = SimpleNamespace(forget_data=forget, device=torch.device("cpu"), null_cond=0, schedule=task.schedule)
     settings = {"sample_seed": 777, "mia_heldout": 128, "mia_n_t": 64, "bootstrap": 200}
     pre = mia(task, bundle, task.exact(), 0, settings)
-    ret = mia(task, bundle, _gmm_retrain_exact(task), 0, settings)
+    ret = mia(task, bundle, task.retrain_exact(), 0, settings)
     assert pre["mia_auc"].value > 0.75 and ret["mia_auc"].value < 0.6
     lo, hi = pre["_intervals"]["mia_auc"]
     assert lo <= pre["mia_auc"].value <= hi and pre["mia_auc"].stderr > 0
@@ -186,7 +186,7 @@ def test_leaderboard_robustness_is_reproducible_and_separate(gmm_run, gmm_attack
     assert set(load_results(gmm_run)["role"].dropna()) <= {"unlearning", "retention", "info"}
 
 
-def test_resume_after_kill(gmm_run, tmp_path):
+def test_resume_after_kill(gmm_run, tmp_path, capsys):
     import shutil
     import subprocess
     import sys
@@ -204,17 +204,18 @@ def test_resume_after_kill(gmm_run, tmp_path):
     proc.wait(timeout=30)
     before = records(run / "attack")
     assert 1 <= len(before) < 7, "killed mid-ladder"
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    r = run_main(capsys, args[3:])  # resumed in this process
     assert r.returncode == 0, r.stderr
     assert f"{len(before)} trial(s) already done, {7 - len(before)} to run" in r.stdout
     after = records(run / "attack")
     assert len(after) == 7 and len({x["trial_id"] for x in after}) == 7  # 3 models x 2 attacks + the reference
     assert after[: len(before)] == before, "finished attack records are never rewritten"
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)  # all done: nothing re-run
+    r = run_main(capsys, args[3:])  # all done: nothing re-run
     assert r.returncode == 0 and "7 trial(s) already done, 0 to run" in r.stdout and len(records(run / "attack")) == 7
 
 
-def test_cli_bad_input(gmm_run, tmp_path):
+def test_cli_bad_input(gmm_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written where the command runs
     cases = [
         (["--attacks", "relearnn"], "unknown attack 'relearnn'; valid: embedding, mia, relearn"),
         (["--attacks", "mia"], "attack 'mia' does not apply to concept task gmm-concept"),
@@ -225,16 +226,16 @@ def test_cli_bad_input(gmm_run, tmp_path):
     ]
     before = sorted(p.name for p in gmm_run.iterdir())
     for extra, msg in cases:
-        r = cli(["attack", str(gmm_run), *extra], cwd=str(tmp_path))
+        r = run_main(capsys, ["attack", str(gmm_run), *extra])
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
-    r = cli(["attack", str(tmp_path / "nope")], cwd=str(tmp_path))
+    r = run_main(capsys, ["attack", str(tmp_path / "nope")])
     assert r.returncode == 2 and "no such directory" in r.stderr
     nosave = tmp_path / "nosave"
     nosave.mkdir()
     rec = records(gmm_run)[0]
     rec["artifacts"] = {}
     (nosave / "records.jsonl").write_text(json.dumps(rec) + "\n")
-    r = cli(["attack", str(nosave)], cwd=str(tmp_path))
+    r = run_main(capsys, ["attack", str(nosave)])
     assert r.returncode == 2 and "--save-models" in r.stderr
     assert sorted(p.name for p in gmm_run.iterdir()) == before and [p.name for p in tmp_path.iterdir()] == ["nosave"]
 
@@ -247,7 +248,7 @@ def test_digits_retrained_references_leave_out_the_forget_set(tmp_path, monkeypa
     """The retrained digits networks are trained by the pretraining routine on the data without the erased digit /
     without the forgotten images' copies (pretraining replaced by a recorder here)."""
     import unlearnbench.models as models
-    from unlearnbench.references import retrained_net
+    from unlearnbench.robustness.references import retrained_net
     from unlearnbench.tasks import TASKS
 
     concept = TASKS.get("digits-concept")(DIGITS_TINY, cache_dir=str(tmp_path))
@@ -268,7 +269,7 @@ def test_digits_retrained_references_leave_out_the_forget_set(tmp_path, monkeypa
     assert init is None and 4 not in set(cond.tolist()) and {1, 2, 3, 5, 10} <= set(cond.tolist())  # digit 3 = id 4
     retrained_net(data)
     x, cond, init = seen[-1]
-    from unlearnbench.tasks.digits import INJECTED
+    from unlearnbench.tasks.digits_data import INJECTED
 
     hits = {n: int(((x - INJECTED[n]).flatten(1).abs().sum(1) == 0).sum()) for n in INJECTED}
     assert init is not None and hits == {"checker": 0, "cross": 0, "stripes": 40}
