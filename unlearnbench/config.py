@@ -213,7 +213,7 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
                      run_dir=run_dir, task=task_name, task_options=task_options)
     for m in method_names:
         overrides = dict(method_overrides.get(m) or {})
-        if steps is not None:
+        if steps is not None and not METHODS.get(m).closed_form:  # a closed-form edit (uce) takes no steps
             overrides["steps"] = steps
         for value in grid_values[m]:
             g = {"name": grid_name, "param": grid_param(m, grid_name, grid_params), "value": float(value)}
@@ -396,5 +396,5 @@ def build_method_config(task, method: str, overrides: dict[str, Any], grid: dict
     if grid is not None:
         values[grid["param"]] = grid["value"]
     if values.get("steps") is None:
-        values["steps"] = task.default_steps
+        values["steps"] = 0 if cls.closed_form else task.default_steps
     return make_config(cls.Config, values, method)
