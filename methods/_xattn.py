@@ -16,6 +16,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from unlearnbench.methods.base import Method
+
 
 def unet_of(net: nn.Module) -> nn.Module:
     """The diffusers UNet inside a bundle's network (``net.unet``), or ``net`` itself."""
@@ -63,6 +65,23 @@ def prompt_side_reason(method: str, task) -> str | None:
                 f"the null prompt's distribution, which a prompt-side edit never touches; use a task that scores the "
                 f"erased prompts (e.g. digits-concept)")
     return None
+
+
+class PromptSideMethod(Method):
+    """A concept method acting on how prompts are read through cross-attention: refused on tasks that score the null
+    prompt (:func:`prompt_side_reason`) and on networks without prompt tokens."""
+
+    kinds = ("concept",)
+
+    @classmethod
+    def unsupported_reason(cls, task) -> str | None:
+        return prompt_side_reason(cls.name, task)
+
+    def __init__(self, cfg, bundle, generator):
+        super().__init__(cfg, bundle, generator)
+        if not has_prompt_tokens(bundle.net):
+            raise ValueError(f"{self.name} acts on the cross-attention (attn2) that reads the prompt tokens; this "
+                             f"task's network ({type(bundle.net).__name__}) has none")
 
 
 class AttentionProbs:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from unlearnbench.diffusion import ddim_sample, guided
 from unlearnbench.methods import METHODS
-from unlearnbench.methods._xattn import eps_with_tokens, prompt_side_reason, prompt_tokens
+from unlearnbench.methods._xattn import PromptSideMethod, eps_with_tokens, prompt_tokens
 from unlearnbench.methods.esd import ESD, ESDConfig, esd_target
 
 
@@ -41,7 +41,7 @@ class AdvUnlearnConfig(ESDConfig):
 
 
 @METHODS.register("advunlearn")
-class AdvUnlearn(ESD):
+class AdvUnlearn(PromptSideMethod, ESD):
     """AdvUnlearn with ``retain_train='reg'``: per step, one erased concept c, a DDIM stop step k, x_t of c sampled by
     the frozen model (guidance ``start_guidance`` 3) and x_r of ``retain_batch`` kept prompts r at the same k; the loss
     is ``MSE(eps_theta(x_t, [adv; c]), e_0 - eta (e_c - e_0)) + retain_weight * MSE(eps_theta(x_r, r), eps_orig(x_r,
@@ -86,7 +86,7 @@ class AdvUnlearn(ESD):
         if issubclass(task if isinstance(task, type) else type(task), PaperTask):
             return (f"advunlearn trains the prompt's encoder, but task {task.name} feeds its UNet precomputed text "
                     f"embeddings (no text encoder is loaded to train); use digits-concept")
-        return prompt_side_reason(cls.name, task)
+        return super().unsupported_reason(task)
 
     def __init__(self, cfg, bundle, generator):
         if getattr(bundle.net, "prompt_embedding", None) is None:

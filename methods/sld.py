@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from unlearnbench.methods import METHODS
-from unlearnbench.methods._xattn import eps_with_tokens, has_prompt_tokens, prompt_side_reason, prompt_tokens
-from unlearnbench.methods.base import Method, MethodConfig
+from unlearnbench.methods._xattn import PromptSideMethod, eps_with_tokens, prompt_tokens
+from unlearnbench.methods.base import MethodConfig
 
 # diffusers' SafetyConfig (pipelines/stable_diffusion_safe/__init__.py); MEDIUM is SLDPipeline's call defaults
 PRESETS: dict[str, dict[str, float]] = {
@@ -35,7 +35,6 @@ class SLDConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.steps = 0  # a sampler: nothing is trained, whatever the task's default step count
         if self.preset not in PRESETS:
             raise ValueError(f"sld preset={self.preset!r}; valid: {', '.join(PRESETS)}")
         for name in ("guidance_scale", "warmup_steps", "momentum_scale"):
@@ -109,7 +108,7 @@ class SafetyGuidance:
 
 
 @METHODS.register("sld")
-class SLD(Method):
+class SLD(PromptSideMethod):
     """SLD: sampling with safety guidance away from the erased prompts; the weights are the pretrained model's.
 
     Each guided sampler step computes ``e_u``, ``e_p`` (the prompt) and ``e_s`` (the safety concept) and moves the
@@ -119,7 +118,7 @@ class SLD(Method):
     ``pipelines/stable_diffusion_safe`` (``perform_safety_guidance``, the same equations; ``SafetyConfig`` presets
     WEAK / MEDIUM / STRONG / MAX).
 
-    How it runs here: the method trains nothing (``trains = False``: the runner skips the loop); ``setup`` puts a
+    How it runs here: the method trains nothing (``closed_form``: no optimizer step, ``steps`` 0); ``setup`` puts a
     :class:`SafetyGuidance` on the network as ``sampling_hook``, which every guided sampler applies (the task's
     evaluation, the attacks) and ``--save-models`` saves beside the weights (``sampling_hook.json``, restored by
     :func:`unlearnbench.saving.load_weights`); the record's ``sampling_hook`` names it.
@@ -140,18 +139,11 @@ class SLD(Method):
     kinds = ("concept",)
     Config = SLDConfig
     grid_params = {"eps": "guidance_scale"}
-    trains = False
+    closed_form = True  # nothing trains: setup() installs the sampler (steps 0, as a closed-form edit's)
     default_grids = {"concept": {"eps": [20.0, 100.0, 300.0, 1000.0, 2000.0, 5000.0], "smoke": [100.0, 2000.0]}}
-
-    @classmethod
-    def unsupported_reason(cls, task) -> str | None:
-        return prompt_side_reason(cls.name, task)
 
     def __init__(self, cfg, bundle, generator):
         super().__init__(cfg, bundle, generator)
-        if not has_prompt_tokens(bundle.net):
-            raise ValueError("sld needs a network that reads its prompt as cross-attention tokens (the safety concept "
-                             "is a prompt); this task's network has none")
         self.hook = SafetyGuidance(list(bundle.forget_concepts), cfg.settings())
 
     def trainable_parameters(self):
@@ -169,5 +161,5 @@ class SLD(Method):
         return SafetyGuidance(d["safety_prompts"], d["settings"])
 
     def losses(self) -> dict[str, Tensor]:
-        raise RuntimeError("sld trains nothing: it is a sampler (the runner skips training for trains = False)")
+        raise RuntimeError("sld trains nothing: it is a sampler (closed_form: the runner never calls losses)")
 

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from unlearnbench.methods import METHODS
-from unlearnbench.methods._xattn import eps_with_tokens, has_prompt_tokens, prompt_side_reason, prompt_tokens
+from unlearnbench.methods._xattn import PromptSideMethod, eps_with_tokens, prompt_tokens
 from unlearnbench.methods.esd import ESD, ESDConfig, esd_target
 
 
@@ -27,7 +27,7 @@ class SPMConfig(ESDConfig):
 
 
 @METHODS.register("spm")
-class SPM(ESD):
+class SPM(PromptSideMethod, ESD):
     """SPM (``erase_with_la``): per step, one erased concept c and a stop step k in [1, ddim_steps); x_t is sampled by
     the adapted model with c at guidance ``start_guidance`` (3) for k DDIM steps; the loss is
     ``MSE(eps_theta(x_t, c), e_0 - eta (e_c - e_0)) + la_strength * MSE(eps_theta(x_t, a), eps_orig(x_t, a))`` with
@@ -64,15 +64,6 @@ class SPM(ESD):
     Config = SPMConfig
     grid_params = {"eps": "la_strength"}
     default_grids = {"concept": {"eps": [1000.0, 100.0, 30.0, 10.0, 3.0, 1.0], "smoke": [100.0, 3.0]}}
-
-    @classmethod
-    def unsupported_reason(cls, task) -> str | None:
-        return prompt_side_reason(cls.name, task)
-
-    def __init__(self, cfg, bundle, generator):
-        if not has_prompt_tokens(bundle.net):
-            raise ValueError("spm anchors the prompt's cross-attention tokens; this task's network has none")
-        super().__init__(cfg, bundle, generator)
 
     def spm_batch(self) -> tuple[Tensor, Tensor, int]:
         """(x_t, t, concept) for one step: x_t of the adapted model after k in [1, ddim_steps) steps of c."""

@@ -310,7 +310,7 @@ def test_sld_trains_nothing_and_its_hook_is_saved_with_the_model(tmp_path):
 
     b = digits_bundle()
     before = {k: v.clone() for k, v in b.net.state_dict().items()}
-    m = make("sld", b, guidance_scale=300.0)
+    m = make("sld", b, guidance_scale=300.0, steps=0)
     info = train(m)
     assert info["steps"] == 0 and m.cfg.steps == 0
     assert all(torch.equal(v, b.net.state_dict()[k]) for k, v in before.items())
