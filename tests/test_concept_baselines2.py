@@ -321,6 +321,10 @@ def test_sld_trains_nothing_and_its_hook_is_saved_with_the_model(tmp_path):
     assert json.loads((tmp_path / "model" / "sampling_hook.json").read_text()) == m.net.sampling_hook.to_dict()
     fresh = load_weights(CondUNet({"init_seed": 0}), tmp_path / "model")
     assert fresh.sampling_hook.to_dict() == m.net.sampling_hook.to_dict()
+    from unlearnbench.external import Checkpoint, load_into
+
+    outside = load_into(Checkpoint("state-dict", tmp_path / "model"), CondUNet({"init_seed": 0}))
+    assert outside.sampling_hook.to_dict() == m.net.sampling_hook.to_dict(), "evaluate scores SLD's model as saved"
 
 
 @pytest.mark.parametrize("name", ["spm", "advunlearn", "sld"])

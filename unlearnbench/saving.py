@@ -63,17 +63,25 @@ def load_weights(net: nn.Module, model_dir: str | os.PathLike) -> nn.Module:
     else:
         raise FileNotFoundError(f"{d}: no saved weights ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}, or {FULL_WEIGHTS}); "
                                 f"was the run made with --save-models?")
-    if (d / SAMPLING_HOOK).is_file():
+    load_sampling_hook(net, d)
+    return net.eval()
+
+
+def load_sampling_hook(net: nn.Module, folder: str | os.PathLike) -> nn.Module:
+    """Put the sampling hook saved in ``folder`` (``sampling_hook.json``, an inference-time method's sampler) on
+    ``net``; a folder without one leaves ``net`` as it is. Returns ``net``."""
+    f = Path(folder) / SAMPLING_HOOK
+    if f.is_file():
         import json
 
         from unlearnbench.methods import METHODS
 
-        spec = json.loads((d / SAMPLING_HOOK).read_text())
+        spec = json.loads(f.read_text())
         name = spec.get("method") if isinstance(spec, dict) else None
         if name not in METHODS or not hasattr(METHODS.get(name), "load_hook"):
-            raise ValueError(f"{d / SAMPLING_HOOK}: names no method with a sampling hook ({name!r})")
+            raise ValueError(f"{f}: names no method with a sampling hook ({name!r})")
         net.sampling_hook = METHODS.get(name).load_hook(spec)
-    return net.eval()
+    return net
 
 
 def load_unlearned(run_dir: str | os.PathLike, trial_id: str, device: str | torch.device = "cpu",
