@@ -351,3 +351,28 @@ def test_digits_concept_has_grids_for_the_method(name):
     task = TASKS.get("digits-concept")()
     eps, smoke = grid_values(task, "eps", name), grid_values(task, "smoke", name)
     assert len(eps) == 6 and len(smoke) == 2 and set(smoke) <= set(eps)
+
+
+def test_spm_and_sld_run_on_sd_concept_and_advunlearn_is_refused(tmp_path, capsys):
+    """On sd-concept (the tiny random pipeline of tests/paper_fixtures.py) SPM's adapters sit on the real UNet's
+    transformer blocks and its anchors perturb the 77-token text embedding; SLD's safety concept is the erased prompt's
+    text embedding; both run end to end through the CLI. AdvUnlearn has no text encoder to train there."""
+    from paper_fixtures import CLIP_OPTIONS, FAST, records, sd_dir, write_config
+
+    from unlearnbench.cli.main import main
+
+    sd = sd_dir(tmp_path / "sd")
+    cfg = write_config(tmp_path / "sd.yaml", {"forget": "object", "eval_prompts": 1, **CLIP_OPTIONS, **FAST},
+                       {"spm": [10.0], "sld": [1000.0]})
+    out = tmp_path / "run"
+    rc = main(["run", "--task", "sd-concept", "--model", str(sd), "--methods", "spm,sld", "--grid", "eps", "--config",
+               str(cfg), "--set", "methods.spm.batch_size=1", "--set", "methods.spm.ddim_steps=3", "--steps", "2",
+               "--executor", "serial", "--no-leaderboard", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    assert rc == 0, capsys.readouterr()
+    recs = {r["method"]: r for r in records(out)}
+    assert all(r["status"] == "ok" for r in recs.values()), [r["error"] for r in recs.values()]
+    assert recs["spm"]["train"]["steps"] == 2 and recs["spm"]["method_config"]["trainable"] == "lora-blocks"
+    assert recs["sld"]["train"]["steps"] == 0 and recs["sld"]["sampling_hook"]["method"] == "sld"
+    rc = main(["run", "--task", "sd-concept", "--model", str(sd), "--methods", "advunlearn", "--config", str(cfg),
+               "--executor", "serial", "--dry-run", "--out", str(tmp_path / "adv")])
+    assert rc != 0 and "no text encoder" in capsys.readouterr().err
