@@ -24,6 +24,20 @@ class ConstrainedConfig(MethodConfig):
     dual_warmup: int = field(default=0, metadata={"help": "primal-only steps before the first dual update"})
     dual_init: float = field(default=0.0, metadata={"help": "initial value of every lambda_i"})
     dual_ema: float = field(default=0.5, metadata={"help": "EMA factor of the running constraint estimate (0: none)"})
+    dual_decay: float = field(default=0.0, metadata={
+        "help": "dual step schedule eta_k = dual_lr / (1 + k / dual_decay) at the k-th dual update (Robbins-Monro: "
+                "the steps sum to infinity, so the duals still reach lambda*, and shrink, so they settle there); "
+                "0: a constant step"})
+    dual_decay_start: float = field(default=0.0, metadata={
+        "help": "share of `steps` run at the constant step dual_lr before the decay begins (k counts the dual "
+                "updates after it)"})
+    dual_normalize: bool = field(default=False, metadata={
+        "help": "step on the relative violation (violation / |eps|): the same constraint written g/eps >= 1, so one "
+                "dual_lr serves thresholds of different sizes"})
+    final_estimates: int = field(default=1, metadata={
+        "help": "independent constraint estimates averaged for the final slack and the 'constraints met' verdict; "
+                "with 2 or more, a constraint whose threshold lies within two standard errors of the final estimate "
+                "(their spread / sqrt(n)) also counts as met, since no estimate of that size can tell it apart"})
     n_estimate: int = field(default=256, metadata={"help": "model samples per constraint estimate"})
     n_t_estimate: int = field(default=4, metadata={"help": "timestep draws per sample in an estimate"})
     met_tol: float = field(default=0.05, metadata={"help": "relative slack counted as 'constraint met' in the record"})
@@ -43,6 +57,14 @@ class ConstrainedConfig(MethodConfig):
         if self.dual_lr < 0 or self.dual_every < 1 or self.dual_warmup < 0 or self.dual_init < 0:
             raise ValueError("dual_lr, dual_warmup, dual_init must be >= 0 and dual_every >= 1; got "
                              f"{self.dual_lr}, {self.dual_warmup}, {self.dual_init}, {self.dual_every}")
+        if not 0 <= self.dual_decay_start < 1:
+            raise ValueError(f"dual_decay_start must be in [0, 1), got {self.dual_decay_start}")
+        if self.dual_decay < 0 or self.final_estimates < 1:
+            raise ValueError(f"dual_decay must be >= 0 and final_estimates >= 1; got {self.dual_decay}, "
+                             f"{self.final_estimates}")
+        if self.dual_normalize and self.eps == 0:
+            raise ValueError("dual_normalize divides the violation by |eps|; eps=0 cannot be normalised: choose "
+                             "dual_normalize false or eps != 0")
         if not 0 <= self.dual_ema < 1:
             raise ValueError(f"dual_ema must be in [0, 1), got {self.dual_ema}")
         if not 0 < self.settle_tol < 1:
@@ -91,6 +113,8 @@ class ConstrainedMethod(Method):
         self.duals = torch.full((m,), float(cfg.dual_init), dtype=torch.float64)
         self.project()
         self.estimate: Tensor | None = None
+        self.n_decayed = 0  # dual updates made in the decay phase
+        self.final_se: Tensor | None = None
 
     def n_constraints(self) -> int:
         return self.bundle.n_constraints
@@ -113,24 +137,58 @@ class ConstrainedMethod(Method):
         self.estimate = est if self.estimate is None or a == 0 else a * self.estimate + (1 - a) * est
         return self.estimate
 
+    def dual_lr_now(self) -> float:
+        """The step of the next dual update: ``dual_lr / (1 + k / dual_decay)``, k the dual updates made since step
+        ``dual_decay_start * steps`` (constant before it, and always at ``dual_decay`` 0)."""
+        c = self.cfg
+        return c.dual_lr / (1.0 + self.n_decayed / c.dual_decay) if self.decaying() else c.dual_lr
+
+    def decaying(self) -> bool:
+        """Whether the dual step decays now (``dual_decay`` > 0 and past ``dual_decay_start * steps``)."""
+        return self.cfg.dual_decay > 0 and self.step >= self.cfg.dual_decay_start * self.cfg.steps
+
     def dual_step(self, est: Tensor) -> Tensor:
-        """``lambda <- proj(lambda + eta_d * violation)`` on the running estimate; returns the new duals."""
+        """``lambda <- proj(lambda + eta_k * violation)`` on the running estimate (the violation divided by
+        ``|eps|`` with ``dual_normalize``); returns the new duals."""
         running = self.update_estimate(est)
-        self.duals.add_(self.cfg.dual_lr * self.violation(running))
+        v = self.violation(running)
+        if self.cfg.dual_normalize:
+            v = v / abs(self.cfg.eps)
+        self.duals.add_(self.dual_lr_now() * v)
+        self.n_decayed += self.decaying()
         self.project()
         return self.duals.clone()
 
-    def constraints_met(self, est: Tensor) -> bool:
-        tol = self.cfg.met_tol * max(abs(self.cfg.eps), 1e-8)
+    @torch.no_grad()
+    def final_estimate(self) -> Tensor:
+        """The mean of ``final_estimates`` independent constraint estimates: the slack and the 'met' verdict; their
+        standard error (spread / sqrt(n), n >= 2) is kept in ``self.final_se``."""
+        draws = torch.stack([self.estimate_constraints().to(torch.float64).cpu()
+                             for _ in range(self.cfg.final_estimates)])
+        self.final_se = draws.std(0) / draws.shape[0] ** 0.5 if draws.shape[0] > 1 else None
+        return draws.mean(0)
+
+    def dual_floor(self) -> float:
+        """Smallest ``||lambda||_1`` the settle rule divides a dual change by: changes of duals near 0 (inactive
+        constraints) are measured against it, not against their own noise. 0 where the duals have no natural scale."""
+        return 0.0
+
+    def constraints_met(self, est: Tensor, se: Tensor | None = None) -> bool:
+        """Every constraint met within ``met_tol`` of ``|eps|`` or, given the estimate's standard errors ``se``,
+        within two of them."""
+        tol = torch.full((est.numel(),), self.cfg.met_tol * max(abs(self.cfg.eps), 1e-8), dtype=torch.float64)
+        if se is not None:
+            tol = torch.maximum(tol, 2.0 * se.to(torch.float64).cpu())
         return bool((self.violation(est.to(torch.float64).cpu()) <= tol).all())
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "duals": self.duals.tolist(),
+        return {**super().state_dict(), "duals": self.duals.tolist(), "n_decayed": self.n_decayed,
                 "estimate": None if self.estimate is None else self.estimate.tolist()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.duals = torch.tensor(state["duals"], dtype=torch.float64)
+        self.n_decayed = int(state.get("n_decayed", 0))
         self.estimate = None if state["estimate"] is None else torch.tensor(state["estimate"], dtype=torch.float64)
 
 

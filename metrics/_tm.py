@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from unlearnbench.tasks.base import MetricValue
+from unlearnbench.metrics.base import MetricValue
 
 
 class MetricValueCompute:

@@ -1,4 +1,5 @@
-"""Metric metadata registry: name -> :class:`MetricSpec` (role, direction, family, one-line description)."""
+"""Metric metadata registry: name -> :class:`MetricSpec` (role, direction, family, one-line description); and
+:class:`MetricValue`, one evaluated metric as a record stores it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ class MetricSpec:
         return self.doc
 
 
-METRICS: Registry[MetricSpec] = Registry("metric", None, "unlearnbench.metrics")
+# scan_package: a new file in metrics/ that registers its names with spec(...) is found without editing a list
+METRICS: Registry[MetricSpec] = Registry("metric", None, "unlearnbench.metrics", scan_package="unlearnbench.metrics")
 
 
 def spec(name: str, role: str, higher_is_better: bool, family: str, doc: str) -> MetricSpec:
@@ -30,3 +32,18 @@ def spec(name: str, role: str, higher_is_better: bool, family: str, doc: str) ->
     s = MetricSpec(name, role, higher_is_better, family, doc)  # type: ignore[arg-type]
     METRICS.register(name)(s)
     return s
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One evaluated metric, as stored in the record."""
+
+    value: float
+    stderr: float | None = None
+    n: int | None = None
+    role: Literal["unlearning", "retention", "info"] = "info"
+    higher_is_better: bool = False
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "stderr": self.stderr, "n": self.n, "role": self.role,
+                "higher_is_better": self.higher_is_better}

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from unlearnbench.metrics.base import spec
-from unlearnbench.tasks.base import MetricValue
+from unlearnbench.metrics.base import MetricValue, spec
 from unlearnbench.metrics._tm import lazy_classes
 
 spec("cls_acc_forget", "unlearning", False, "classifier",

@@ -17,8 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearnbench.diffusion import Schedule
-from unlearnbench.metrics.base import spec
-from unlearnbench.tasks.base import MetricValue
+from unlearnbench.metrics.base import MetricValue, spec
 
 FAMILY = "gmm"
 # Aggregates here; per-index names (kl_concept_3, mass_concept_3, forget_kl_0, ...) through ``register_indexed``.

@@ -11,8 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from unlearnbench.metrics.base import spec
-from unlearnbench.tasks.base import MetricValue
+from unlearnbench.metrics.base import MetricValue, spec
 
 spec("regen_rate", "unlearning", False, "memorization",
      "Fraction of samples within an L2 threshold of any forget image (regeneration of memorised data)")

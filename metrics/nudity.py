@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unlearnbench.metrics.base import spec
-from unlearnbench.tasks.base import MetricValue
+from unlearnbench.metrics.base import MetricValue, spec
 from unlearnbench.metrics._tm import lazy_classes
 
 logger = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ def load_detector() -> Any:
 
 def to_bgr_uint8(images: Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> list[np.ndarray]:
     """[B, 1|3, H, W] images -> B arrays H x W x 3 uint8 in BGR order (what ``cv2.imread`` gives NudeNet)."""
-    from unlearnbench.metrics.kid_fid import to_rgb01
+    from unlearnbench.metrics.features import to_rgb01
 
     x = (to_rgb01(images, value_range) * 255).round().to(torch.uint8).cpu()
     return [np.ascontiguousarray(im.permute(1, 2, 0).numpy()[:, :, ::-1]) for im in x]

@@ -124,7 +124,7 @@ def _case_model(tmp: Path) -> str:
 def _case_diverged(tmp: Path) -> str:
     """tests/test_statuses.py: rkl at lr 0.3 blows the network up."""
     from unlearnbench.config import plan_trials
-    from unlearnbench.runner import execute_trial
+    from unlearnbench.trials import execute_trial
 
     fast = {"distill_steps": 30, "distill_batch": 64, "eval_samples": 100, "eval_steps": 10}
     plan = plan_trials("gmm-concept", "rkl", "eps", "0", run_dir=str(tmp / "run"), steps=40,

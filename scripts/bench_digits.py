@@ -10,15 +10,18 @@ import argparse
 import json
 import os
 import time
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from unlearnbench.config import build_method_config, grid_values  # noqa: E402
 from unlearnbench.methods import METHODS  # noqa: E402
 from unlearnbench.methods._constrained import ConstrainedMethod  # noqa: E402
-from unlearnbench.runner import build_method_config, seed_everything  # noqa: E402
+from unlearnbench.runner import seed_everything  # noqa: E402
 from unlearnbench.tasks import TASKS  # noqa: E402
+from unlearnbench.tasks._digits import features, sample_prompts  # noqa: E402
 
 
 def bench_pretrain(steps: int) -> dict:
@@ -34,7 +37,7 @@ def bench_pretrain(steps: int) -> dict:
 def bench_method(task, name: str, steps: int) -> dict:
     gen = seed_everything(0)
     bundle = task.build(0)
-    grid = task.grid("eps", name)
+    grid = grid_values(task, "eps", name)
     cfg = build_method_config(task, name, {}, {"name": "eps", "param": METHODS.get(name).grid_params["eps"],
                                                "value": grid[len(grid) // 2]})
     method = METHODS.get(name)(cfg, bundle, gen)
@@ -64,6 +67,20 @@ def bench_method(task, name: str, steps: int) -> dict:
     return out
 
 
+def guided_accuracy(n_per_class: int = 1000, cache_dir: str | None = None, seed: int = 0, progress: bool = True,
+                    options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluation-classifier accuracy on ``n_per_class`` fresh guided samples per digit of the pretrained model."""
+    task = TASKS.get("digits-concept")(options, cache_dir=cache_dir)
+    st = task._base(progress)
+    cond = torch.arange(1, 11).repeat_interleave(n_per_class)
+    x = sample_prompts(st["unet"], st["schedule"], cond, task.cfgs["guidance"], task.cfgs["sample_steps"],
+                       torch.Generator().manual_seed(seed), progress=progress)
+    _, logits = features(st["classifier"], x)
+    hit = (logits.argmax(1) == cond - 1).float()
+    return {"accuracy": float(hit.mean()), "per_digit": hit.view(10, -1).mean(1).tolist(), "n_per_class": n_per_class,
+            "guidance": task.cfgs["guidance"], "sample_steps": task.cfgs["sample_steps"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a sweep trial uses 1)")
@@ -86,8 +103,6 @@ def main() -> None:
             print(f"{tname:15s} {m:6s}: {r['img_per_s']:7.0f} img/s ({r['step_s'] * 1000:.0f} ms/step at batch "
                   f"{r['batch']}){extra}; evaluation {r['eval_s']:.1f}s", flush=True)
     if args.guided_acc:
-        from unlearnbench.tasks.digits import guided_accuracy
-
         t0 = time.perf_counter()
         acc = guided_accuracy(1000, progress=True)
         acc["s"] = time.perf_counter() - t0

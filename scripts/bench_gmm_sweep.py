@@ -19,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from unlearnbench.config import plan_trials  # noqa: E402
-from unlearnbench.sweep import prepare_task, run_sweep  # noqa: E402
+from unlearnbench.sweep import run_sweep  # noqa: E402
+from unlearnbench.trials import prepare_task  # noqa: E402
 
 
 class CPUMeter:

@@ -30,7 +30,8 @@ def sync(device: torch.device) -> None:
 def harness_loop(model_dir: str, device: torch.device, steps: int, batch: int, cache: str) -> float:
     """Seconds per step of runner.train on the sd-concept bundle with ESD (LoRA on cross-attention)."""
     from unlearnbench.methods import METHODS
-    from unlearnbench.runner import build_method_config, train
+    from unlearnbench.config import build_method_config
+    from unlearnbench.runner import train
     from unlearnbench.tasks.stable_diffusion import SDConceptTask
 
     task = SDConceptTask({"model": model_dir, "forget": "style", "clip_random": True, "clip_model": "ViT-B-32",

@@ -19,8 +19,8 @@ import shutil
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from unlearnbench.cache import SHIPPED_DIR, default_cache_dir, used_artefacts  # noqa: E402
-from unlearnbench.tasks.digits import pretrain  # noqa: E402
-from unlearnbench.tasks.gmm import pretrain as gmm_pretrain  # noqa: E402
+from unlearnbench.tasks._digits import pretrain  # noqa: E402
+from unlearnbench.tasks._gmm import pretrain as gmm_pretrain  # noqa: E402
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ import pytest
 import torch
 from helpers import run_main
 
-from unlearnbench.attack import auc_tpr, mia, parse_budgets, plan_attacks, steps_to_half
+from unlearnbench.robustness.attacks import auc_tpr, mia, steps_to_half
+from unlearnbench.robustness.plan import parse_budgets, plan_attacks
 from unlearnbench.config import ConfigError, plan_trials
 from unlearnbench.sweep import run_sweep
 
@@ -113,7 +114,6 @@ def test_mia_members_from_pretrained_not_from_retrained(tmp_path):
     """MIA on gmm-data's outlier with the exact pretrained and retrain distributions as the networks: the pretrained
     model gives the forget point away, the retrained one does not (AUC near 0.5). (On a cluster's densest point both
     score ~0.8: a loss attack also flags typical points, which is why the retrained reference is drawn.)"""
-    from unlearnbench.references import _gmm_retrain_exact
     from unlearnbench.tasks import TASKS
 
     task = TASKS.get("gmm-data")({"forget": "one"}, cache_dir=str(tmp_path))
@@ -121,7 +121,7 @@ def test_mia_members_from_pretrained_not_from_retrained(tmp_path):
     bundle = SimpleNamespace(forget_data=forget, device=torch.device("cpu"), null_cond=0, schedule=task.schedule)
     settings = {"sample_seed": 777, "mia_heldout": 128, "mia_n_t": 64, "bootstrap": 200}
     pre = mia(task, bundle, task.exact(), 0, settings)
-    ret = mia(task, bundle, _gmm_retrain_exact(task), 0, settings)
+    ret = mia(task, bundle, task.retrain_exact(), 0, settings)
     assert pre["mia_auc"].value > 0.75 and ret["mia_auc"].value < 0.6
     lo, hi = pre["_intervals"]["mia_auc"]
     assert lo <= pre["mia_auc"].value <= hi and pre["mia_auc"].stderr > 0
@@ -248,7 +248,7 @@ def test_digits_retrained_references_leave_out_the_forget_set(tmp_path, monkeypa
     """The retrained digits networks are trained by the pretraining routine on the data without the erased digit /
     without the forgotten images' copies (pretraining replaced by a recorder here)."""
     import unlearnbench.models as models
-    from unlearnbench.references import retrained_net
+    from unlearnbench.robustness.references import retrained_net
     from unlearnbench.tasks import TASKS
 
     concept = TASKS.get("digits-concept")(DIGITS_TINY, cache_dir=str(tmp_path))
@@ -269,7 +269,7 @@ def test_digits_retrained_references_leave_out_the_forget_set(tmp_path, monkeypa
     assert init is None and 4 not in set(cond.tolist()) and {1, 2, 3, 5, 10} <= set(cond.tolist())  # digit 3 = id 4
     retrained_net(data)
     x, cond, init = seen[-1]
-    from unlearnbench.tasks.digits import INJECTED
+    from unlearnbench.tasks.digits_data import INJECTED
 
     hits = {n: int(((x - INJECTED[n]).flatten(1).abs().sum(1) == 0).sum()) for n in INJECTED}
     assert init is not None and hits == {"checker": 0, "cross": 0, "stripes": 40}

@@ -149,7 +149,7 @@ def test_salun_loss_matches_random_label(erased_bundle):
 
 
 def test_salun_refuses_a_null_scored_task(concept_bundle):
-    from unlearnbench.tasks.gmm import GMMConceptTask
+    from unlearnbench.tasks.gmm_concept import GMMConceptTask
 
     assert "never trains" in METHODS.get("salun").unsupported_reason(GMMConceptTask)
     with pytest.raises(ValueError, match="null prompt"):

@@ -91,7 +91,7 @@ def test_version_follows_the_code_the_builder_reaches(tmp_path, monkeypatch):
     finally:
         sys.modules.pop("ub_cache_reach", None)
     from unlearnbench import diffusion
-    from unlearnbench.tasks import digits
+    from unlearnbench.tasks import _digits as digits
 
     before = code_version(digits.load_unet)
     monkeypatch.setattr(diffusion.add_noise, "__code__", (lambda schedule, x0, noise, t: x0).__code__)
@@ -161,7 +161,7 @@ def test_the_shipped_digits_artefacts_are_what_the_current_code_builds(tmp_path)
     """Every artefact of the default digits tasks is shipped under the key the current code gives it: a change to
     the code that builds one fails here until ``python scripts/ship_pretrained.py`` ships the rebuilt file."""
     from unlearnbench.cache import SHIPPED_DIR, NotCached, no_builds
-    from unlearnbench.tasks.digits import pretrain
+    from unlearnbench.tasks._digits import pretrain
 
     try:
         with no_builds() as used:
@@ -180,7 +180,7 @@ def test_the_shipped_gmm_artefacts_are_what_the_current_code_builds(tmp_path):
     would spend minutes distilling them): a change to the code that builds one fails here until
     ``python scripts/ship_pretrained.py`` ships the rebuilt file."""
     from unlearnbench.cache import SHIPPED_DIR, NotCached, no_builds
-    from unlearnbench.tasks.gmm import pretrain
+    from unlearnbench.tasks._gmm import pretrain
 
     try:
         with no_builds() as used:

@@ -10,7 +10,8 @@ import torch
 from unlearnbench import models
 from unlearnbench.methods.base import select_trainable
 from unlearnbench.tasks import TASKS
-from unlearnbench.tasks import digits
+from unlearnbench.tasks import _digits as digits
+from unlearnbench.tasks import digits_data
 
 TINY = {"pretrain_steps": 20, "finetune_steps": 10, "classifier_epochs": 1, "pool_size": 8, "sample_steps": 4,
         "n_eval": 8, "n_eval_kept": 2, "n_retain_eval": 16}
@@ -136,10 +137,10 @@ def test_evaluate_concept(concept, tmp_path):
 def test_data_bundle(data):
     task, b = data
     assert b.kind == "data" and b.data_shape == (1, 8, 8) and b.data_noise == 0
-    n_copies = sum(digits.INJECT_COPIES.values())
+    n_copies = sum(digits_data.INJECT_COPIES.values())
     assert b.train_data.shape == (1437 + n_copies, 1, 8, 8)
     assert b.forget_data.shape == (2, 1, 8, 8) and b.n_constraints == 2
-    forgot = digits.INJECT_COPIES["checker"] + digits.INJECT_COPIES["cross"]
+    forgot = digits_data.INJECT_COPIES["checker"] + digits_data.INJECT_COPIES["cross"]
     assert b.retain_data.shape[0] == b.train_data.shape[0] - forgot
     d = torch.cdist(b.retain_data.flatten(1), b.forget_data.flatten(1))
     assert (d > 0).all()  # no forget image left in the retain set
@@ -165,7 +166,7 @@ def test_evaluate_data(data, tmp_path):
 def test_pretrain_entry_point(cache, concept, data):
     r = digits.pretrain("digits", cache_dir=cache, progress=False, options=TINY)
     assert 0 <= r["classifier_heldout_acc"] <= 1 and 0 <= r["guided_sample_acc"] <= 1
-    assert set(r["regen_rate_pretrained"]) == set(digits.INJECT_COPIES)
+    assert set(r["regen_rate_pretrained"]) == set(digits_data.INJECT_COPIES)
     with pytest.raises(ValueError, match="unknown digits task"):
         digits.pretrain("mnist", cache_dir=cache)
 
@@ -197,7 +198,8 @@ def test_default_pretrained_model_quality():
 def test_every_method_trains_on_the_digits_bundle(concept, data, method):
     """Two steps of each method with the task's own defaults, on the tiny digits models (cross-attention ESD-x included)."""
     from unlearnbench.methods import METHODS
-    from unlearnbench.runner import build_method_config, train
+    from unlearnbench.config import build_method_config
+    from unlearnbench.runner import train
 
     cls = METHODS.get(method)
     task, bundle = data if "data" in cls.kinds and "concept" not in cls.kinds else concept

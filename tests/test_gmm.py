@@ -64,7 +64,7 @@ def test_concept_bundle_contract(concept, monkeypatch):
     with torch.no_grad():
         next(b.net.parameters()).add_(1.0)
     assert not torch.equal(next(b.net.parameters()), next(b2.net.parameters()))
-    import unlearnbench.tasks.gmm as gmm_mod
+    import unlearnbench.tasks._gmm as gmm_mod
 
     import functools
 
@@ -183,6 +183,30 @@ def test_data_forget_sets_and_grids(cache):
     n = 60  # the retrain distribution (lambda = 1/N each) sits inside the grid's range
     retrain_gain = min(o.stats([1 / n, 1 / n])["gains"])
     assert pair.grids["eps"]["fkl"][0] < retrain_gain < pair.grids["eps"]["fkl"][-1]
+
+
+def test_fkl_dual_bounds_are_the_oracles(cache):
+    """fkl's projection box on gmm-data is the exact oracle's: the outlier (a vertex of the data's hull) stops at its
+    share 1/N, the densest point (inside the data) may go past it up to where p_lambda stops being a density, and
+    every threshold of the grid has its lambda* inside the box, so the method can reach what the oracle reaches."""
+    from unlearnbench.methods import METHODS
+    from unlearnbench.methods.base import make_config
+
+    pair = TASKS.get("gmm-data")(FAST, cache_dir=cache)
+    bounds = pair.dual_bounds()
+    assert bounds[0] == pytest.approx(1 / 60, rel=1e-9) and bounds[1] > 2 / 60
+    o, _ = pair._oracles()
+    lam = o.w0.copy()
+    lam[1] = bounds[1] * 1.01  # just past the bound the mixture minus the forget mass has a hole
+    assert float(o._parts(lam)[1].max()) > 1 - o.rho_min
+    for b in pair.grids["eps"]["fkl"]:
+        s = o.solve(np.asarray(o.base_kls) + b)
+        assert s["status"] == "ok" and all(0 <= x <= ub + 1e-9 for x, ub in zip(s["lambda"], bounds)), (b, s["lambda"])
+    bundle = pair.build(0)
+    fkl = METHODS.get("fkl")
+    m = fkl(make_config(fkl.Config, {"dual_lr": 1.0, "dual_ema": 0.0, "eps": 100.0}, "fkl"), bundle, torch.Generator())
+    m.dual_step(torch.zeros(2, dtype=torch.float64))  # every constraint far from met: both duals to their bounds
+    assert torch.allclose(m.duals, torch.tensor(bounds, dtype=torch.float64))
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from torch import nn
 from helpers import fake_inception_file
 from unlearnbench.metrics import METRICS
 from unlearnbench.metrics import classifier as cls_mod
+from unlearnbench.metrics import features as ft
 from unlearnbench.metrics import kid_fid as kf
 from unlearnbench.metrics import memorization as mem
 from unlearnbench.tasks.base import MetricValue
@@ -163,10 +164,10 @@ def test_feature_metric_rejects_module_without_num_features():
 # ---- feature extractors ---------------------------------------------------------------------------------------
 def test_classifier_extractor_and_cached_features(tmp_path):
     net = TinyClassifier()
-    ex = kf.feature_extractor("classifier", module=net, input_shape=(1, 4, 4))
+    ex = ft.feature_extractor("classifier", module=net, input_shape=(1, 4, 4))
     x = torch.rand(5, 1, 4, 4)
     assert ex.num_features == 8 and ex(x).shape == (5, 8) and not ex(x).requires_grad
-    lazy = kf.feature_extractor("classifier", module=net)  # dimension found on the first forward
+    lazy = ft.feature_extractor("classifier", module=net)  # dimension found on the first forward
     with pytest.raises(ValueError, match="needs an int `num_features`.*input_shape"):
         kf.FeatureFID(lazy)
     k = kf.FeatureKID(lazy, subsets=3)  # KID does not need it
@@ -174,9 +175,9 @@ def test_classifier_extractor_and_cached_features(tmp_path):
     k.update(x + 0.5, real=False)
     assert lazy.num_features == 8 and k.compute().n == 5
     with pytest.raises(ValueError, match="callable 'features' method"):
-        kf.feature_extractor("classifier", module=nn.Linear(2, 2))
+        ft.feature_extractor("classifier", module=nn.Linear(2, 2))
     with pytest.raises(ValueError, match="unknown feature extractor 'vgg'; valid: classifier, inception, clip"):
-        kf.feature_extractor("vgg")
+        ft.feature_extractor("vgg")
 
     calls = []
 
@@ -185,38 +186,38 @@ def test_classifier_extractor_and_cached_features(tmp_path):
         return ex(x)
 
     key = {"extractor": ex.cache_key, "dataset": "toy", "n": 5, "seed": 0}
-    a = kf.cached_features(str(tmp_path), key, compute)
-    b = kf.cached_features(str(tmp_path), key, compute)
+    a = ft.cached_features(str(tmp_path), key, compute)
+    b = ft.cached_features(str(tmp_path), key, compute)
     assert torch.equal(a, b) and len(calls) == 1
     assert len(list((tmp_path / "features").glob("*.pt"))) == 1
     with pytest.raises(ValueError, match="lacks \\['seed'\\]"):
-        kf.cached_features(str(tmp_path), {"extractor": "x", "dataset": "toy", "n": 5}, compute)
+        ft.cached_features(str(tmp_path), {"extractor": "x", "dataset": "toy", "n": 5}, compute)
 
 
 def test_to_rgb01_ranges_and_channels():
     g = torch.rand(2, 1, 5, 7)
-    assert torch.allclose(kf.to_rgb01(g * 2 - 1, (-1, 1)), g.expand(-1, 3, -1, -1), atol=1e-6)
-    assert torch.equal(kf.to_rgb01((g * 255).round().to(torch.uint8))[:, 0], ((g * 255).round() / 255)[:, 0])
+    assert torch.allclose(ft.to_rgb01(g * 2 - 1, (-1, 1)), g.expand(-1, 3, -1, -1), atol=1e-6)
+    assert torch.equal(ft.to_rgb01((g * 255).round().to(torch.uint8))[:, 0], ((g * 255).round() / 255)[:, 0])
     with pytest.raises(ValueError, match="pass value_range=\\(-1, 1\\)"):
-        kf.to_rgb01(g * 2 - 1)
+        ft.to_rgb01(g * 2 - 1)
     with pytest.raises(ValueError, match="\\[B, 1\\|3, H, W\\]"):
-        kf.to_rgb01(torch.rand(2, 4, 5, 5))
+        ft.to_rgb01(torch.rand(2, 4, 5, 5))
 
 
 @pytest.fixture
 def no_inception_weights(monkeypatch, tmp_path):
     """Hide any Inception weights this machine may have."""
-    monkeypatch.setattr(kf, "_inception_candidates", lambda: [tmp_path / kf.FIDELITY_WEIGHTS,
-                                                              tmp_path / kf.TORCHSCRIPT_WEIGHTS])
+    monkeypatch.setattr(ft, "_inception_candidates", lambda: [tmp_path / ft.FIDELITY_WEIGHTS,
+                                                              tmp_path / ft.TORCHSCRIPT_WEIGHTS])
     return tmp_path
 
 
 def test_inception_missing_weights_message(no_inception_weights):
     missing = no_inception_weights / "nope.pth"
     with pytest.raises(FileNotFoundError, match=f"weights='{missing}' does not exist.*inception-2015-12-05.pt"):
-        kf.feature_extractor("inception", weights=missing)
+        ft.feature_extractor("inception", weights=missing)
     with pytest.raises(FileNotFoundError, match="Inception-v3 FID weights not available.*torch hub cache"):
-        kf.feature_extractor("inception", download=False)
+        ft.feature_extractor("inception", download=False)
 
 
 def test_inception_without_torch_fidelity_fails_at_once(no_inception_weights):
@@ -227,13 +228,13 @@ def test_inception_without_torch_fidelity_fails_at_once(no_inception_weights):
     else:
         pytest.skip("torch-fidelity installed: the default would try its download")
     with pytest.raises(FileNotFoundError, match="torch-fidelity is not installed"):
-        kf.feature_extractor("inception")
+        ft.feature_extractor("inception")
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_inception_torchscript_weights_load(no_inception_weights):
     fake_inception_file(no_inception_weights)
-    ex = kf.feature_extractor("inception", value_range=(-1, 1))  # found in the (patched) cache location
+    ex = ft.feature_extractor("inception", value_range=(-1, 1))  # found in the (patched) cache location
     assert ex.backend == "clean-fid" and ex.num_features == 2048
     out = ex(torch.rand(3, 1, 8, 8) * 2 - 1)
     assert out.shape == (3, 2048) and torch.isfinite(out).all()
@@ -241,7 +242,7 @@ def test_inception_torchscript_weights_load(no_inception_weights):
     m.update(torch.rand(4, 1, 8, 8) * 2 - 1, real=True)
     # the same file under another name: clean-fid cannot load it, the project's own TorchScript path does
     renamed = fake_inception_file(no_inception_weights, "my-inception.pt")
-    ex = kf.feature_extractor("inception", weights=renamed, value_range=(-1, 1))
+    ex = ft.feature_extractor("inception", weights=renamed, value_range=(-1, 1))
     assert ex.backend == "torchscript" and ex(torch.rand(3, 1, 8, 8) * 2 - 1).shape == (3, 2048)
 
 
@@ -256,7 +257,7 @@ def test_inception_features_are_clean_fids_own(tmp_path):
     path = fake_inception_file(tmp_path)
     g = torch.Generator().manual_seed(0)
     imgs = [torch.randint(0, 256, (6, 3, 20, 24), generator=g, dtype=torch.uint8) for _ in range(2)]
-    ex = kf.feature_extractor("inception", weights=path)
+    ex = ft.feature_extractor("inception", weights=path)
     assert ex.backend == "clean-fid" and ex.cache_key["backend"] == "clean-fid"
     ours = [ex(x) for x in imgs]
     model = InceptionV3W(str(tmp_path), download=False)
@@ -288,15 +289,15 @@ def test_clean_fid_is_clean_fids_fid_and_kid_its_estimator():
 def test_clip_missing_checkpoint_message(tmp_path):
     missing = tmp_path / "open_clip_pytorch_model.bin"
     with pytest.raises(FileNotFoundError, match=f"CLIP checkpoint '{missing}' not found"):
-        kf.feature_extractor("clip", model_name="ViT-B-32", pretrained=missing)
+        ft.feature_extractor("clip", model_name="ViT-B-32", pretrained=missing)
     with pytest.raises(ValueError, match="needs pretrained=<local checkpoint path>"):
-        kf.feature_extractor("clip", model_name="ViT-B-32")
+        ft.feature_extractor("clip", model_name="ViT-B-32")
 
 
 def test_clip_features_and_clip_score_tiny_random_model(tmp_path):
     from unlearnbench.metrics import clip_score as cs
 
-    ex = kf.feature_extractor("clip", model_name="Tiny-CLIP", model_config=TINY_CLIP, allow_random=True)
+    ex = ft.feature_extractor("clip", model_name="Tiny-CLIP", model_config=TINY_CLIP, allow_random=True)
     f = ex(torch.rand(3, 1, 20, 28))
     assert f.shape == (3, 64) and torch.allclose(f.norm(dim=-1), torch.ones(3), atol=1e-5)
 
@@ -315,7 +316,7 @@ def test_clip_features_and_clip_score_tiny_random_model(tmp_path):
     # a saved state dict reloads from a local path
     p = tmp_path / "tiny.pt"
     torch.save(ex.model.state_dict(), p)
-    again = cs.load_open_clip("Tiny-CLIP", p)
+    again = ft.load_open_clip("Tiny-CLIP", p)
     assert torch.equal(again.visual.conv1.weight, ex.model.visual.conv1.weight)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from synthetic import grid_records, make_record, synthetic_runs, write_records
+from unlearnbench.cli import claims as cli_claims
 from unlearnbench.cli import leaderboard as cli_lb
 from unlearnbench.leaderboard import build_leaderboard
 from unlearnbench.leaderboard.plots import METHOD_COLORS, method_color, robust_limits
@@ -222,7 +223,7 @@ def test_cli_leaderboard_and_claims(tmp_path, monkeypatch, capsys):
     parser = argparse.ArgumentParser(prog="unlearnbench")
     sub = parser.add_subparsers(dest="command")
     cli_lb.add_parser(sub)
-    cli_lb.add_claims_parser(sub)
+    cli_claims.add_parser(sub)
     args = parser.parse_args(["leaderboard"])  # defaults: runs/ -> leaderboards/
     assert args.func(args) == 0
     assert (tmp_path / "leaderboards" / "index.html").is_file()

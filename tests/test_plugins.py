@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import cli, install_fake_plugin, plugins_registered, run_main
-from unlearnbench.config import plan_trials
+from unlearnbench.config import grid_names, grid_values, plan_trials
 from unlearnbench.methods import METHODS, Method
 from unlearnbench.tasks import TASKS
 
@@ -151,13 +151,13 @@ def test_task_values_override_declared_defaults_and_subclasses_inherit():
     METHODS.register(reg_name)(Child)
     try:
         task = TASKS.get("gmm-concept")()
-        assert task.grid("eps", "child") == [3.0]
-        assert task.grid("wide", "child") == [1.0, 10.0]
-        assert "wide" in task.grid_names("child") and "wide" not in task.grid_names()
+        assert grid_values(task, "eps", "child") == [3.0]
+        assert grid_values(task, "wide", "child") == [1.0, 10.0]
+        assert "wide" in grid_names(task, "child") and "wide" not in grid_names(task)
         task.grids = {**task.grids, "eps": {**task.grids["eps"], "child": [7.0]}}
-        assert task.grid("eps", "child") == [7.0], "a task's own values win"
+        assert grid_values(task, "eps", "child") == [7.0], "a task's own values win"
         with pytest.raises(ValueError, match="has no grid 'nope'; valid: eps, smoke, wide"):
-            task.grid("nope", "child")
+            grid_values(task, "nope", "child")
     finally:
         METHODS._items.pop(reg_name)
         METHODS._origin.pop(reg_name)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from unlearnbench.progress import Progress, progress
-from unlearnbench.sweep import Heartbeat
+from unlearnbench.trials import Heartbeat
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "console_gaps.py"
 

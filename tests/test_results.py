@@ -11,7 +11,7 @@ import unlearnbench
 from synthetic import grid_records, make_record, synthetic_runs, write_records
 from unlearnbench.leaderboard import build_leaderboard
 from unlearnbench.results import COLUMNS, collect_tasks, latest_trials
-from unlearnbench.runner import summary_row
+from unlearnbench.sweep import summary_row
 
 
 def test_load_results_is_tidy(tmp_path):

@@ -59,7 +59,7 @@ def test_style_set_needs_clip_and_kid_needs_features(sd):
 
 def test_bundle_contract_in_latent_space(sd, tmp_path):
     from unlearnbench.methods import METHODS
-    from unlearnbench.runner import build_method_config
+    from unlearnbench.config import build_method_config
     from unlearnbench.tasks.stable_diffusion import SDConceptTask
 
     task = SDConceptTask({"model": str(sd), "forget": "objects", **CLIP_OPTIONS, **FAST, "eval_prompts": 2},

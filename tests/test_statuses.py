@@ -8,7 +8,8 @@ from unlearnbench.methods import METHODS
 from unlearnbench.methods.base import make_config
 from unlearnbench.runner import convergence, train
 from unlearnbench.tasks.base import MetricValue
-from unlearnbench.tasks.gmm import GMMConceptTask, GMMDataTask
+from unlearnbench.tasks.gmm_concept import GMMConceptTask
+from unlearnbench.tasks.gmm_data import GMMDataTask
 
 
 def test_sane_ranges_flag_blown_up_metrics():
@@ -91,7 +92,7 @@ def test_rkl_at_a_large_learning_rate_is_diverged_not_failed(tmp_path):
     """A numerical blow-up anywhere in training is diverged: at lr >= 0.3 the network's constraint estimate becomes
     inf or NaN, and the dual projection must not be reached with it (it used to crash: a failed trial)."""
     from unlearnbench.config import plan_trials
-    from unlearnbench.runner import execute_trial
+    from unlearnbench.trials import execute_trial
 
     fast = {"distill_steps": 30, "distill_batch": 64, "eval_samples": 100, "eval_steps": 10}
     for lr in (0.3, 1.0):
@@ -119,3 +120,81 @@ def test_non_finite_weights_after_training_are_diverged(concept_bundle, monkeypa
     monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
     info = train(method)
     assert "trainable parameters became non-finite" in info["diverged"]
+
+
+def test_the_dual_step_is_constant_then_decays(concept_bundle):
+    """dual_decay: eta_k = dual_lr / (1 + k / dual_decay) over the k-th dual update after step
+    dual_decay_start * steps; before it, and with dual_decay 0, the step is dual_lr. dual_normalize divides the
+    violation by |eps|."""
+    cls = METHODS.get("rkl")
+    cfg = make_config(cls.Config, {"steps": 100, "eps": 4.0, "dual_lr": 0.01, "dual_ema": 0.0, "dual_decay": 2.0,
+                                   "dual_decay_start": 0.5}, "rkl")
+    m = cls(cfg, concept_bundle, torch.Generator().manual_seed(0))
+    est = torch.tensor([3.0, 4.0], dtype=torch.float64)  # violation b - KL = (1, 0)
+    steps = []
+    for step in (10, 40, 50, 60, 70):
+        m.step, before = step, float(m.duals[0])
+        m.dual_step(est)
+        steps.append(float(m.duals[0]) - before)
+    want = [0.01, 0.01, 0.01, 0.01 / 1.5, 0.01 / 2.0]
+    assert all(abs(a - b) < 1e-12 for a, b in zip(steps, want)), steps
+    assert float(m.duals[1]) == 0.0
+    flat = cls(make_config(cls.Config, {"steps": 100, "eps": 4.0, "dual_lr": 0.01, "dual_ema": 0.0,
+                                        "dual_normalize": True}, "rkl"), concept_bundle, torch.Generator())
+    flat.step = 90
+    flat.dual_step(est)
+    assert abs(float(flat.duals[0]) - 0.01 * 1.0 / 4.0) < 1e-12  # constant step, relative violation 1/4
+
+
+def test_the_final_verdict_averages_several_estimates(concept_bundle):
+    cls = METHODS.get("rkl")
+    m = cls(make_config(cls.Config, {"final_estimates": 3}, "rkl"), concept_bundle, torch.Generator())
+    draws = iter([torch.tensor([1.0, 4.0]), torch.tensor([2.0, 5.0]), torch.tensor([6.0, 6.0])])
+    m.estimate_constraints = lambda: next(draws)
+    assert torch.allclose(m.final_estimate(), torch.tensor([3.0, 5.0], dtype=torch.float64))
+
+
+def test_dual_options_out_of_range_are_refused():
+    import pytest
+
+    cls = METHODS.get("rkl")
+    for bad, msg in (({"dual_decay": -1.0}, "dual_decay must be >= 0"), ({"final_estimates": 0}, "final_estimates"),
+                     ({"dual_decay_start": 1.0}, "dual_decay_start must be in"),
+                     ({"dual_normalize": True, "eps": 0.0}, "cannot be normalised")):
+        with pytest.raises(ValueError, match=msg):
+            make_config(cls.Config, bad, "rkl")
+
+
+def test_duals_near_zero_are_measured_against_the_methods_floor(data_bundle, concept_bundle):
+    """fkl's duals live in [0, w_i]: a dual within noise of 0 (its constraint met without it) moving by 1e-4 is a
+    0.6 % change of its range, settled; measured against itself it would be a 100 % change."""
+    class Cfg:
+        steps, converge_tol, settle_tol = 100, 0.1, 0.05
+
+    noise = [[0, [0.0]], [80, [1e-4]], [100, [0.0]]]
+    assert convergence(Cfg, noise, [0.3], True)["settled"] is False
+    cls = METHODS.get("fkl")
+    m = cls(make_config(cls.Config, {}, "fkl"), data_bundle, torch.Generator())
+    floor = m.dual_floor()
+    assert abs(floor - 0.1 * float(m.forget_weights().sum())) < 1e-12 and abs(floor - 0.005) < 1e-12  # w = (0.025, 0.025)
+    c = convergence(Cfg, noise, [0.3], True, floor=floor)
+    assert c["settled"] is True and abs(c["dual_rel_change"] - 0.02) < 1e-12
+    rkl = METHODS.get("rkl")
+    assert rkl(make_config(rkl.Config, {}, "rkl"), concept_bundle, torch.Generator()).dual_floor() == 0.0
+
+
+def test_a_threshold_within_two_standard_errors_counts_as_met(concept_bundle):
+    """lik's E_p[P(c|x)] on 512 samples has a standard error of ~13 % at eps = 0.1: 'within 5 %' alone is a coin flip.
+    With final_estimates >= 2 the verdict also accepts a violation within two standard errors of the final estimate,
+    and the record keeps the strict verdict beside it."""
+    cls = METHODS.get("lik")
+    m = cls(make_config(cls.Config, {"eps": 0.1, "final_estimates": 4}, "lik"), concept_bundle, torch.Generator())
+    draws = iter([torch.tensor([0.11, 0.10]), torch.tensor([0.13, 0.10]), torch.tensor([0.09, 0.10]),
+                  torch.tensor([0.15, 0.10])])
+    m.estimate_constraints = lambda: next(draws)
+    est = m.final_estimate()
+    assert abs(float(est[0]) - 0.12) < 1e-6 and m.final_se is not None and float(m.final_se[1]) == 0.0
+    assert m.constraints_met(est) is False  # 0.12 is 20 % over 0.1
+    assert abs(float(m.final_se[0]) - float(torch.tensor([0.11, 0.13, 0.09, 0.15]).std()) / 2) < 1e-6
+    assert m.constraints_met(est, m.final_se) is True  # 0.02 < 2 x 0.0129
+    assert m.constraints_met(est, m.final_se / 10) is False

@@ -29,7 +29,7 @@ from unlearnbench.settings import (MAX_COUNT, MAX_SEED, MAX_SEEDS, MAX_TRIALS, C
                                    read_small_file)
 
 logger = logging.getLogger(__name__)
-from unlearnbench.tasks import TASKS
+from unlearnbench.tasks import TASKS, Task
 
 
 MAX_YAML_VALUES = 100_000  # numbers, strings, lists and mappings in one file or --set value, aliases expanded
@@ -335,7 +335,7 @@ def resolve_grid(grid: str, method_names: list[str], task_obj, file_grids: dict)
         return load_grid_file(grid, method_names)
     given = file_grids.get(grid) or {}
     try:
-        values = {m: given[m] if m in given else task_obj.grid(grid, m) for m in method_names}
+        values = {m: given[m] if m in given else grid_values(task_obj, grid, m) for m in method_names}
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return grid, values, {}
@@ -352,9 +352,41 @@ def grid_param(method: str, grid_name: str, grid_params: dict[str, str]) -> str:
 
 def check_method_config(task_obj, method: str, overrides: dict, grid: dict) -> None:
     """Resolve the trial's config now, so that no trial fails for a value that could be refused here."""
-    from unlearnbench.runner import build_method_config
-
     try:
         dataclasses.asdict(build_method_config(task_obj, method, overrides, grid))
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{method} with {grid['param']}={grid['value']:g}: {e}") from None
+
+
+def grid_names(task: Task | type[Task], method: str | None = None) -> list[str]:
+    """The task's own grid names, plus the ones ``method`` declares for the task's kind."""
+    names = list(task.grids)
+    if method is not None:
+        names += [g for g in METHODS.get(method).declared_grid_names(task.kind) if g not in names]
+    return names
+
+
+def grid_values(task: Task, grid_name: str, method: str) -> list[float]:
+    """Values of ``grid_name`` for ``method``: the task's own, else the method's declared defaults for its kind."""
+    own = task.grids.get(grid_name, {})
+    if method in own:
+        return list(own[method])
+    declared = METHODS.get(method).declared_grid(task.kind, grid_name)
+    if declared is not None:
+        return declared
+    if grid_name not in grid_names(task, method):
+        raise ValueError(f"task {task.name} has no grid {grid_name!r}; valid: {', '.join(grid_names(task, method))}")
+    raise ValueError(f"grid {grid_name!r} of task {task.name} has no values for method {method!r}; "
+                     f"it has: {', '.join(own)} (a method declares its own with default_grids)")
+
+
+def build_method_config(task, method: str, overrides: dict[str, Any], grid: dict | None):
+    """Method defaults < the task's defaults for that method < user overrides < the grid value."""
+    cls = METHODS.get(method)
+    values = dict(getattr(task, "method_defaults", {}).get(method, {}))
+    values.update(overrides or {})
+    if grid is not None:
+        values[grid["param"]] = grid["value"]
+    if values.get("steps") is None:
+        values["steps"] = task.default_steps
+    return make_config(cls.Config, values, method)

@@ -1,10 +1,11 @@
-"""Diffusion maths shared by every task and method: the VP/DDPM schedule, noising, targets, ELBO weights,
-the point-wise KL estimator of PAPER.md section 1 and a DDIM sampler. Small functions, no state."""
+"""Diffusion maths shared by every task and method: the VP/DDPM schedule, noising, targets, ELBO weights, the
+ELBO-weighted noise-prediction error (:func:`elbo_error`, behind the point-wise KL estimator of PAPER.md section 1 and
+the ELBO terms), and a DDIM sampler. Small functions, no state."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -94,6 +95,29 @@ def predict_x0(schedule: Schedule, x_t: Tensor, eps: Tensor, t: Tensor) -> Tenso
     return (x_t - s * eps) / a
 
 
+Draw = tuple[Tensor, Tensor, "Tensor | float"]  # (t [B] long, noise [B, *], weight: [B] or a number)
+
+
+def elbo_error(schedule: Schedule, x0: Tensor, eps_fn: EpsFn, cond: Tensor, draws: Iterable[Draw],
+               ref: EpsFn | None = None, ref_cond: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+    """The ELBO-weighted noise-prediction error, the one place it is written: per sample, the sum over ``draws``
+    ``(t, noise, weight)`` of ``weight * ||eps_fn(x_t, t, cond) - target||^2`` with ``x_t`` the draw's noising of
+    ``x0`` and the target the draw's noise (the diffusion part of the negative ELBO) or, given ``ref``,
+    ``ref(x_t, t, ref_cond)`` (the point-wise KL between two models; ``ref_cond`` defaults to ``cond``).
+
+    How t is drawn and weighted is the caller's (uniform, stratified, fixed steps, importance-sampled): ``draws`` is
+    read lazily, so noise drawn inside it comes in the caller's order. Accumulated into ``out`` (its dtype and
+    device; default zeros like ``x0``) and returned unscaled; [B]."""
+    if out is None:
+        out = torch.zeros(x0.shape[0], device=x0.device, dtype=x0.dtype)
+    for t, noise, weight in draws:
+        x_t = add_noise(schedule, x0, noise, t)
+        pred = eps_fn(x_t, t, cond)
+        target = noise if ref is None else ref(x_t, t, cond if ref_cond is None else ref_cond)
+        out += weight * per_sample_mse(pred, target).to(out.device, out.dtype)
+    return out
+
+
 def pointwise_kl(schedule: Schedule, x0: Tensor, eps_p: EpsFn, eps_q: EpsFn, cond_p: Tensor, cond_q: Tensor,
                  n_t: int = 1, generator: torch.Generator | None = None) -> Tensor:
     """Per-sample estimate of ``KL(p || q) ~ sum_t w_t E||eps_p(x_t) - eps_q(x_t)||^2`` (PAPER.md eq. in section 1).
@@ -102,25 +126,23 @@ def pointwise_kl(schedule: Schedule, x0: Tensor, eps_p: EpsFn, eps_q: EpsFn, con
     is ``T * mean``, with the t draws stratified over [0, T) (:func:`stratified_t`). Returns [B].
     """
     w = schedule.elbo_weights().to(x0.device, x0.dtype)
-    out = torch.zeros(x0.shape[0], device=x0.device, dtype=x0.dtype)
     ts = stratified_t(x0.shape[0] * n_t, schedule.T, generator, x0.device).view(n_t, -1)
-    for t in ts:
-        noise = randn(x0.shape, generator, x0.device, x0.dtype)
-        x_t = add_noise(schedule, x0, noise, t)
-        out += w[t] * per_sample_mse(eps_p(x_t, t, cond_p), eps_q(x_t, t, cond_q))
-    return out * schedule.T / n_t
+    draws = ((t, randn(x0.shape, generator, x0.device, x0.dtype), w[t]) for t in ts)
+    return elbo_error(schedule, x0, eps_p, cond_p, draws, eps_q, cond_q) * schedule.T / n_t
 
 
 def elbo_terms(schedule: Schedule, x0: Tensor, eps_fn: EpsFn, cond: Tensor, n_t: int = 1,
                generator: torch.Generator | None = None, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
     """Per-sample ``sum_t w_t E||eps_fn(x_t) - eps||^2`` (the diffusion part of the negative ELBO, in nats); [B]."""
     w = schedule.elbo_weights().to(x0.device, x0.dtype)
-    out = torch.zeros(x0.shape[0], device=x0.device, dtype=x0.dtype)
-    for _ in range(n_t):
-        tt = sample_t(x0.shape[0], schedule.T, generator, x0.device) if t is None else t
-        nz = randn(x0.shape, generator, x0.device, x0.dtype) if noise is None else noise
-        out += w[tt] * per_sample_mse(eps_fn(add_noise(schedule, x0, nz, tt), tt, cond), nz)
-    return out * schedule.T / n_t
+
+    def draws() -> Iterator[Draw]:
+        for _ in range(n_t):
+            tt = sample_t(x0.shape[0], schedule.T, generator, x0.device) if t is None else t
+            nz = randn(x0.shape, generator, x0.device, x0.dtype) if noise is None else noise
+            yield tt, nz, w[tt]
+
+    return elbo_error(schedule, x0, eps_fn, cond, draws()) * schedule.T / n_t
 
 
 def guided(eps_fn: EpsFn, null_cond: int, scale: float) -> EpsFn:

@@ -20,13 +20,12 @@ import logging
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from unlearnbench.records import RecordWriteError, append_record
 
 if TYPE_CHECKING:
     from unlearnbench.config import SweepPlan
-    from unlearnbench.sweep import TuneOptions
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def trainable(config: dict) -> None:
     driver, which stops the sweep)."""
     from ray import tune
 
-    from unlearnbench.runner import execute_trial
+    from unlearnbench.trials import execute_trial
 
     rec = execute_trial(config["spec"], report=tune.report)  # intermediate results: runner.progress_row
     report = flat_metrics(rec)
@@ -108,11 +107,11 @@ def _callback_classes():
 
     class Recorder(tune.Callback):
         """Writes records (cluster mode, failed trials), prints one progress line per finished trial and, between
-        them, the running trials' latest intermediate results (:class:`~unlearnbench.sweep.Heartbeat`), notes a
+        them, the running trials' latest intermediate results (:class:`~unlearnbench.trials.Heartbeat`), notes a
         write failure."""
 
         def __init__(self, plan: SweepPlan, total: int, local: bool, echo: Callable[[str], None]):
-            from unlearnbench.sweep import Heartbeat
+            from unlearnbench.trials import Heartbeat
 
             self.plan, self.total, self.local, self.echo = plan, total, local, echo
             self.beat = Heartbeat(echo, total)
@@ -142,7 +141,7 @@ def _callback_classes():
                       f"({trial.num_failures}/{MAX_RETRIES})")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            from unlearnbench.runner import base_record
+            from unlearnbench.records import base_record
 
             spec = trial.config["spec"]
             if spec["trial_id"] in self.written:
@@ -179,7 +178,7 @@ def run_tune(todo: list[dict], plan: SweepPlan, opts: TuneOptions, echo: Callabl
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from unlearnbench.cluster import check_cluster_resources, ray_is_local, ray_session, tune_callbacks
-    from unlearnbench.sweep import prepare_task
+    from unlearnbench.trials import prepare_task
 
     t0 = time.perf_counter()
     with ray_session(opts.address, opts.num_cpus, opts.gpus_per_trial):
@@ -205,3 +204,13 @@ def run_tune(todo: list[dict], plan: SweepPlan, opts: TuneOptions, echo: Callabl
     if recorder.abort:
         raise RecordWriteError(recorder.abort)
     return grid
+
+
+class TuneOptions(NamedTuple):
+    """Where and how Ray Tune runs the trials."""
+    address: str | None = None
+    num_cpus: int | None = None
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    max_concurrent: int | None = None
+    callbacks: list[str] | None = None

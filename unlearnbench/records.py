@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from unlearnbench.cache import config_hash
 from unlearnbench.settings import SAFE_NAME_TEXT, is_safe_name
 
 logger = logging.getLogger(__name__)
@@ -268,3 +269,37 @@ def environment() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - provenance must never fail a trial
         env["gpu"] = None
     return env
+
+
+def relative_artifacts(artifacts: dict[str, str], run_dir: str | None) -> dict[str, str]:
+    """Artifact paths relative to the run directory (so a run directory can be moved or committed)."""
+    out = {}
+    for k, v in artifacts.items():
+        if run_dir and os.path.isabs(v) and os.path.commonpath([os.path.abspath(v), run_dir]) == run_dir:
+            v = os.path.relpath(v, run_dir)
+        out[k] = v
+    return out
+
+
+def base_record(spec: dict[str, Any], task=None) -> dict[str, Any]:
+    task_info: dict[str, Any] = {"name": spec["task"], "options": spec.get("task_options") or {}}
+    if task is not None:
+        task_info.update(task.describe())
+        task_info["axes"] = [list(a) for a in task.axes]
+    rec = {
+        "schema_version": SCHEMA_VERSION, "run_id": spec.get("run_id"), "trial_id": spec["trial_id"],
+        "created_at": now_iso(), "status": "failed", "error": None, "task": task_info, "method": spec["method"],
+        "method_config": spec.get("method_config", {}), "grid": spec.get("grid"), "seed": spec["seed"],
+        "metrics": {}, "oracle": None, "train": None, "timing": None, "config_hash": spec_hash(spec),
+        "env": environment(), "artifacts": {},
+    }
+    if spec.get("attack"):
+        rec["attack"] = spec["attack"]
+    return rec
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    keys = ("task", "task_options", "method", "method_config", "grid", "seed")
+    if spec.get("attack"):  # an attack trial of a trial: its own hash (trials keep theirs)
+        keys += ("attack",)
+    return config_hash({k: spec.get(k) for k in keys})

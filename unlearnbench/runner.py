@@ -8,18 +8,16 @@ import math
 import os
 import random
 import time
-import traceback
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from unlearnbench.cache import config_hash
 from unlearnbench.methods import METHODS
 from unlearnbench.methods._constrained import ConstrainedMethod
-from unlearnbench.methods.base import make_config
 from unlearnbench.protocol import SETTLE_TOL
-from unlearnbench.records import SCHEMA_VERSION, environment, now_iso
+from unlearnbench.config import build_method_config
+from unlearnbench.records import base_record, relative_artifacts
 from unlearnbench.tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -30,18 +28,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def build_method_config(task, method: str, overrides: dict[str, Any], grid: dict | None):
-    """Method defaults < the task's defaults for that method < user overrides < the grid value."""
-    cls = METHODS.get(method)
-    values = dict(getattr(task, "method_defaults", {}).get(method, {}))
-    values.update(overrides or {})
-    if grid is not None:
-        values[grid["param"]] = grid["value"]
-    if values.get("steps") is None:
-        values["steps"] = task.default_steps
-    return make_config(cls.Config, values, method)
 
 
 class LossExploded(Exception):
@@ -69,9 +55,10 @@ def check_losses(losses: dict[str, torch.Tensor], obj: torch.Tensor, step: int, 
 
 
 def convergence(cfg, duals: list, slack: list[float] | None, met: bool | None,
-                steps: int | None = None) -> dict[str, Any]:
+                steps: int | None = None, floor: float = 0.0) -> dict[str, Any]:
     """How settled the duals are: ``dual_rel_change = ||lambda_T - lambda_0.8T||_1 / max(||lambda_T||_1,
-    ||lambda_0.8T||_1)`` over the last 20% of the ``steps`` run (default ``cfg.steps``; 0 when both are 0),
+    ||lambda_0.8T||_1, floor)`` over the last 20% of the ``steps`` run (default ``cfg.steps``; 0 when all are 0;
+    ``floor``: the method's :meth:`~ConstrainedMethod.dual_floor`),
     ``converged`` when it is at most ``cfg.converge_tol``, ``settled`` when it is at most ``cfg.settle_tol`` and the
     constraints are met; with the final constraint slack."""
     if not duals:
@@ -80,7 +67,7 @@ def convergence(cfg, duals: list, slack: list[float] | None, met: bool | None,
     start = 0.8 * (steps or cfg.steps)
     before = [d for s, d in duals if s <= start] or [duals[0][1]]
     a, b = np.asarray(before[-1], dtype=float), np.asarray(duals[-1][1], dtype=float)
-    denom = max(np.abs(a).sum(), np.abs(b).sum())
+    denom = max(np.abs(a).sum(), np.abs(b).sum(), floor)
     rel = float(np.abs(b - a).sum() / denom) if denom > 0 else 0.0
     return {"dual_rel_change": rel, "converged": rel <= cfg.converge_tol,
             "settled": bool(met) and rel <= getattr(cfg, "settle_tol", SETTLE_TOL), "final_slack": slack,
@@ -149,7 +136,8 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
             estimates.append([step + 1, est.tolist()])
             duals.append([step + 1, new.tolist()])
             if total > cfg.steps and step + 1 >= cfg.steps and \
-                    convergence(cfg, duals, None, method.constraints_met(est), step + 1)["settled"]:
+                    convergence(cfg, duals, None, method.constraints_met(est), step + 1,
+                                method.dual_floor())["settled"]:
                 break
         if step % log_every == 0 or step == total - 1:
             row = {k: float(v.detach().float().mean()) for k, v in losses.items()}
@@ -163,11 +151,14 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
         diverged = f"method {method.name}: trainable parameters became non-finite (a numerical blow-up)"
     out: dict[str, Any] = {"steps": ran if total > cfg.steps else cfg.steps, "history": history, "diverged": diverged}
     if constrained and diverged is None:
-        final = method.estimate_constraints()
-        slack, met = (-method.violation(final.double())).tolist(), method.constraints_met(final)
+        final = method.final_estimate()
+        slack = (-method.violation(final.double())).tolist()
+        met, se = method.constraints_met(final, method.final_se), method.final_se
         out.update(final_duals=method.duals.tolist(), duals=duals, estimates=estimates,
                    constraint_estimates=final.tolist(), constraint_slack=slack, constraints_met=met,
-                   convergence=convergence(cfg, duals, slack, met, out["steps"]))
+                   constraint_se=None if se is None else se.tolist(),
+                   constraints_met_strict=method.constraints_met(final),
+                   convergence=convergence(cfg, duals, slack, met, out["steps"], method.dual_floor()))
     else:
         out.update(final_duals=method.duals.tolist() if constrained else None, duals=duals, constraint_estimates=None,
                    constraint_slack=None, constraints_met=None, convergence=convergence(cfg, [], None, None))
@@ -243,80 +234,6 @@ def run_trial(spec: dict[str, Any], report: Report | None = None) -> dict[str, A
         artifacts=relative_artifacts(bundle.extras.get("artifacts", {}), spec.get("run_dir")),
     )
     return record
-
-
-def relative_artifacts(artifacts: dict[str, str], run_dir: str | None) -> dict[str, str]:
-    """Artifact paths relative to the run directory (so a run directory can be moved or committed)."""
-    out = {}
-    for k, v in artifacts.items():
-        if run_dir and os.path.isabs(v) and os.path.commonpath([os.path.abspath(v), run_dir]) == run_dir:
-            v = os.path.relpath(v, run_dir)
-        out[k] = v
-    return out
-
-
-def base_record(spec: dict[str, Any], task=None) -> dict[str, Any]:
-    task_info: dict[str, Any] = {"name": spec["task"], "options": spec.get("task_options") or {}}
-    if task is not None:
-        task_info.update(task.describe())
-        task_info["axes"] = [list(a) for a in task.axes]
-    rec = {
-        "schema_version": SCHEMA_VERSION, "run_id": spec.get("run_id"), "trial_id": spec["trial_id"],
-        "created_at": now_iso(), "status": "failed", "error": None, "task": task_info, "method": spec["method"],
-        "method_config": spec.get("method_config", {}), "grid": spec.get("grid"), "seed": spec["seed"],
-        "metrics": {}, "oracle": None, "train": None, "timing": None, "config_hash": spec_hash(spec),
-        "env": environment(), "artifacts": {},
-    }
-    if spec.get("attack"):
-        rec["attack"] = spec["attack"]
-    return rec
-
-
-def spec_hash(spec: dict[str, Any]) -> str:
-    keys = ("task", "task_options", "method", "method_config", "grid", "seed")
-    if spec.get("attack"):  # an attack trial of a trial: its own hash (trials keep theirs)
-        keys += ("attack",)
-    return config_hash({k: spec.get(k) for k in keys})
-
-
-def execute_trial(spec: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
-    """Run a trial; an exception becomes a failed record (the sweep goes on). ``report``: see :func:`train`."""
-    t0 = time.perf_counter()
-    try:
-        if spec.get("attack"):  # a robustness-ladder trial (unlearnbench attack): same executor, same records
-            from unlearnbench.attack import run_attack_trial
-
-            return run_attack_trial(spec)
-        return run_trial(spec, report)
-    except Exception as e:  # noqa: BLE001 - every failure is recorded, never lost
-        logger.warning("trial %s failed: %s", spec["trial_id"], e)
-        record = base_record(spec)
-        tb = traceback.format_exc().strip().splitlines()
-        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback="\n".join(tb[-12:]),
-                      timing={"total_s": time.perf_counter() - t0})
-        return record
-
-
-def summary_row(record: dict[str, Any]) -> dict[str, Any]:
-    """Flat row for summary.csv."""
-    row = {"trial_id": record["trial_id"], "task": record["task"]["name"], "method": record["method"],
-           "grid": (record.get("grid") or {}).get("name"), "param": (record.get("grid") or {}).get("param"),
-           "value": (record.get("grid") or {}).get("value"), "seed": record["seed"], "status": record["status"],
-           "error": record.get("error")}
-    for name, m in sorted(record.get("metrics", {}).items()):
-        row[name] = m["value"]
-        row[f"{name}_stderr"] = m.get("stderr")  # the evaluation's own uncertainty, n samples
-        row[f"{name}_n"] = m.get("n")
-    train = record.get("train") or {}
-    if train.get("final_duals") is not None:
-        row["duals"] = " ".join(f"{d:.4g}" for d in train["final_duals"])
-        row["constraints_met"] = train.get("constraints_met")
-    fronts = (record.get("oracle") or {}).get("fronts") or {}
-    for fname, f in sorted(fronts.items()):
-        if f.get("gap") is not None:
-            row[f"gap_{fname}"] = f["gap"]
-    row["total_s"] = (record.get("timing") or {}).get("total_s")
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
 def set_default_env() -> None:

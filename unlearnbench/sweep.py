@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
-import time
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Any, Callable
 
 from unlearnbench.cache import atomic_write_bytes
 from unlearnbench.config import SweepPlan
+from unlearnbench.raytune import TuneOptions
 from unlearnbench.records import RECORDS, append_record, iter_latest, read_records
-from unlearnbench.runner import execute_trial, set_default_env, summary_row
+from unlearnbench.runner import set_default_env
+from unlearnbench.trials import Heartbeat, execute_trial, prepare_task
 
 logger = logging.getLogger(__name__)
-
-
-class TuneOptions(NamedTuple):
-    """Where and how Ray Tune runs the trials."""
-    address: str | None = None
-    num_cpus: int | None = None
-    cpus_per_trial: float = 1
-    gpus_per_trial: float = 0
-    max_concurrent: int | None = None
-    callbacks: list[str] | None = None
 
 
 FINISHED = ("ok", "diverged")  # diverged: a deterministic outcome (the method broke the model), not re-run on resume
@@ -76,95 +69,46 @@ def _trial_keys(trials: list[dict]) -> dict[str, dict]:
     return {str(t["trial_id"]): {k: t.get(k) for k in RESUME_KEYS} for t in trials}
 
 
-def progress_line(done: int, total: int, rec: dict, eta_s: float | None = None) -> str:
-    eta = f"  (sweep ETA {_duration(eta_s)})" if eta_s is not None and done < total else ""
-    if rec["status"] != "ok":
-        return f"[{done}/{total}] {rec['trial_id']:<28} {rec['status'].upper()}  {rec.get('error')}{eta}"
-    axes = (rec.get("task") or {}).get("axes") or []
-    shown = []
-    for name in dict.fromkeys(n for pair in axes[:2] for n in pair):
-        m = rec["metrics"].get(name)
-        if m is not None and m["value"] is not None:
-            shown.append(f"{name}={m['value']:.4g}")
-    duals = (rec.get("train") or {}).get("final_duals")
-    if duals:
-        shown.append("lambda=[" + ",".join(f"{d:.3g}" for d in duals) + "]")
-    t = (rec.get("timing") or {}).get("total_s") or 0.0
-    return f"[{done}/{total}] {rec['trial_id']:<28} ok {t:6.1f}s  " + "  ".join(shown) + eta
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep runs: the executor (``ray`` or ``serial``), whether it resumes its run directory (and then runs
+    diverged trials again too: ``rerun_diverged``, after a task's sane ranges changed; the new record, same seed and
+    draws, supersedes the old one), where its console lines go, and where and how wide Ray Tune runs the trials."""
+
+    executor: str = "ray"
+    resume: bool = False
+    rerun_diverged: bool = False
+    echo: Callable[[str], None] = print
+    tune: TuneOptions = TuneOptions()
+
+    @classmethod
+    def of(cls, **settings: Any) -> SweepOptions:
+        """Options from flat settings: this class's fields and :class:`~unlearnbench.raytune.TuneOptions`' (``address``,
+        ``num_cpus``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_concurrent``, ``tune_callbacks``)."""
+        tune = {("callbacks" if k == "tune_callbacks" else k): settings.pop(k) for k in list(settings)
+                if k in TuneOptions._fields or k == "tune_callbacks"}
+        unknown = set(settings) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"run_sweep: unknown setting(s) {', '.join(sorted(unknown))}")
+        return cls(**settings, tune=TuneOptions(**tune))
 
 
-def _duration(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
-class Heartbeat:
-    """The sweep's console between finished trials: a line per finished trial with the running count and the sweep's
-    ETA (elapsed time per finished trial, times what is left), and, when nothing finished for ``every_s``, a line with
-    each running trial's latest intermediate result (step, objective, duals) so a long trial is never silent."""
-
-    def __init__(self, echo: Callable[[str], None], total: int, every_s: float | None = None):
-        from unlearnbench.progress import EVERY_S
-
-        self.echo, self.total, self.every_s = echo, total, EVERY_S if every_s is None else every_s
-        self.done, self.running = 0, {}
-        self.t0 = self.last = time.monotonic()
-
-    def note(self, trial_id: str, row: dict) -> None:
-        """An intermediate result of a running trial (:func:`unlearnbench.runner.progress_row`)."""
-        self.running[trial_id] = row
-        self.tick()
-
-    def finished(self, rec: dict) -> None:
-        self.done += 1
-        self.running.pop(rec["trial_id"], None)
-        elapsed = time.monotonic() - self.t0
-        self.echo(progress_line(self.done, self.total, rec, elapsed / self.done * (self.total - self.done)))
-        self.last = time.monotonic()
-
-    def tick(self) -> None:
-        """Print the running trials' state if the console has been silent for ``every_s``."""
-        if time.monotonic() - self.last < self.every_s:
-            return
-        parts = []
-        for tid, row in sorted(self.running.items()):
-            loss = row.get("loss") or {}
-            obj = loss.get("objective", next(iter(loss.values()), None))
-            lam = row.get("lambda")
-            parts.append(f"{tid} step {row.get('step')}/{row.get('steps')}"
-                         + (f" objective={obj:.4g}" if obj is not None else "")
-                         + (" lambda=[" + ",".join(f"{v:.3g}" for v in lam.values()) + "]" if lam else ""))
-        what = "; ".join(parts) if parts else "trials starting or evaluating"
-        self.echo(f"      [{self.done}/{self.total} done, {_duration(time.monotonic() - self.t0)}] running: {what}")
-        self.last = time.monotonic()
-
-
-def prepare_task(plan: SweepPlan) -> None:
-    """Expensive shared work (pretraining, reference statistics) once, in the driver, before any trial."""
-    from unlearnbench.tasks import TASKS
-
-    cache_dir = plan.trials[0].get("cache_dir") if plan.trials else None
-    TASKS.get(plan.task)(plan.task_options, cache_dir=cache_dir).prepare()
-    if any(t.get("attack") for t in plan.trials):  # the robustness ladder's retrained references
-        from unlearnbench.attack import prepare
-
-        prepare(plan)
-
-
-def run_sweep(plan: SweepPlan, executor: str = "ray", resume: bool = False, address: str | None = None,
-              num_cpus: int | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-              max_concurrent: int | None = None, echo: Callable[[str], None] = print,
-              tune_callbacks: list[str] | None = None, rerun_diverged: bool = False) -> list[dict]:
-    """Run the plan's trials not yet finished ok; returns the latest record of every trial in the run dir.
-    ``rerun_diverged`` (with ``resume``) runs diverged trials again too: after a task's sane ranges changed, the new
-    record (same seed, same draws) supersedes the old one.
+def run_sweep(plan: SweepPlan, options: SweepOptions | None = None, **settings: Any) -> list[dict]:
+    """Run the plan's trials not yet finished ok (see :class:`SweepOptions`; ``settings``, the same as flat keywords,
+    for a caller that sets one or two); returns the latest record of every trial in the run dir.
 
     Raises ``RecordWriteError`` (the sweep stops; finished records are kept) when a record cannot be written, and
     ``ClusterError`` when the cluster cannot be reached or cannot hold one trial."""
     from unlearnbench.cluster import check_resources
 
+    if options is None:
+        options = SweepOptions.of(**settings)
+    elif settings:
+        raise TypeError("run_sweep: give the options object or flat settings, not both")
+    executor, resume, rerun_diverged, echo, tune = (options.executor, options.resume, options.rerun_diverged,
+                                                    options.echo, options.tune)
     set_default_env()
-    check_resources(cpus_per_trial, gpus_per_trial, num_cpus, local=address is None)
+    check_resources(tune.cpus_per_trial, tune.gpus_per_trial, tune.num_cpus, local=tune.address is None)
     run_dir = Path(plan.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / RECORDS).exists() and not resume:
@@ -179,16 +123,15 @@ def run_sweep(plan: SweepPlan, executor: str = "ray", resume: bool = False, addr
     if skip:
         echo(f"resuming {run_dir}: {len(skip)} trial(s) already done, {len(todo)} to run")
     for t in todo:
-        t["threads"] = max(1, int(cpus_per_trial))
-        t["gpus"] = gpus_per_trial
+        t["threads"] = max(1, int(tune.cpus_per_trial))
+        t["gpus"] = tune.gpus_per_trial
     if todo and executor == "serial":
         prepare_task(plan)
         _run_serial(todo, str(run_dir), echo)
     elif todo and executor == "ray":
         from unlearnbench.raytune import run_tune
 
-        run_tune(todo, plan, TuneOptions(address, num_cpus, cpus_per_trial, gpus_per_trial, max_concurrent,
-                                         tune_callbacks), echo)
+        run_tune(todo, plan, tune, echo)
     elif todo:
         raise ValueError(f"executor {executor!r}; valid: ray, serial")
     records = sorted(iter_latest(read_records([run_dir / RECORDS])), key=lambda r: r["trial_id"])
@@ -238,3 +181,25 @@ def format_table(records: list[dict], max_metrics: int = 4) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("use the CLI: unlearnbench run ...")
+
+
+def summary_row(record: dict[str, Any]) -> dict[str, Any]:
+    """Flat row for summary.csv."""
+    row = {"trial_id": record["trial_id"], "task": record["task"]["name"], "method": record["method"],
+           "grid": (record.get("grid") or {}).get("name"), "param": (record.get("grid") or {}).get("param"),
+           "value": (record.get("grid") or {}).get("value"), "seed": record["seed"], "status": record["status"],
+           "error": record.get("error")}
+    for name, m in sorted(record.get("metrics", {}).items()):
+        row[name] = m["value"]
+        row[f"{name}_stderr"] = m.get("stderr")  # the evaluation's own uncertainty, n samples
+        row[f"{name}_n"] = m.get("n")
+    train = record.get("train") or {}
+    if train.get("final_duals") is not None:
+        row["duals"] = " ".join(f"{d:.4g}" for d in train["final_duals"])
+        row["constraints_met"] = train.get("constraints_met")
+    fronts = (record.get("oracle") or {}).get("fronts") or {}
+    for fname, f in sorted(fronts.items()):
+        if f.get("gap") is not None:
+            row[f"gap_{fname}"] = f["gap"]
+    row["total_s"] = (record.get("timing") or {}).get("total_s")
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}

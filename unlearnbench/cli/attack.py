@@ -1,5 +1,5 @@
 """``unlearnbench attack RUN_DIR``: the robustness ladder on a run's saved unlearned models (see
-:mod:`unlearnbench.attack`)."""
+:mod:`unlearnbench.robustness`)."""
 from __future__ import annotations
 
 import argparse
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from unlearnbench.attack import plan_attacks
+    from unlearnbench.robustness.plan import plan_attacks
     from unlearnbench.config import ConfigError, check_writable_dir
 
     try:
@@ -77,13 +77,14 @@ def run(args) -> int:
 
 
 def _attack(args, plan) -> int:
-    from unlearnbench.sweep import run_sweep
+    from unlearnbench.raytune import TuneOptions
+    from unlearnbench.sweep import SweepOptions, run_sweep
 
     print(f"{len(plan.trials)} attack trials of {plan.task} -> {plan.run_dir}", flush=True)
     try:
-        records = run_sweep(plan, executor=args.executor, resume=True, address=args.address, num_cpus=args.num_cpus,
-                            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                            max_concurrent=args.max_concurrent, echo=lambda s: print(s, flush=True))
+        tune = TuneOptions(args.address, args.num_cpus, args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
+        records = run_sweep(plan, SweepOptions(args.executor, resume=True, echo=lambda s: print(s, flush=True),
+                                               tune=tune))
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -160,10 +160,12 @@ def forget_variants(task_cls: type) -> list[tuple[str, object]]:
 
 def grid_rows(task_cls: type, task, method: str) -> list[tuple[str, str]]:
     """(grid name, values as text) of every grid with values for ``method`` on this task."""
+    from unlearnbench.config import grid_names, grid_values
+
     rows = []
-    for grid in task_cls.grid_names(method):
+    for grid in grid_names(task_cls, method):
         try:
-            values = task.grid(grid, method) if task is not None else task_cls.grids[grid][method]
+            values = grid_values(task, grid, method) if task is not None else task_cls.grids[grid][method]
         except (ValueError, KeyError):
             continue
         rows.append((grid, ", ".join(f"{v:g}" for v in values)))

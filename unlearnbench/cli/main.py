@@ -6,9 +6,13 @@ import sys
 
 from unlearnbench import __version__
 from unlearnbench.cli import attack as attack_cmd
+from unlearnbench.cli import claims as claims_cmd
 from unlearnbench.cli import compare as compare_cmd
+from unlearnbench.cli import leaderboard as lb_cmd
 from unlearnbench.cli import ls as ls_cmd
+from unlearnbench.cli import pretrain as pretrain_cmd
 from unlearnbench.cli import run as run_cmd
+from unlearnbench.cli import validate as validate_cmd
 from unlearnbench.registry import UnknownNameError
 from unlearnbench.settings import ConfigError
 
@@ -23,20 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug (also after the command)")
     p.add_argument("--version", action="version", version=f"unlearnbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run_cmd.add_parser(sub)
-    run_cmd.add_validate_parser(sub)
-    ls_cmd.add_parser(sub)
-    run_cmd.add_pretrain_parser(sub)
-    attack_cmd.add_parser(sub)
-    compare_cmd.add_parser(sub)
-    try:
-        from unlearnbench.cli import leaderboard as lb_cmd
-    except ImportError:  # pragma: no cover - optional during development
-        lb_cmd = None
-    if lb_cmd is not None:
-        lb_cmd.add_parser(sub)
-        if hasattr(lb_cmd, "add_claims_parser"):
-            lb_cmd.add_claims_parser(sub)
+    for cmd in (run_cmd, validate_cmd, ls_cmd, pretrain_cmd, attack_cmd, compare_cmd, lb_cmd, claims_cmd):
+        cmd.add_parser(sub)  # one subcommand per module of cli/
     for cmd in sub.choices.values():  # global flags are accepted after the command too
         cmd.add_argument("-v", "--verbose", dest="verbose_after", action="count", default=0, help=argparse.SUPPRESS)
         cmd.add_argument("--version", action="version", version=f"unlearnbench {__version__}", help=argparse.SUPPRESS)

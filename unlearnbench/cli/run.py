@@ -1,4 +1,4 @@
-"""``unlearnbench run`` (a sweep), ``validate`` (check a sweep without running it) and ``pretrain``."""
+"""``unlearnbench run``: a sweep of methods x grid values x seeds, through Ray Tune or serially."""
 from __future__ import annotations
 
 import argparse
@@ -60,27 +60,6 @@ def add_parser(sub) -> None:
     p.add_argument("--save-models", action="store_true", help="each ok trial saves its unlearned weights beside its "
                                                               "record (LoRA adapters or a state dict)")
     p.set_defaults(func=run)
-
-
-def add_validate_parser(sub) -> None:
-    p = sub.add_parser("validate", help="check names, grids and settings of a sweep without running it",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  unlearnbench validate --task gmm-concept --methods rkl,esd --grid eps")
-    _common(p)
-    p.set_defaults(func=validate)
-
-
-def add_pretrain_parser(sub) -> None:
-    p = sub.add_parser("pretrain", help="train and cache a task's pretrained model(s), or copy the shipped ones",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  unlearnbench pretrain --task digits")
-    p.add_argument("--task", default="digits", help="a task name, 'digits' for both digits tasks or 'gmm' for both "
-                                                    "mixture tasks (with their retrained references)")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--no-shipped", action="store_true",
-                   help="build what is not in the cache here, instead of copying the artefacts shipped with the package "
-                        "(digits: about 26 minutes on 2 cores)")
-    p.set_defaults(func=pretrain)
 
 
 def _plan(args, run_dir: str):
@@ -253,7 +232,8 @@ def _sweep(args, plan) -> int:
     """Run the plan in its (locked) run directory, then print the table and build the run's leaderboard."""
     from unlearnbench.pipelines import ModelPathError
     from unlearnbench.rundir import write_args
-    from unlearnbench.sweep import format_table, run_sweep
+    from unlearnbench.raytune import TuneOptions
+    from unlearnbench.sweep import SweepOptions, format_table, run_sweep
 
     if not args.resume:  # a resumed sweep keeps the settings it was started with
         saved = {k: getattr(args, k) for k in (*SWEEP_FLAGS, "cache_dir")}
@@ -261,11 +241,10 @@ def _sweep(args, plan) -> int:
         write_args(plan.run_dir, saved)
     print(f"{len(plan.trials)} trials of {plan.task} -> {plan.run_dir}", flush=True)
     try:
-        records = run_sweep(plan, executor=args.executor, resume=bool(args.resume), address=args.address,
-                            num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
-                            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                            echo=lambda s: print(s, flush=True), tune_callbacks=args.tune_callback,
-                            rerun_diverged=args.rerun_diverged)
+        tune = TuneOptions(args.address, args.num_cpus, args.cpus_per_trial, args.gpus_per_trial,
+                           args.max_concurrent, args.tune_callback)
+        records = run_sweep(plan, SweepOptions(args.executor, bool(args.resume), args.rerun_diverged,
+                                               lambda s: print(s, flush=True), tune))
     except (RuntimeError, ModelPathError) as e:  # a model that passed the checks but does not load in the driver
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -290,58 +269,3 @@ def _sweep(args, plan) -> int:
     return 0
 
 
-def validate(args) -> int:
-    from unlearnbench.config import ConfigError
-
-    try:
-        plan = _plan(args, "runs/validate")
-    except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"ok: {len(plan.trials)} trials of {plan.task}")
-    return 0
-
-
-def pretrain(args) -> int:
-    from unlearnbench.cache import default_cache_dir, used_artefacts
-    from unlearnbench.config import ConfigError, check_writable_dir
-    from unlearnbench.tasks import TASKS
-
-    try:
-        check_writable_dir(args.cache_dir or default_cache_dir(), "--cache-dir" if args.cache_dir else
-                           "cache directory ($UNLEARNBENCH_CACHE or ~/.cache/unlearnbench)")
-        name = args.task if args.task in ("digits", "gmm") else TASKS.canonical(args.task)
-        if name not in ("digits", "gmm") and "model" in TASKS.get(name).default_options:
-            raise ConfigError(f"pretrain --task {name}: this task unlearns from weights you give "
-                              f"(`unlearnbench run --task {name} --model PATH`), nothing is pretrained for it; "
-                              f"pretrain builds the models of {', '.join(_pretrained_tasks())} (or 'digits', 'gmm')")
-    except (ConfigError, KeyError) as e:
-        print(f"error: {e}{' (or digits, gmm)' if isinstance(e, KeyError) else ''}", file=sys.stderr)
-        return 2
-    if args.no_shipped:
-        os.environ["UNLEARNBENCH_SHIPPED"] = "0"
-    if args.task in ("digits", "gmm"):
-        from unlearnbench.tasks.digits import pretrain as digits_pretrain
-        from unlearnbench.tasks.gmm import pretrain as gmm_pretrain
-
-        start = len(used_artefacts())
-        report = digits_pretrain("digits", cache_dir=args.cache_dir, progress=True) if args.task == "digits" else \
-            gmm_pretrain(cache_dir=args.cache_dir)
-        for k, v in (report or {}).items():
-            print(f"{k}: {v}")
-        first: dict[tuple[str, object], str] = {}
-        for kind, path, source in used_artefacts()[start:]:
-            first.setdefault((kind, path), source)  # the data task loads the base UNet again, from the cache
-        for (kind, path), source in first.items():
-            print(f"{kind}: {source} ({path})")
-        return 0
-    TASKS.get(name)(None, cache_dir=args.cache_dir).prepare()
-    print(f"{name}: pretrained models cached")
-    return 0
-
-
-def _pretrained_tasks() -> list[str]:
-    """The tasks whose models unlearnbench builds (no ``model`` option)."""
-    from unlearnbench.tasks import TASKS
-
-    return [n for n in TASKS.names() if "model" not in TASKS.get(n).default_options]

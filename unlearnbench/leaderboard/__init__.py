@@ -24,35 +24,23 @@ import csv
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from unlearnbench import claims as claims_mod
+import unlearnbench.claims as claims_mod
 from unlearnbench.leaderboard import page
 from unlearnbench.leaderboard.plots import method_color, plot_axis, plot_duals
-from unlearnbench.leaderboard.stats import REFERENCE_POINTS, common_levels, hypervolume_ci, reference
-from unlearnbench.leaderboard.tables import csv_text, formatted, points_table, summary_table
+from unlearnbench.leaderboard.stats import common_levels, hypervolume_ci, reference, reference_points
+from unlearnbench.leaderboard.tables import csv_text, formatted, points_table, slug, summary_table, write_text
 from unlearnbench.records import artifact_path, read_records
 from unlearnbench.results import TaskData, axis_label, collect_tasks, fmt, grid_of
 from unlearnbench.rundir import claim_out_dir
 
-__all__ = ["build_leaderboard", "REFERENCE_POINTS", "collect_tasks", "method_color", "common_levels",
+__all__ = ["build_leaderboard", "reference_points", "collect_tasks", "method_color", "common_levels",
            "hypervolume_ci", "reference"]
 
 logger = logging.getLogger(__name__)
-
-
-def slug(s: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(s)).strip("_") or "_"
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def build_task(td: TaskData, out: Path) -> dict[str, Any]:

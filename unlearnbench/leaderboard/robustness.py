@@ -250,7 +250,7 @@ def fragment(task: str, slug: str, rows: list[dict], plots: list[tuple[str, str]
 
 def build_robustness(records: list[dict], out: Path, slug) -> dict[str, dict]:
     """Write each task's robustness CSV, plots and page section; returns ``{task: {"csv", "plots"}}``."""
-    from unlearnbench.leaderboard import write_text
+    from unlearnbench.leaderboard.tables import write_text
 
     result = {}
     for task, trials in attack_trials(records).items():

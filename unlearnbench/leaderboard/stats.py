@@ -2,8 +2,9 @@
 bootstrap interval (over seeds where there are two or more, else from the evaluation stderr of the single seed; a rate
 coordinate, k/n, is also redrawn within each seed from its Jeffreys posterior: see :func:`unlearnbench.pareto.replicates`).
 
-Reference points: each sits at the "useless" end of both axes, so that every sensible point beats it; a point worse
-than the reference on an axis adds nothing to the hypervolume. Axes not listed use the worst observed values.
+Reference points (each task's ``reference_points``, written into its records): each sits at the "useless" end of both
+axes, so that every sensible point beats it; a point worse than the reference on an axis adds nothing to the
+hypervolume. Axes not listed use the worst observed values.
 Anchored at the retrained model (:mod:`unlearnbench.protocol`): where the task has both anchors on an unlearning
 axis, a point's unlearning coordinate is clipped at the retrained value before any hypervolume or retention is read
 (overshoot earns nothing; the summary shows it as its own column), and retention is read at the fixed levels 25, 50,
@@ -14,55 +15,32 @@ and 75 % of the range where *every* entry's front reaches (see :func:`unlearnben
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import numpy as np
 
 from unlearnbench.pareto import hypervolume_2d, level_range, percentile_interval, replicates, retention_at
 from unlearnbench.protocol import FRACTIONS
 from unlearnbench.results import Axis, PointSet, TaskData, fmt
 
-REFERENCE_POINTS: dict[str, dict[Axis, tuple[float, float]]] = {
-    "gmm-concept": {
-        # worst-concept KL(p || q_u^i): the pretrained model's (16.09 nats for the pair, 25.74 for one) is "nothing
-        # erased"; 16 is used for both. KL(p || q) of 3 nats bounds the strong end of the default grids.
-        ("kl_concept_min", "kl_pretrained"): (16.0, 3.0),
-        # max erased mass E_p[P(c_i|x)]: 0.14 is the pretrained model's (both erased components weigh 0.14).
-        ("forgotten_mass", "kl_pretrained"): (0.14, 3.0),
-    },
-    "gmm-data": {
-        # worst forget-point KL(q_u^i || p): 1.48 nats is the pretrained model's (the dense point); KL 1 nat bounds.
-        ("forget_kl_min", "kl_pretrained"): (1.48, 1.0),
-        ("forget_kl_min", "kl_retrain"): (1.48, 1.0),
-        # the same as an increase over the pretrained model (what fkl's threshold b constrains): 0 = not forgotten.
-        ("forget_kl_gain_min", "kl_pretrained"): (0.0, 1.0),
-    },
-    "digits-concept": {
-        # classifier accuracy on erased prompts, 1 = not erased; accuracy on kept prompts, 0.1 = chance (10 digits).
-        ("acc_forget", "acc_kept"): (1.0, 0.1),
-        # KID on kept prompts; 0.1 is "clearly broken" for the digits feature extractor.
-        ("acc_forget", "kid_kept"): (1.0, 0.1),
-    },
-    "digits-data": {
-        # regeneration rate of the memorised image, 1 = always regenerated; KID as above.
-        ("regen_rate", "kid_retain"): (1.0, 0.1),
-        # bits/dim: 0 is the floor for the forget image; 8 bpd is a uniform model over 256 levels on retained data.
-        ("forget_bpd", "retain_bpd"): (0.0, 8.0),
-    },
-}
 N_LEVELS_QUANTILES = (0.25, 0.5, 0.75)
 
 
-def _lookup(table: dict, name: str) -> Any:
-    """A per-task table entry for a leaderboard key, falling back from ``task-forgetset`` to ``task``."""
-    if name in table:
-        return table[name]
-    return table.get(name.rsplit("-", 1)[0], {})
+def reference_points(td: TaskData) -> dict[Axis, tuple[float, float]]:
+    """The task's fixed reference points (its ``reference_points``), as its newest record that carries them wrote them
+    (``Task.describe``); records written before the task field held them take them from the task class."""
+    from unlearnbench.tasks import TASKS
+
+    tasks = [r["task"] for r in td.trials if isinstance(r.get("task"), dict)]
+    held = [r for r in td.trials if isinstance(r.get("task"), dict) and "reference_points" in r["task"]]
+    if held:
+        newest = max(held, key=lambda r: (str(r.get("created_at", "")), str(r.get("trial_id"))))
+        return {(str(a), str(b)): (float(x), float(y)) for a, b, x, y in newest["task"]["reference_points"]}
+    name = next((t.get("name") for t in tasks if t.get("name")), None)
+    return dict(TASKS.get(name).reference_points) if name is not None and name in TASKS else {}
 
 
 def reference(td: TaskData, axis: Axis) -> tuple[tuple[float, float] | None, str]:
     """The hypervolume reference point and where it comes from ("fixed" or "worst observed")."""
-    fixed = _lookup(REFERENCE_POINTS, td.name).get(tuple(axis))
+    fixed = reference_points(td).get(tuple(axis))
     if fixed is not None:
         return (float(fixed[0]), float(fixed[1])), "fixed"
     pts = [td.points(e, axis).mean for e in td.entries]

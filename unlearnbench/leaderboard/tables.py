@@ -22,6 +22,9 @@ import csv
 import io
 import json
 import math
+import os
+import re
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -233,3 +236,14 @@ def points_table(td: TaskData) -> tuple[list[str], list[list[str]]]:
         rows.append([f"{name} (reference)", name, "", "", fmt(len(recs)), "0", "0", source] + [""] * len(td.axes)
                     + cells)
     return header, rows
+
+
+def slug(s: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(s)).strip("_") or "_"
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

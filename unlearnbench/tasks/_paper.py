@@ -171,7 +171,7 @@ class PaperTask(Task):
             return None
         if o["inception_weights"] and not Path(o["inception_weights"]).expanduser().is_file():
             raise ValueError(f"task {self.name}: inception_weights={o['inception_weights']!r} does not exist")
-        from unlearnbench.metrics.kid_fid import _inception_candidates
+        from unlearnbench.metrics.features import _inception_candidates
 
         inception = bool(o["inception_weights"]) or any(p.is_file() for p in _inception_candidates())
         if want in ("auto", "inception") and inception:
@@ -250,7 +250,7 @@ class PaperTask(Task):
         """(open_clip model, tokenizer) from the task options."""
         import open_clip
 
-        from unlearnbench.metrics.clip_score import load_open_clip
+        from unlearnbench.metrics.features import load_open_clip
 
         o = self.options
         model = load_open_clip(o["clip_model"], o["clip_pretrained"], model_config=o["clip_config"],
@@ -262,7 +262,7 @@ class PaperTask(Task):
         return model, open_clip.get_tokenizer(o["clip_model"])
 
     def feature_extractor(self, device: torch.device):
-        from unlearnbench.metrics.kid_fid import CLIPFeatures, InceptionFeatures
+        from unlearnbench.metrics.features import CLIPFeatures, InceptionFeatures
 
         o = self.options
         if self.features == "inception":

@@ -24,7 +24,9 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from unlearnbench.diffusion import Schedule
+from unlearnbench.diffusion import Schedule, add_noise, predict_x0
+from unlearnbench.metrics.base import MetricValue
+from unlearnbench.models import NULL_PROMPT
 
 Kind = Literal["concept", "data"]
 
@@ -100,21 +102,6 @@ class ModelBundle:
         if self.data_noise > 0:
             x0 = x0 + self.data_noise * torch.randn(x0.shape, generator=generator).to(self.device)
         return x0, idx
-
-
-@dataclass(frozen=True)
-class MetricValue:
-    """One evaluated metric, as stored in the record."""
-
-    value: float
-    stderr: float | None = None
-    n: int | None = None
-    role: Literal["unlearning", "retention", "info"] = "info"
-    higher_is_better: bool = False
-
-    def to_dict(self) -> dict:
-        return {"value": self.value, "stderr": self.stderr, "n": self.n, "role": self.role,
-                "higher_is_better": self.higher_is_better}
 
 
 def add_pretrained(out: dict[str, MetricValue], name: str, value: MetricValue) -> None:
@@ -193,6 +180,13 @@ class Task(abc.ABC):
     option_types: ClassVar[dict[str, type]] = {}  # options without a default: name -> type
     emits: ClassVar[dict[str, tuple[str, bool, str] | None]] = {}
     pretrained_points: ClassVar[tuple[str, ...]] = ()  # metrics whose pretrained value evaluate adds (add_pretrained)
+    # the robustness ladder (unlearnbench.robustness): the concept measure's name (None: the task has no ladder) and the
+    # attacks' learning rates (relearn_lr, embedding_lr), one optimiser for every model of the task
+    # the leaderboard's hypervolume reference point per axis (unlearning metric, retention metric): the "useless" end
+    # of both; written into every record's task field (describe), so the leaderboard reads it from the records
+    reference_points: ClassVar[dict[tuple[str, str], tuple[float, float]]] = {}
+    attack_measure: ClassVar[str | None] = None
+    attack_settings: ClassVar[dict[str, float]] = {}
 
     def __init__(self, options: dict[str, Any] | None = None, cache_dir: str | None = None):
         from unlearnbench.cache import default_cache_dir
@@ -248,16 +242,6 @@ class Task(abc.ABC):
             out.setdefault(f"{name}_pretrained", ("info", hib, f"the pretrained model's {name} (front plots)"))
         return out
 
-    @classmethod
-    def grid_names(cls, method: str | None = None) -> list[str]:
-        """The task's own grid names, plus the ones ``method`` declares for this task's kind."""
-        names = list(cls.grids)
-        if method is not None:
-            from unlearnbench.methods import METHODS
-
-            names += [g for g in METHODS.get(method).declared_grid_names(cls.kind) if g not in names]
-        return names
-
     @property
     def forget_name(self) -> str:
         return self.options.get("forget") or next(iter(self.forget_sets), "default")
@@ -272,21 +256,6 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, bundle: ModelBundle, seed: int) -> dict[str, MetricValue]:
         """Score ``bundle.net`` against the pretrained model; keys are metric names."""
-
-    def grid(self, grid_name: str, method: str) -> list[float]:
-        """Values of ``grid_name`` for ``method``: the task's own, else the method's declared defaults for this kind."""
-        from unlearnbench.methods import METHODS
-
-        own = self.grids.get(grid_name, {})
-        if method in own:
-            return list(own[method])
-        declared = METHODS.get(method).declared_grid(self.kind, grid_name)
-        if declared is not None:
-            return declared
-        if grid_name not in self.grid_names(method):
-            raise ValueError(f"task {self.name} has no grid {grid_name!r}; valid: {', '.join(self.grid_names(method))}")
-        raise ValueError(f"grid {grid_name!r} of task {self.name} has no values for method {method!r}; "
-                         f"it has: {', '.join(own)} (a method declares its own with default_grids)")
 
     def insane_metrics(self, metrics: dict[str, "MetricValue"]) -> list[str]:
         """``"name=value outside [lo, hi]"`` for every metric that is non-finite or leaves its sane range (reads the
@@ -310,11 +279,122 @@ class Task(abc.ABC):
         """Exact optimal fronts where the task has them (None otherwise)."""
         return None
 
+    def robustness_measure(self, bundle: ModelBundle, net: nn.Module, prompt_ids: list[int],
+                           gen: torch.Generator) -> MetricValue:
+        """The robustness ladder's concept measure (:attr:`attack_measure`) of ``net``'s samples under
+        ``prompt_ids`` (one per scored prompt), drawn with ``gen``; role ``robustness``, higher = more concept."""
+        raise NotImplementedError(f"task {self.name} has no robustness measure")
+
+    def mia_sets(self, bundle: ModelBundle, settings: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Membership inference's two sets (data tasks): the forget images [K, *] and held-out data of the same
+        distribution [M, *] (``settings``: the attack's, ``mia_heldout`` rows and the ``sample_seed``)."""
+        raise NotImplementedError(f"task {self.name} has no membership-inference sets")
+
+    def retrained(self) -> nn.Module:
+        """The retrained reference: the network this task would have if its forget set had never been in the
+        training data, built by the same code as the pretrained one from the same data minus the forget set (and
+        cached the same way). A task that has one overrides this; :func:`has_retrained` tells which do."""
+        raise NotImplementedError(f"task {self.name} has no retrained reference")
+
     def describe(self) -> dict[str, Any]:
         """What goes into the record's ``task`` field."""
         default = next(iter(self.forget_sets), None)
-        return {"name": self.name, "kind": self.kind, "forget_set": self.forget_name,
-                "forget_default": self.forget_name == default if default else True, "options": self.options}
+        out = {"name": self.name, "kind": self.kind, "forget_set": self.forget_name,
+               "forget_default": self.forget_name == default if default else True, "options": self.options}
+        if self.reference_points:
+            out["reference_points"] = [[a, b, x, y] for (a, b), (x, y) in self.reference_points.items()]
+        return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# reference hooks shared by the image tasks
+class PoolSampler:
+    """``ref_sampler`` hook: rows of the cached pretrained pool for each prompt id (uniform, with replacement)."""
+
+    def __init__(self, pool: Tensor, device: torch.device):
+        self.pool = pool  # [P, n, 1, 8, 8]
+        self.device = device
+
+    def __call__(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        c = cond.cpu()
+        if int(c.max()) >= self.pool.shape[0] or int(c.min()) < 0:
+            raise ValueError(f"prompt ids must lie in [0, {self.pool.shape[0]}), got {c.unique().tolist()}")
+        idx = torch.randint(0, self.pool.shape[1], (c.shape[0],), generator=generator)
+        return self.pool[c, idx].to(self.device)
+
+
+class DiffusionPosterior:
+    """``posterior`` hook: ``P(c_i | x_t)`` under the pretrained model, a diffusion-classifier estimate (PAPER.md s. 3).
+
+    Approximation, in three parts (documented choices, measured on held-out digits):
+
+    1. ``x_t`` is mapped to the Tweedie estimate ``x0_hat = (x_t - sigma_t eps_q(x_t, 0)) / alpha_t`` (null-prompt
+       noise prediction, clamped to [-1, 1]).
+    2. ``log q(x0_hat|c) - log q(x0_hat|0) ~ sum_k W_k (||eps_q(x_k, 0) - n_k||^2 - ||eps_q(x_k, c) - n_k||^2)``, the
+       ELBO difference by quadrature: the steps are cut into strata (``edges``, default 10/60/150/300/600; the class
+       evidence of this model lies there, below 10 the terms are mostly noise and above 600 nearly zero), each
+       evaluated at its ELBO-weight median ``s_k`` with weight ``W_k = sum of w_t over the stratum`` and a fixed noise
+       ``n_k`` shared by all prompts and samples (common random numbers).
+    3. Only strata with ``s_k >= t`` count (the evidence about the prompt that is left at noise level ``t``), so the
+       estimate falls back to the prior as ``t`` grows (exactly the prior for ``t > s_K``).
+
+    With ``q(.|0)`` the marginal, ``P(c|x) = pi_c q(x|c)/q(x)`` with a uniform prior ``pi_c = 1/10``, clamped to
+    [0, 1]. On clean held-out digits (t = 0) the argmax is right 95% of the time; the estimate averages ~0.6 on the
+    true digit and ~0.004 on the others. Cost per call: about ``B (0.5 + 0.8 (1 + m))`` network evaluations
+    (rows with ``t > s_k`` skip stratum k).
+    """
+
+    x0_range = 1.0  # x0_hat is clamped to the data range [-x0_range, x0_range]
+
+    def __init__(self, ref, schedule: Schedule, edges: tuple[int, ...] = (10, 60, 150, 300, 600), seed: int = 0,
+                 prior: float = 0.1, null: int = NULL_PROMPT):
+        self.ref, self.schedule, self.prior, self.null = ref, schedule, prior, null
+        w = schedule.elbo_weights()
+        pts, W = [], []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            ww = w[lo:hi]
+            pts.append(lo + int((torch.cumsum(ww, 0) / ww.sum() >= 0.5).nonzero()[0]))
+            W.append(float(ww.sum()))
+        self.t_k, self.W = torch.tensor(pts), torch.tensor(W, dtype=torch.float32)
+        self.noise = torch.randn((len(pts), 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+
+    @torch.no_grad()
+    def log_ratio(self, x0: Tensor, concepts: list[int], t: Tensor | None = None) -> Tensor:
+        """Estimated ``log q(x0|c_i) - log q(x0|0)`` from the strata with ``s_k >= t`` (all when t is None); [B, m]."""
+        B, m, dev = x0.shape[0], len(concepts), x0.device
+        out = torch.zeros(B, m, device=dev, dtype=x0.dtype)
+        prompts = torch.as_tensor([self.null] + list(concepts), device=dev)
+        P = prompts.shape[0]
+        for k in range(self.t_k.shape[0]):
+            rows = torch.arange(B, device=dev) if t is None else torch.nonzero(t <= self.t_k[k].item()).flatten()
+            n = rows.shape[0]
+            if n == 0:
+                continue
+            tk = torch.full((n * P,), int(self.t_k[k]), dtype=torch.long, device=dev)
+            nz = self.noise[k:k + 1].to(dev, x0.dtype).expand(n, -1, -1, -1)
+            x_k = add_noise(self.schedule, x0[rows], nz, tk[:n])
+            eps = self.ref(x_k.repeat(P, 1, 1, 1), tk, prompts.repeat_interleave(n))
+            err = (eps - nz.repeat(P, 1, 1, 1)).pow(2).flatten(1).sum(1).view(P, n)
+            out[rows] += float(self.W[k]) * (err[0:1] - err[1:]).T
+        return out
+
+    @torch.no_grad()
+    def __call__(self, x_t: Tensor, t: Tensor, concepts: list[int]) -> Tensor:
+        B, dev = x_t.shape[0], x_t.device
+        t = t.to(dev)
+        d = torch.zeros(B, len(concepts), device=dev, dtype=x_t.dtype)
+        rows = torch.nonzero(t <= int(self.t_k.max())).flatten()
+        if rows.shape[0]:
+            xr, tr = x_t[rows], t[rows]
+            null = torch.full((rows.shape[0],), self.null, dtype=torch.long, device=dev)
+            x0 = predict_x0(self.schedule, xr, self.ref(xr, tr, null), tr).clamp(-self.x0_range, self.x0_range)
+            d[rows] = self.log_ratio(x0, concepts, tr)
+        return (self.prior * d.exp()).clamp(0.0, 1.0)
+
+
+def has_retrained(task: Task | type[Task]) -> bool:
+    """Whether the task (class or instance) builds a retrained reference (overrides :meth:`Task.retrained`)."""
+    return (task if isinstance(task, type) else type(task)).retrained is not Task.retrained
 
 
 def metric_matches(pattern: str, name: str) -> bool:

@@ -222,7 +222,7 @@ class DDPMDataTask(PaperTask):
         """Highest CLIP-embedding cosine similarity of each sample to a forget image (mean, and rate above threshold)."""
         import torch.nn.functional as F
 
-        from unlearnbench.metrics.clip_score import clip_preprocess
+        from unlearnbench.metrics.features import clip_preprocess
 
         model, _ = self.clip_model(device)
         embed = lambda x: F.normalize(model.encode_image(clip_preprocess(model, x)), dim=-1)  # noqa: E731

@@ -192,7 +192,7 @@ class SDConceptTask(PaperTask):
         release_gpu_model(device)
 
     def build(self, seed: int, device: torch.device | str = "cpu") -> ModelBundle:
-        from unlearnbench.tasks.digits import PoolSampler
+        from unlearnbench.tasks.base import PoolSampler
 
         device = torch.device(device)
         st = self._setup(device)
@@ -277,7 +277,7 @@ def latent_posterior(ref: nn.Module, schedule: Schedule, shape: tuple[int, ...],
     """``posterior`` hook: the digits tasks' diffusion classifier (ELBO differences over fixed noise, Tweedie
     ``x0_hat`` from the null prompt) on VAE latents: noise of the latent shape, ``x0_hat`` clamped to [-4, 4] (SD's
     scaled latents have roughly unit variance). ``prior`` is the assumed share of each concept under the null prompt."""
-    from unlearnbench.tasks.digits import DiffusionPosterior
+    from unlearnbench.tasks.base import DiffusionPosterior
 
     post = DiffusionPosterior(ref, schedule, prior=prior, null=0)
     post.x0_range = 4.0

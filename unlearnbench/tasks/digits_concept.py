@@ -1,0 +1,220 @@
+"""``digits-concept`` (kind "concept"): erase digit prompts from the conditional model. Methods regress the null
+prompt and each erased prompt onto an erased target (``c_from`` = null). Forget sets: ``one`` (digit 3) and
+``pair`` (digits 0 and 9, of different difficulty: the point-wise KL estimate KL(q(.|null) || q(.|digit)), the rkl
+constraint value of "erase to the null prompt", is ~29 nats for 0, ~16 for 9 and ~18 for 3). ``ref_sampler`` draws
+from a cached pool of pretrained samples per prompt (256 each); ``posterior`` is a diffusion-classifier estimate of
+P(c | x_t) (:class:`DiffusionPosterior`). Metrics: classifier accuracy on guided samples of the erased prompts
+(unlearning; erasing to the null prompt gives ~0.11, the share of each digit among null-prompt samples) and of the
+kept prompts, KID of kept-prompt samples to the pretrained model's own samples (classifier features) and the
+point-wise KL proxy between the unlearned and the pretrained model on kept prompts (retention).
+The shared machinery (data, networks, pools, KL proxy) is :mod:`unlearnbench.tasks._digits`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from unlearnbench.cache import cached_torch
+from unlearnbench.models import NULL_PROMPT, UNET_DEFAULTS, digit_prompt, n_params, prompt_digit
+from unlearnbench.tasks._digits import (SAMPLE_STEPS, _DigitsTask, _mean_metric, _save_grid, features, kl_proxy,
+                                        load_pool, sample_prompts)
+from unlearnbench.tasks.base import DiffusionPosterior, MetricValue, ModelBundle, PoolSampler, add_pretrained
+
+CONCEPT_FORGET = {"one": (3,), "pair": (0, 9)}  # digits
+
+
+class DigitsConceptTask(_DigitsTask):
+    """Erase digit prompts from a class-conditional UNet on 8x8 digits (see the module docstring)."""
+
+    name = "digits-concept"
+    kind = "concept"
+    forget_sets = {k: [digit_prompt(d) for d in v] for k, v in CONCEPT_FORGET.items()}
+    axes = [("acc_forget", "acc_kept"), ("acc_forget", "kid_kept")]
+    emits = {"acc_forget": ("unlearning", False, "classifier accuracy on samples of the erased prompts"),
+             "acc_kept": ("retention", True, "classifier accuracy on samples of the kept prompts"),
+             "acc_forget_d{i}": ("info", False, "classifier accuracy on samples of erased digit i"),
+             "acc_forget_d{i}_pretrained": ("info", False, "the same for the pretrained model"),
+             "kid_kept": ("retention", False, "KID (classifier features) of kept-prompt samples to pretrained ones"),
+             "kl_proxy_kept": ("retention", False, "ELBO-gap proxy of KL(p_theta || q) on kept prompts (nats)")}
+    _rkl = [15.0, 20.0, 25.0, 35.0, 50.0, 70.0]
+    _lik = [0.04, 0.02, 0.01, 0.005, 0.002, 0.0005]
+    grids = {
+        "eps": {"rkl": _rkl, "rkl-is": _rkl, "lik": _lik, "lik-is": _lik,
+                "rkl-fixed": [0.05, 0.1, 0.2, 0.35, 0.6, 1.0], "esd": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+                "salun": [8.0, 4.0, 2.0, 1.0, 0.5, 0.25]},
+        "smoke": {"rkl": [20.0, 50.0], "rkl-is": [20.0, 50.0], "lik": [0.02, 0.002], "lik-is": [0.02, 0.002],
+                  "rkl-fixed": [0.1, 0.6], "esd": [0.5, 4.0], "salun": [4.0, 0.5]},
+    }
+    default_steps = 150
+    default_options = {"n_eval": 200, "n_eval_kept": 32}
+    # fitted to the trial budget (~1 min on one core): small batches and constraint estimates; lr 5e-4 (1e-3 drifts
+    # the kept prompts: KL proxy ~10 nats at lr 1e-3 vs ~1-2 at 3e-4 for the same erasure). ESD: ESD-x (cross-attention)
+    # as the reference's default, x_t sampled along the task's 20-step DDIM schedule, 16 samples per step.
+    _rkl_defaults = {"lr": 5e-4, "batch_size": 64, "n_estimate": 48, "n_t_estimate": 2, "dual_lr": 0.01,
+                     "dual_warmup": 30}
+    _lik_defaults = {"lr": 5e-4, "batch_size": 64, "n_estimate": 48, "dual_lr": 40.0, "dual_warmup": 30}
+    method_defaults = {
+        "rkl": _rkl_defaults, "rkl-is": _rkl_defaults, "lik": _lik_defaults, "lik-is": _lik_defaults,
+        "rkl-fixed": {"lr": 5e-4, "batch_size": 64},
+        "esd": {"lr": 5e-4, "batch_size": 16, "ddim_steps": SAMPLE_STEPS, "trainable": "xattn"},
+        "salun": {"lr": 1e-3, "batch_size": 64},
+    }
+    # accuracies and rates in [0, 1]; KID on classifier features is ~0.01 for the pretrained model, 2 is noise;
+    # the KL proxy of a working model is a few nats
+    sane_ranges = {"acc_*": (0.0, 1.0), "kid_*": (-0.05, 2.0), "kl_proxy_kept": (-1.0, 500.0)}
+    # one point of kept-class accuracy; KID 0.005 is half the pretrained model's own KID to the data (~0.01); the KL
+    # proxy in nats
+    equivalence_margins = {"acc_kept": 0.01, "kid_kept": 0.005, "kl_proxy_kept": 0.25}
+    pretrained_points = ("acc_forget", "acc_kept", "kid_kept", "kl_proxy_kept")
+    artefacts = ("digits-unet", "digits-classifier", "digits-pool")
+
+    reference_points = {
+        # classifier accuracy on erased prompts, 1 = not erased; accuracy on kept prompts, 0.1 = chance (10 digits).
+        ("acc_forget", "acc_kept"): (1.0, 0.1),
+        # KID on kept prompts; 0.1 is "clearly broken" for the digits feature extractor.
+        ("acc_forget", "kid_kept"): (1.0, 0.1),
+    }
+    attack_measure = "acc_forget"
+
+    def robustness_measure(self, bundle: ModelBundle, net: nn.Module, prompt_ids: list[int],
+                           gen: torch.Generator) -> MetricValue:
+        """Classifier accuracy on ``net``'s samples of the scored prompts (the erased digits)."""
+        from unlearnbench.metrics.classifier import accuracy
+
+        n = int(self.options["n_eval"])
+        cond = torch.tensor(prompt_ids).repeat_interleave(n)
+        labels = torch.tensor([prompt_digit(p) for p in bundle.forget_concepts]).repeat_interleave(n)
+        x = sample_prompts(net, bundle.schedule, cond, bundle.guidance, bundle.sample_steps, gen)
+        _, logits = features(self._base()["classifier"], x)
+        m = accuracy(logits, labels, "unlearning", False)
+        return MetricValue(m.value, m.stderr, m.n, "robustness", False)
+
+    def pretrain_report(self) -> dict[str, Any]:
+        """Numbers for ``unlearnbench pretrain``: network sizes, the classifier's held-out accuracy and the guided
+        samples' accuracy per digit (after :meth:`prepare`)."""
+        st = self._state
+        assert st is not None
+        acc = st["pool"]["acc"][1:]
+        return dict(unet_params=n_params(st["unet"]), classifier_params=n_params(st["classifier"]),
+                    classifier_heldout_acc=st["classifier"].heldout_acc,
+                    guided_sample_acc=float(acc.mean()), guided_sample_acc_per_digit=acc.tolist(),
+                    guided_samples_per_digit=int(st["pool"]["samples"].shape[1]),
+                    unet_pretrain=st["unet"].pretrain_info)
+
+    def retrained(self) -> nn.Module:
+        """The class-conditional UNet pretrained with the task's settings on the training split without the erased
+        digits (once; cached)."""
+        from unlearnbench.models import CondUNet, pretrain_unet
+
+        st = self._base(progress=False)
+        cfg = self.cfgs["unet"]
+        erased = sorted(prompt_digit(p) for p in self.forget_sets[self.forget_name])
+        key = {**cfg, "retrain_without_digits": erased}
+
+        def build() -> dict:
+            split = st["split"]
+            keep = ~torch.isin(split["y_train"], torch.tensor(erased))
+            with torch.random.fork_rng(devices=[]):
+                net = pretrain_unet(cfg["train"], split["x_train"][keep], split["y_train"][keep] + 1, cfg["unet"],
+                                    desc=f"retraining the {self.name} reference without digits {erased} (once; cached)")
+            return {"state_dict": net.state_dict(), "train_time_s": net.train_time_s}
+
+        obj = cached_torch(self.cache_dir, "digits-retrained", key, build)
+        net = CondUNet(cfg["unet"])
+        net.load_state_dict(obj["state_dict"])
+        return net.requires_grad_(False)
+
+    def prepare(self, progress: bool = True) -> None:
+        st = self._base(progress)
+        st["pool"] = load_pool(self.cache_dir, self.cfgs, st["unet"], st["classifier"], progress)
+
+    def build(self, seed: int, device: torch.device | str = "cpu") -> ModelBundle:
+        if self._state is None or "pool" not in self._state:
+            self.prepare(progress=False)
+        st = self._state
+        assert st is not None
+        forget = list(self.forget_sets[self.forget_name])
+        kept = [p for p in range(1, UNET_DEFAULTS["n_prompts"]) if p not in forget]
+        b = self._bundle(st["unet"], "concept", device, forget_concepts=forget, retain_concepts=kept,
+                         concept_names={p: f"digit {prompt_digit(p)}" for p in range(1, UNET_DEFAULTS["n_prompts"])})
+        b.concept_names[NULL_PROMPT] = "null prompt"
+        b.ref_sampler = PoolSampler(st["pool"]["samples"], b.device)
+        b.posterior = DiffusionPosterior(b.ref, b.schedule)
+        b.log_ratio = lambda x0, concepts: b.posterior.log_ratio(x0, concepts)
+        return b
+
+    @torch.no_grad()
+    def evaluate(self, bundle: ModelBundle, seed: int) -> dict[str, MetricValue]:
+        from unlearnbench.metrics.classifier import accuracy
+        from unlearnbench.metrics.kid_fid import kid
+
+        st = self._base()
+        cls, pool = st["classifier"], st["pool"]
+        net, ref = bundle.net.eval(), bundle.ref
+        gen = torch.Generator().manual_seed(10_000 + seed)
+        nf, nk = int(self.options["n_eval"]), int(self.options["n_eval_kept"])
+        forget, kept = bundle.forget_concepts, bundle.retain_concepts
+        cond = torch.cat([torch.tensor(forget).repeat_interleave(nf), torch.tensor(kept).repeat_interleave(nk)])
+        x = sample_prompts(net, bundle.schedule, cond, bundle.guidance, bundle.sample_steps, gen)
+        f, logits = features(cls, x)
+        labels = cond - 1
+        isf = torch.isin(cond, torch.tensor(forget))
+        out = {"acc_forget": accuracy(logits[isf], labels[isf], "unlearning", False),
+               "acc_kept": accuracy(logits[~isf], labels[~isf], "retention", True)}
+        for p in forget:
+            m = cond == p
+            a = accuracy(logits[m], labels[m], "info", False)
+            out[f"acc_forget_d{prompt_digit(p)}"] = a
+            out[f"acc_forget_d{prompt_digit(p)}_pretrained"] = MetricValue(float(pool["acc"][p]), None,
+                                                                          int(pool["samples"].shape[1]), "info", False)
+        real = pool["feats"][torch.tensor(kept)].flatten(0, 1)
+        fake = f[~isf]
+        out["kid_kept"] = kid(real, fake, subsets=50, subset_size=min(fake.shape[0], real.shape[0], 1000),
+                              generator=torch.Generator().manual_seed(seed))
+        xk, ck = x[~isf].to(bundle.device), cond[~isf].to(bundle.device)
+        kl = kl_proxy(bundle.schedule, xk, net, ref, ck, n_t=4, generator=torch.Generator().manual_seed(60_000 + seed))
+        out["kl_proxy_kept"] = _mean_metric(kl.cpu(), "retention", False)
+        self._pretrained_point(out, forget, kept, seed)
+        art = bundle.extras.get("artifact_dir")
+        if art:
+            bundle.extras.setdefault("artifacts", {})["samples"] = self._grid(bundle, os.path.join(art, "samples.png"))
+        return out
+
+    def _pretrained_point(self, out: dict[str, MetricValue], forget: list[int], kept: list[int], seed: int) -> None:
+        """The pretrained model's values of the axis metrics, from the cached pool of its samples (no sampling):
+        accuracies of the pool, KID of one half of the pool's kept-prompt features to the other, and a KL proxy
+        of 0 (the pretrained model against itself)."""
+        from unlearnbench.metrics.kid_fid import kid
+
+        pool = self._base()["pool"]
+        n = int(pool["samples"].shape[1])
+        for name, prompts, role, hib in (("acc_forget", forget, "unlearning", False),
+                                         ("acc_kept", kept, "retention", True)):
+            a = float(pool["acc"][torch.tensor(prompts)].double().mean())
+            add_pretrained(out, name, MetricValue(a, math.sqrt(a * (1 - a) / (n * len(prompts))), n * len(prompts),
+                                                  role, hib))  # type: ignore[arg-type]
+        feats = pool["feats"][torch.tensor(kept)]
+        half = feats.shape[1] // 2
+        real, fake = feats[:, :half].flatten(0, 1), feats[:, half:].flatten(0, 1)
+        add_pretrained(out, "kid_kept", kid(real, fake, subsets=50, subset_size=min(fake.shape[0], 1000),
+                                            generator=torch.Generator().manual_seed(seed)))
+        add_pretrained(out, "kl_proxy_kept", MetricValue(0.0, 0.0, n * len(kept), "retention", False))
+
+    def _grid(self, bundle: ModelBundle, path: str, per: int = 8) -> str:
+        """Rows: for each erased prompt and two kept ones, pretrained then unlearned samples from the same noise."""
+        prompts = list(bundle.forget_concepts) + list(bundle.retain_concepts)[:2]
+        g = torch.Generator().manual_seed(777)
+        cond = torch.tensor(prompts).repeat_interleave(per)
+        x_T = torch.randn((cond.shape[0], 1, 8, 8), generator=g)
+        a = sample_prompts(bundle.ref, bundle.schedule, cond, bundle.guidance, bundle.sample_steps, g, x_T=x_T)
+        b = sample_prompts(bundle.net, bundle.schedule, cond, bundle.guidance, bundle.sample_steps, g, x_T=x_T)
+        rows, labels = [], []
+        for i, p in enumerate(prompts):
+            rows += [a[i * per:(i + 1) * per], b[i * per:(i + 1) * per]]
+            what = "erased" if p in bundle.forget_concepts else "kept"
+            labels += [f"digit {prompt_digit(p)} ({what}): pretrained", f"digit {prompt_digit(p)} ({what}): unlearned"]
+        return _save_grid(path, rows, labels)
