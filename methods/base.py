@@ -106,6 +106,17 @@ class Method(abc.ABC):
         return None
 
     @classmethod
+    def lineage(cls) -> list[str]:
+        """The names under which a task's grid values and method defaults serve this method, nearest first: a plugin
+        subclass of a built-in method takes its parent's (``class Mine(ESD)`` named ``mine``: ``["mine", "esd"]``)
+        unless it declares its own; a built-in method only its own name (each task names the built-ins it runs,
+        e.g. sd-concept leaves the importance-sampled rkl-is and lik-is out)."""
+        names = [vars(k)["name"] for k in cls.__mro__ if isinstance(vars(k).get("name"), str)]
+        if cls.__module__.split(".")[:2] == ["unlearnbench", "methods"]:
+            return names[:1]
+        return names
+
+    @classmethod
     def declared_grid_names(cls, kind: str) -> list[str]:
         """Grid names this method declares values for on ``kind`` tasks (own and inherited)."""
         names = {g for klass in cls.__mro__ for g in vars(klass).get("default_grids", {}).get(kind, {})}

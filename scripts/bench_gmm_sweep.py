@@ -1,6 +1,8 @@
 """Benchmark: the default GMM sweep (6-point eps grid x 2 methods) under Ray Tune vs the same trials one after
-another in one process. Reports wall time (Ray start-up included), the per-trial split (setup, training, evaluation)
-and Ray's parallel efficiency and per-trial overhead.
+another in one process. Reports wall time (Ray start-up included), CPU time (this process and every process it
+started: Ray's GCS, raylet and workers, read from /proc every 0.25 s) with trials per CPU-second, the per-trial split
+(setup, training, evaluation) and Ray's parallel efficiency and per-trial overhead. On a shared machine the wall
+times depend on the load; CPU time much less.
 
     python scripts/bench_gmm_sweep.py [--task gmm-concept] [--methods rkl,esd] [--num-cpus 2]
 """
@@ -10,6 +12,7 @@ import argparse
 import os
 import shutil
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,6 +21,52 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from unlearnbench.config import plan_trials  # noqa: E402
 from unlearnbench.sweep import run_sweep  # noqa: E402
 from unlearnbench.trials import prepare_task  # noqa: E402
+
+
+class CPUMeter:
+    """CPU seconds (user + system) of this process and all its descendants, sampled from /proc while it runs: a
+    process's last sample stands for it after it exits (Ray's workers are not waited for by this process, so
+    ``getrusage(RUSAGE_CHILDREN)`` would miss them)."""
+
+    def __init__(self, every_s: float = 0.25):
+        self.every_s, self.seen, self._stop = every_s, {}, threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _sample(self) -> None:
+        procs = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        st = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                procs[int(d)] = (int(st[1]), (int(st[11]) + int(st[12])) / self.tick)  # ppid, utime + stime
+        me, mine, frontier = os.getpid(), set(), {os.getpid()}
+        while frontier:
+            mine |= frontier
+            frontier = {p for p, (pp, _) in procs.items() if pp in frontier and p not in mine}
+        for p in mine - {me}:
+            self.seen[p] = max(self.seen.get(p, 0.0), procs[p][1])
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self.base = dict(self.seen)  # processes (and CPU) from before the measured block
+        self.t0 = time.process_time()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        children = sum(v - self.base.get(p, 0.0) for p, v in self.seen.items())
+        self.seconds = time.process_time() - self.t0 + children
 
 
 def split(records):
@@ -40,13 +89,15 @@ def main() -> None:
     for executor in (["ray"] if args.skip_serial else ["ray", "serial"]):
         plan = plan_trials(args.task, args.methods, args.grid, "0", run_dir=os.path.join(root, executor))
         t0 = time.perf_counter()
-        recs = run_sweep(plan, executor=executor, num_cpus=args.num_cpus, echo=lambda s: None)
+        with CPUMeter() as cpu:
+            recs = run_sweep(plan, executor=executor, num_cpus=args.num_cpus, echo=lambda s: None)
         wall = time.perf_counter() - t0
         results[executor] = (wall, recs)
         s = split(recs)
         ok = sum(r["status"] == "ok" for r in recs)
-        print(f"{executor:6s}: {len(recs)} trials ({ok} ok) in {wall:6.1f}s wall | summed per-trial: setup {s['setup_s']:.1f}s, "
-              f"train {s['train_s']:.1f}s, eval {s['eval_s']:.1f}s, total {s['total_s']:.1f}s")
+        print(f"{executor:6s}: {len(recs)} trials ({ok} ok) in {wall:6.1f}s wall, {cpu.seconds:6.1f} CPU-s "
+              f"({len(recs) / cpu.seconds:.3f} trials per CPU-second) | summed per-trial: setup {s['setup_s']:.1f}s, "
+              f"train {s['train_s']:.1f}s, eval {s['eval_s']:.1f}s, total {s['total_s']:.1f}s", flush=True)
     if "serial" in results:
         (rw, rrecs), (sw, _) = results["ray"], results["serial"]
         n = len(rrecs)

@@ -106,3 +106,54 @@ def erased_bundle():
 @pytest.fixture
 def data_bundle():
     return make_bundle("data")
+
+
+# -- the toy plugin in this process, and one Ray instance for the whole test run ---------------------------------
+@pytest.fixture(scope="session")
+def toy_plugin_dir(tmp_path_factory):
+    """tests/plugin installed as a distribution (a dist-info with entry points) in a folder of its own."""
+    from helpers import install_fake_plugin
+
+    return install_fake_plugin(tmp_path_factory.mktemp("toy-site"))
+
+
+@pytest.fixture
+def toy(toy_plugin_dir):
+    """The toy plugin (task ``toy``, method ``mymethod``) registered in this process from its entry points, as an
+    installed plugin is; the registries and ``sys.path`` are as before afterwards."""
+    from helpers import plugins_registered
+
+    with plugins_registered(toy_plugin_dir):
+        yield toy_plugin_dir
+
+
+@pytest.fixture(scope="session")
+def shared_ray(toy_plugin_dir):
+    """One local Ray instance (2 CPUs) for every in-process Ray sweep of the test run: the sweep uses an already
+    initialised Ray instead of starting its own (:func:`unlearnbench.cluster.ray_session`), so its start-up (seconds
+    of CPU) is paid once. Its workers see the toy plugin (on their PYTHONPATH). The tests that check a sweep's own
+    local Ray (start, warnings, scratch files removed) run the CLI in a subprocess instead."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    from unlearnbench.cluster import _set_token_mode
+
+    scratch = tempfile.mkdtemp(prefix="ubt-ray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_AUTH_MODE")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(toy_plugin_dir), saved["PYTHONPATH"]) if p)
+    if saved["RAY_AUTH_MODE"] is None:
+        _set_token_mode()  # as a sweep's own local instance (no warning); the workers inherit it from the raylet
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
+                 _temp_dir=os.path.join(scratch, "r"))
+    finally:  # the raylet and its workers keep what they were started with; later subprocesses see the old values
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(scratch, ignore_errors=True)

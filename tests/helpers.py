@@ -2,6 +2,7 @@
 for clean-fid's Inception weights (which never reach these machines)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,6 +22,31 @@ def install_fake_plugin(root: Path) -> Path:
         "[unlearnbench.methods]\nmymethod = ub_toy_plugin:MyMethod\n\n"
         "[unlearnbench.tasks]\ntoy = ub_toy_plugin:ToyTask\n")
     return root
+
+
+@contextlib.contextmanager
+def plugins_registered(*folders: Path):
+    """The plugin distributions installed in ``folders`` (dist-infos with entry points) importable and registered in
+    this process, as ``registry.load_plugins`` registers an installed plugin; ``sys.path`` and the registries are as
+    before afterwards."""
+    from importlib import metadata
+
+    from unlearnbench.methods import METHODS
+    from unlearnbench.tasks import TASKS
+
+    regs = (TASKS, METHODS)
+    saved_path = list(sys.path)
+    saved = [{k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(reg).items()} for reg in regs]
+    sys.path[:0] = [str(f) for f in folders]
+    try:
+        for dist in metadata.distributions(path=[str(f) for f in folders]):
+            for reg in regs:
+                reg.load_plugins([ep for ep in dist.entry_points if ep.group == reg.entry_point_group])
+        yield
+    finally:
+        sys.path[:] = saved_path
+        for reg, state in zip(regs, saved):
+            vars(reg).update(state)
 
 
 def cli(args: list[str], env_extra: dict | None = None, cwd: str | None = None, timeout: int = 300,
@@ -69,3 +95,31 @@ def fake_inception_file(folder: Path, name: str = "inception-2015-12-05.pt") -> 
     folder.mkdir(parents=True, exist_ok=True)
     torch.jit.save(torch.jit.script(FakeInception()), str(folder / name))
     return folder / name
+
+
+def run_main(capsys, args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI in this process (``unlearnbench.cli.main.main``): what :func:`cli` returns, without a Python start-up
+    and imports per call. Log records go to stderr as the CLI's own logging set-up writes them in a process of its
+    own (pytest's handlers stop ``logging.basicConfig`` here). ``env_extra`` is set for the call only."""
+    import logging
+    import sys
+
+    from unlearnbench.cli.main import main
+
+    capsys.readouterr()  # what earlier calls printed is not this call's output
+    saved = {k: os.environ.get(k) for k in env_extra or {}}
+    os.environ.update(env_extra or {})
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["unlearnbench", *args], code, out.out, out.err)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import cli
+from helpers import run_main
 
 from unlearnbench.robustness.attacks import auc_tpr, mia, steps_to_half
 from unlearnbench.robustness.plan import parse_budgets, plan_attacks
@@ -186,7 +186,7 @@ def test_leaderboard_robustness_is_reproducible_and_separate(gmm_run, gmm_attack
     assert set(load_results(gmm_run)["role"].dropna()) <= {"unlearning", "retention", "info"}
 
 
-def test_resume_after_kill(gmm_run, tmp_path):
+def test_resume_after_kill(gmm_run, tmp_path, capsys):
     import shutil
     import subprocess
     import sys
@@ -204,17 +204,18 @@ def test_resume_after_kill(gmm_run, tmp_path):
     proc.wait(timeout=30)
     before = records(run / "attack")
     assert 1 <= len(before) < 7, "killed mid-ladder"
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    r = run_main(capsys, args[3:])  # resumed in this process
     assert r.returncode == 0, r.stderr
     assert f"{len(before)} trial(s) already done, {7 - len(before)} to run" in r.stdout
     after = records(run / "attack")
     assert len(after) == 7 and len({x["trial_id"] for x in after}) == 7  # 3 models x 2 attacks + the reference
     assert after[: len(before)] == before, "finished attack records are never rewritten"
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)  # all done: nothing re-run
+    r = run_main(capsys, args[3:])  # all done: nothing re-run
     assert r.returncode == 0 and "7 trial(s) already done, 0 to run" in r.stdout and len(records(run / "attack")) == 7
 
 
-def test_cli_bad_input(gmm_run, tmp_path):
+def test_cli_bad_input(gmm_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written where the command runs
     cases = [
         (["--attacks", "relearnn"], "unknown attack 'relearnn'; valid: embedding, mia, relearn"),
         (["--attacks", "mia"], "attack 'mia' does not apply to concept task gmm-concept"),
@@ -225,16 +226,16 @@ def test_cli_bad_input(gmm_run, tmp_path):
     ]
     before = sorted(p.name for p in gmm_run.iterdir())
     for extra, msg in cases:
-        r = cli(["attack", str(gmm_run), *extra], cwd=str(tmp_path))
+        r = run_main(capsys, ["attack", str(gmm_run), *extra])
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
-    r = cli(["attack", str(tmp_path / "nope")], cwd=str(tmp_path))
+    r = run_main(capsys, ["attack", str(tmp_path / "nope")])
     assert r.returncode == 2 and "no such directory" in r.stderr
     nosave = tmp_path / "nosave"
     nosave.mkdir()
     rec = records(gmm_run)[0]
     rec["artifacts"] = {}
     (nosave / "records.jsonl").write_text(json.dumps(rec) + "\n")
-    r = cli(["attack", str(nosave)], cwd=str(tmp_path))
+    r = run_main(capsys, ["attack", str(nosave)])
     assert r.returncode == 2 and "--save-models" in r.stderr
     assert sorted(p.name for p in gmm_run.iterdir()) == before and [p.name for p in tmp_path.iterdir()] == ["nosave"]
 

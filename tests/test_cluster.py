@@ -13,12 +13,13 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import cli, install_fake_plugin, popen
+from helpers import cli, install_fake_plugin, run_main
 from unlearnbench.cli.main import main
 from unlearnbench.raytune import flat_metrics
 from unlearnbench.records import read_records
@@ -122,42 +123,44 @@ def test_flat_metrics_are_numbers_only():
                                  "lambda": {"0": 0.5, "1": 1.0}, "trial_s": 2.0, "grid_value": 3.0}
 
 
-def test_killed_worker_is_retried_then_ok_and_callbacks_see_metrics(plugin, tmp_path, monkeypatch):
+def test_killed_worker_is_retried_then_ok_and_callbacks_see_metrics(toy, shared_ray, tmp_path, capsys):
+    """On the test run's shared Ray (this process's children): a trial's worker killed mid-trial is retried."""
     out = tmp_path / "kill"
-    scratch = Path(tempfile.mkdtemp(prefix="ubk-", dir="/tmp"))
-    monkeypatch.setenv("RAY_TMPDIR", str(scratch))
-    proc = popen([*TOY, "--methods", "esd", "--num-cpus", "1", "--set", "task.sleep=4", "--out", str(out),
-                  "--tune-callback", "tensorboard"], plugin, cwd=str(tmp_path))
-    victim, deadline = None, time.time() + 180
-    try:
-        while victim is None and time.time() < deadline and proc.poll() is None:
+    found: dict[str, int] = {}
+
+    def kill_the_trial_worker():
+        deadline = time.time() + 180
+        while time.time() < deadline:
             time.sleep(0.5)
-            victim = next((p for p, cmd in descendants(proc.pid).items() if cmd.startswith("ray::ImplicitFunc.train")),
-                          None)
-        assert victim is not None, "no trial worker seen"
-        time.sleep(1.5)  # inside the trial (its evaluation sleeps 4 s)
-        os.kill(victim, signal.SIGKILL)
-        stdout, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, stdout
-    assert "worker lost" in stdout and "retrying (1/2)" in stdout, stdout
+            victim = next((p for p, cmd in descendants(os.getpid()).items()
+                           if cmd.startswith("ray::ImplicitFunc.train")), None)
+            if victim is not None:
+                time.sleep(1.5)  # inside the trial (its evaluation sleeps 4 s)
+                os.kill(victim, signal.SIGKILL)
+                found["victim"] = victim
+                return
+
+    killer = threading.Thread(target=kill_the_trial_worker, daemon=True)
+    killer.start()
+    r = run_main(capsys, [*TOY, "--methods", "esd", "--set", "task.sleep=4", "--max-concurrent", "1", "--out", str(out),
+                          "--tune-callback", "tensorboard"])
+    killer.join(timeout=5)
+    assert "victim" in found, "no trial worker seen"
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "worker lost" in r.stdout and "retrying (1/2)" in r.stdout, r.stdout
     recs = read_records([out])
     assert sorted(r["status"] for r in recs) == ["ok", "ok"] and len({r["trial_id"] for r in recs}) == 2
-    assert victim not in {r["metrics"]["pid"]["value"] for r in recs}
+    assert found["victim"] not in {r["metrics"]["pid"]["value"] for r in recs}
     tags = tensorboard_tags(out / "ray_results")
     assert {"ray/tune/metrics/mass", "ray/tune/metrics/drift", "ray/tune/trial_ok"} <= tags, tags
-    assert list(scratch.iterdir()) == [], "Ray's session files and Tune's scratch folders are removed at the end"
-    scratch.rmdir()
 
 
-def test_worker_that_always_dies_is_recorded_failed_with_its_error(plugin, tmp_path):
+def test_worker_that_always_dies_is_recorded_failed_with_its_error(toy, shared_ray, tmp_path, capsys):
     out = tmp_path / "dies"
     grid = tmp_path / "one.yaml"
     grid.write_text("values:\n  esd: [1.0]\n")
-    r = cli(["run", "--task", "toy", "--grid", str(grid), "--no-leaderboard", "--methods", "esd", "--seeds", "0,1",
-             "--num-cpus", "2", "--set", "task.die_seed=1", "--out", str(out)], plugin_path=plugin, timeout=300)
+    r = run_main(capsys, ["run", "--task", "toy", "--grid", str(grid), "--no-leaderboard", "--methods", "esd", "--seeds",
+                          "0,1", "--set", "task.die_seed=1", "--out", str(out)])
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stdout.count("retrying (1/2)") == 1 and r.stdout.count("retrying (2/2)") == 1, r.stdout
     recs = {x["trial_id"]: x for x in read_records([out])}
@@ -198,7 +201,7 @@ def ray_head(plugin):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_cluster_sweep_with_token_auth(plugin, ray_head, tmp_path):
+def test_cluster_sweep_with_token_auth(plugin, ray_head, toy, tmp_path, capsys):
     address, token, log = ray_head
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -213,7 +216,7 @@ def test_cluster_sweep_with_token_auth(plugin, ray_head, tmp_path):
             timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr + log.read_text()[-3000:]
     assert "[4/4]" in r.stdout
-    local = cli([*base, "--executor", "serial", "--out", str(tmp_path / "local")], plugin_path=plugin)
+    local = run_main(capsys, [*base, "--executor", "serial", "--out", str(tmp_path / "local")])
     assert local.returncode == 0, local.stderr
 
     def numbers(d):
@@ -240,3 +243,18 @@ def test_unwritable_record_stops_the_whole_tune_experiment(tmp_path):
     recorder.on_trial_result(0, [], None, {"record": json.dumps(rec)})
     assert stopper.stop_all() and stopper("t1", {})
     assert recorder.abort.startswith("could not write the record of trial 't0'") and lines[0].startswith("[1/2] t0")
+
+
+def test_a_ray_initialised_in_the_process_is_used_not_restarted(shared_ray):
+    """A user (notebook, cluster job, test session) who called ``ray.init`` runs the sweep on that instance; an
+    ``--address`` besides it is refused with both named, and the instance is left running."""
+    from unlearnbench.cluster import ClusterError, ray_is_local, ray_session
+
+    gcs = shared_ray.get_runtime_context().gcs_address
+    with ray_session(None, num_cpus=1, gpus_per_trial=0):
+        assert shared_ray.get_runtime_context().gcs_address == gcs and ray_is_local()
+    assert shared_ray.is_initialized()
+    with pytest.raises(ClusterError, match=r"--address 127.0.0.1:1: Ray is already initialised in this process"):
+        with ray_session("127.0.0.1:1", None, 0):
+            pass
+    assert shared_ray.is_initialized()

@@ -183,18 +183,18 @@ def test_constrained_entries_count_settled_trials_only():
     assert c_settled.reach["rkl"] < c_all.reach["rkl"]
 
 
-def test_cli_compare_json_and_errors(tmp_path):
-    from helpers import cli
+def test_cli_compare_json_and_errors(tmp_path, capsys):
+    from helpers import run_main
     from synthetic import write_records
 
     run = write_records(tmp_path / "r", _grid("toy-concept", {"rkl": 1.0, "esd": 1.5}))
-    out = cli(["compare", "--runs", str(run), "--task", "toy-concept", "--a", "rkl", "--b", "esd", "--json"])
+    out = run_main(capsys, ["compare", "--runs", str(run), "--task", "toy-concept", "--a", "rkl", "--b", "esd", "--json"])
     assert out.returncode == 0, out.stderr
     obj = json.loads(out.stdout)
     assert obj["verdict"] in (A_BETTER, B_BETTER, EQUIVALENT, INCONCLUSIVE)
     assert {"estimate", "interval", "p_value", "levels", "seeds"} <= set(obj)
     assert obj["seeds"] == [0, 1, 2]
-    bad = cli(["compare", "--runs", str(run), "--task", "toy-concept", "--a", "rkl", "--b", "nope"])
+    bad = run_main(capsys, ["compare", "--runs", str(run), "--task", "toy-concept", "--a", "rkl", "--b", "nope"])
     assert bad.returncode == 2 and "entries: esd, rkl" in bad.stderr
-    bad = cli(["compare", "--runs", str(run), "--task", "toy-concept", "--a", "rkl", "--b", "esd", "--axis", "x/y"])
+    bad = run_main(capsys, ["compare", "--runs", str(run), "--task", "toy-concept", "--a", "rkl", "--b", "esd", "--axis", "x/y"])
     assert bad.returncode == 2 and "kl_concept_min/kl_pretrained" in bad.stderr

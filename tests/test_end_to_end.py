@@ -1,4 +1,5 @@
-"""The real tasks through the CLI, small: every method on the task it fits, records with every documented field."""
+"""The real tasks through the CLI (in this process), small: every method on the task it fits, records with every
+documented field."""
 from __future__ import annotations
 
 import csv
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from helpers import cli
+from helpers import run_main
 
 FIELDS = {"schema_version", "run_id", "trial_id", "created_at", "status", "error", "task", "method", "method_config",
           "grid", "seed", "metrics", "oracle", "train", "timing", "config_hash", "env", "artifacts"}
@@ -14,10 +15,11 @@ FIELDS = {"schema_version", "run_id", "trial_id", "created_at", "status", "error
 
 @pytest.mark.parametrize("task,methods", [("gmm-concept", "rkl,rkl-is,lik,lik-is,rkl-fixed,esd"),
                                                 ("gmm-data", "fkl,siss")])
-def test_gmm_sweep_all_methods(tmp_path, task, methods):
+def test_gmm_sweep_all_methods(tmp_path, capsys, task, methods):
     out = tmp_path / task
-    r = cli(["run", "--task", task, "--methods", methods, "--grid", "smoke", "--steps", "20", "--executor", "serial",
-             "--set", "task.distill_steps=200", "--set", "task.eval_samples=200", "--out", str(out)], timeout=600)
+    r = run_main(capsys, ["run", "--task", task, "--methods", methods, "--grid", "smoke", "--steps", "20", "--executor",
+                          "serial", "--set", "task.distill_steps=200", "--set", "task.eval_samples=200", "--out",
+                          str(out)])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     recs = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     assert len(recs) == 2 * len(methods.split(","))

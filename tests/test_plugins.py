@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, install_fake_plugin
+from helpers import cli, install_fake_plugin, plugins_registered, run_main
 from unlearnbench.config import grid_names, grid_values, plan_trials
 from unlearnbench.methods import METHODS, Method
 from unlearnbench.tasks import TASKS
@@ -51,16 +51,19 @@ def records(out):
     return [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
 
 
-def test_plugin_distribution_is_listed_and_runs_with_its_own_grid(installed_plugin, tmp_path):
-    """Fast round trip on the toy task, whose grids do not name the plugin: the declared values are used."""
+def test_plugin_distribution_is_listed_and_runs_with_its_own_grid(installed_plugin, tmp_path, capsys):
+    """Fast round trip on the toy task, whose grids do not name the plugin: the declared values are used. A process
+    of its own finds the installed distributions by their entry points."""
     both = os.pathsep.join([str(installed_plugin), str(install_fake_plugin(tmp_path / "toy"))])
     r = cli(["ls", "methods", "mine"], plugin_path=both)
     assert r.returncode == 0, r.stderr
     assert "plugin unlearnbench-mine" in r.stdout and "--grid eps: 0.5, 2" in r.stdout
     assert "one of: null, kept" in r.stdout
     out = tmp_path / "run"
-    r = cli(["run", "--task", "toy", "--methods", "mine", "--grid", "eps", "--steps", "2", "--executor", "serial",
-             "--no-leaderboard", "--set", "methods.mine.target=kept", "--out", str(out)], plugin_path=both)
+    with plugins_registered(*map(Path, both.split(os.pathsep))):  # found as above; run in this process
+        r = run_main(capsys, ["run", "--task", "toy", "--methods", "mine", "--grid", "eps", "--steps", "2",
+                              "--executor", "serial", "--no-leaderboard", "--set", "methods.mine.target=kept",
+                              "--out", str(out)])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     recs = records(out)
     assert sorted(rec["grid"]["value"] for rec in recs) == [0.5, 2.0], "the plugin's declared grid values"
@@ -81,10 +84,11 @@ def test_plugin_distribution_runs_end_to_end_on_gmm_concept(installed_plugin, tm
     assert all("kl_concept_min" in rec["metrics"] and rec["train"]["steps"] == 2 for rec in recs)
 
 
-def test_plugin_settings_are_checked_before_work(installed_plugin, tmp_path):
+def test_plugin_settings_are_checked_before_work(installed_plugin, tmp_path, capsys):
     out = tmp_path / "bad"
-    r = cli(["run", "--task", "gmm-concept", "--methods", "mine", "--set", "methods.mine.target=both",
-             "--out", str(out)], plugin_path=installed_plugin)
+    with plugins_registered(installed_plugin):
+        r = run_main(capsys, ["run", "--task", "gmm-concept", "--methods", "mine", "--set", "methods.mine.target=both",
+                              "--out", str(out)])
     assert r.returncode == 2 and "target='both' is not a valid choice; valid: null, kept" in r.stderr
     assert not out.exists()
 
@@ -173,3 +177,41 @@ def test_registry_scan_imports_only_unlisted_public_modules(tmp_path, monkeypatc
     import ub_scanpkg
 
     assert ub_scanpkg.REG.names() == ["fresh", "listed"], "broken.py is skipped with a warning, not fatal"
+
+
+def test_plugin_subclass_of_a_builtin_runs_with_its_parents_grid_values_and_defaults(tmp_path):
+    """A plugin's ``class Mine(ESD)`` that declares no grid runs each task's ESD grid with the task's ESD settings; one
+    that declares its own values runs those; the built-ins that subclass each other keep only their own names."""
+    from unlearnbench.methods.esd import ESD
+    from unlearnbench.config import build_method_config
+
+    class PluginESD(ESD):  # defined outside unlearnbench.methods: a plugin's class
+        name = "plugin-esd"
+
+    class PluginESDOwn(ESD):
+        name = "plugin-esd-own"
+        default_grids = {"concept": {"eps": [0.25, 4.0]}}
+
+    for cls in (PluginESD, PluginESDOwn):
+        METHODS.register(cls.name)(cls)
+    try:
+        assert PluginESD.lineage() == ["plugin-esd", "esd"]
+        gmm = TASKS.get("gmm-concept")()
+        for grid in ("eps", "smoke"):
+            assert grid_values(gmm, grid, "plugin-esd") == grid_values(gmm, grid, "esd"), grid
+        plan = plan_trials("gmm-concept", "plugin-esd,plugin-esd-own", "eps", run_dir=str(tmp_path / "r"))
+        values = {m: [t["grid"]["value"] for t in plan.trials if t["method"] == m] for m in ("plugin-esd", "plugin-esd-own")}
+        assert values == {"plugin-esd": grid_values(gmm, "eps", "esd"), "plugin-esd-own": [0.25, 4.0]}
+        assert {t["grid"]["param"] for t in plan.trials} == {"eta"}
+        every = {t["method"] for t in plan_trials("gmm-concept", "all", "eps", run_dir=str(tmp_path / "r")).trials}
+        assert {"plugin-esd", "plugin-esd-own", "esd"} <= every
+        digits = TASKS.get("digits-concept")
+        assert digits.method_defaults["esd"], "the parent has settings fitted to this task"
+        cfg = build_method_config(digits(), "plugin-esd", {}, None)
+        assert {k: getattr(cfg, k) for k in digits.method_defaults["esd"]} == digits.method_defaults["esd"]
+        # built-ins are named by each task: rkl-is does not inherit rkl's values where a task leaves it out
+        assert METHODS.get("rkl-is").lineage() == ["rkl-is"]
+    finally:
+        for cls in (PluginESD, PluginESDOwn):
+            METHODS._items.pop(cls.name)
+            METHODS._origin.pop(cls.name)

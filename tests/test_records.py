@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, install_fake_plugin
+from helpers import cli, install_fake_plugin, run_main
 from unlearnbench.records import REJECTED, RecordWriteError, append_record, read_records
 from unlearnbench.rundir import LOCK, RunDirLock
 
@@ -78,12 +78,12 @@ def test_failed_write_leaves_the_file_as_it_was(tmp_path):
     assert RecordWriteError.__mro__[1] is RuntimeError
 
 
-def test_full_disk_stops_the_sweep_and_resume_keeps_everything(plugin, tmp_path):
+def test_full_disk_stops_the_sweep_and_resume_keeps_everything(plugin, toy, tmp_path, capsys):
     out = tmp_path / "run"
     base = ["run", "--task", "toy", "--methods", "esd,mymethod", "--grid", "eps", "--executor", "serial",
             "--no-leaderboard"]
     probe = tmp_path / "probe"
-    assert cli([*base, "--out", str(probe)], plugin_path=plugin).returncode == 0
+    assert run_main(capsys, [*base, "--out", str(probe)]).returncode == 0
     sizes = [len(line) + 1 for line in (probe / "records.jsonl").read_text().splitlines()]
     limit = sizes[0] + sizes[1] + sizes[2] // 2  # room for two records, not three
     env = dict(HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(plugin))
@@ -93,21 +93,21 @@ def test_full_disk_stops_the_sweep_and_resume_keeps_everything(plugin, tmp_path)
     assert "Traceback" not in r.stderr
     kept = read_records([out])
     assert len(kept) == 2 and (out / "records.jsonl").read_bytes().endswith(b"\n")
-    r2 = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)
+    r2 = run_main(capsys, ["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"])
     assert r2.returncode == 0, r2.stderr
     after = read_records([out])
     assert len(after) == 4 and after[:2] == kept
 
 
-def test_torn_tail_then_resume_keeps_every_record(plugin, tmp_path):
+def test_torn_tail_then_resume_keeps_every_record(toy, tmp_path, capsys):
     out = tmp_path / "torn"
     base = ["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--executor", "serial", "--no-leaderboard"]
-    assert cli([*base, "--out", str(out)], plugin_path=plugin).returncode == 0
+    assert run_main(capsys, [*base, "--out", str(out)]).returncode == 0
     path = out / "records.jsonl"
     first, second = path.read_text().splitlines()
     # valid JSON that is not a record, then the second trial's line torn by a killed writer
     path.write_text(first + '\n{"note": "not a record"}\n' + second[: len(second) // 2])
-    r = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)
+    r = run_main(capsys, ["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"])
     assert r.returncode == 0, r.stderr
     assert "1 trial(s) already done, 1 to run" in r.stdout
     assert "records.jsonl:2: skipped, missing task.name, trial_id, status, method, seed" in r.stderr
@@ -118,22 +118,22 @@ def test_torn_tail_then_resume_keeps_every_record(plugin, tmp_path):
     assert second[: len(second) // 2] in (out / REJECTED).read_text()
 
 
-def test_refused_run_leaves_the_directory_byte_identical(plugin, tmp_path):
+def test_refused_run_leaves_the_directory_byte_identical(toy, tmp_path, capsys):
     out = tmp_path / "mine"
     base = ["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--executor", "serial", "--no-leaderboard",
             "--out", str(out)]
-    assert cli(base, plugin_path=plugin).returncode == 0
+    assert run_main(capsys, base).returncode == 0
     before = snapshot(out)
-    r = cli([*base, "--set", "methods.esd.lr=0.5", "--seeds", "3"], plugin_path=plugin)
+    r = run_main(capsys, [*base, "--set", "methods.esd.lr=0.5", "--seeds", "3"])
     assert r.returncode == 2 and "already holds a sweep" in r.stderr and "--resume" in r.stderr
     assert snapshot(out) == before
     assert not (out / LOCK).exists(), "the lock leaves with its owner"
 
 
-def test_second_writer_is_refused(plugin, tmp_path):
+def test_second_writer_is_refused(plugin, toy, tmp_path, capsys):
     out = tmp_path / "busy"
     base = ["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--executor", "serial", "--no-leaderboard"]
-    assert cli([*base, "--out", str(out)], plugin_path=plugin).returncode == 0
+    assert run_main(capsys, [*base, "--out", str(out)]).returncode == 0
     before = snapshot(out)
     with RunDirLock(out) as lock:  # this process owns the run directory
         r = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)

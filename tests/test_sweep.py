@@ -1,15 +1,18 @@
 """End-to-end sweeps through the CLI with a plugin task/method: Ray and serial executors, failure isolation,
-resume after kill -9, and bad input rejected before any work."""
+resume after kill -9, and bad input rejected before any work. The CLI runs in this process (``run_main``, the toy
+plugin registered from its entry points as an installed one is) except where a process of its own is the point: a
+sweep that starts its own local Ray, and one killed with SIGKILL."""
 from __future__ import annotations
 
 import json
 import signal
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import cli, install_fake_plugin, popen
+from helpers import cli, install_fake_plugin, popen, run_main
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +24,10 @@ def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
 
 
-def test_plugin_method_and_task_run_serially(plugin, tmp_path):
+def test_plugin_method_and_task_run_serially(toy, tmp_path, capsys):
     out = tmp_path / "run"
-    r = cli(["run", "--task", "toy", "--methods", "mymethod", "--grid", "eps", "--executor", "serial",
-             "--out", str(out), "--no-leaderboard"], plugin_path=plugin)
+    r = run_main(capsys, ["run", "--task", "toy", "--methods", "mymethod", "--grid", "eps", "--executor", "serial",
+                          "--out", str(out), "--no-leaderboard"])
     assert r.returncode == 0, r.stderr
     recs = records(out)
     assert [x["status"] for x in recs] == ["ok", "ok"]
@@ -34,11 +37,20 @@ def test_plugin_method_and_task_run_serially(plugin, tmp_path):
     assert "[2/2]" in r.stdout
 
 
-def test_ray_sweep_runs_trials_in_parallel_workers(plugin, tmp_path):
+def test_ray_sweep_runs_trials_in_parallel_workers(plugin, tmp_path, monkeypatch):
+    """The CLI's own local Ray instance, in a process of its own: started with Ray's default authentication but
+    without its warning, and its session files and Tune's scratch folders removed at the end."""
     out = tmp_path / "ray"
+    scratch = Path(tempfile.mkdtemp(prefix="ubs-", dir="/tmp"))  # short: Ray's socket paths must stay < 108 chars
+    monkeypatch.setenv("RAY_TMPDIR", str(scratch))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray's default, which warned on every local run
     r = cli(["run", "--task", "toy", "--methods", "mymethod,esd", "--grid", "eps", "--seeds", "0,1",
              "--num-cpus", "2", "--out", str(out), "--no-leaderboard"], plugin_path=plugin, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert list(scratch.iterdir()) == [], "Ray's session files and Tune's scratch folders are removed at the end"
+    scratch.rmdir()
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "plan.json", "ray_results", "records.jsonl",
+                                                     "summary.csv"], "Ray's session files stay out of the run"
     recs = records(out)
     assert len(recs) == 8 and all(x["status"] == "ok" for x in recs)
     assert len({x["trial_id"] for x in recs}) == 8
@@ -48,22 +60,22 @@ def test_ray_sweep_runs_trials_in_parallel_workers(plugin, tmp_path):
     assert "Token authentication" not in r.stdout + r.stderr, "no Ray warning on a local run"
 
 
-def test_same_seed_same_numbers(plugin, tmp_path):
+def test_same_seed_same_numbers(toy, tmp_path, capsys):
     vals = []
     for name in ("a", "b"):
         out = tmp_path / name
-        r = cli(["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--executor", "serial",
-                 "--out", str(out), "--no-leaderboard"], plugin_path=plugin)
+        r = run_main(capsys, ["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--executor", "serial",
+                              "--out", str(out), "--no-leaderboard"])
         assert r.returncode == 0, r.stderr
         vals.append(sorted((x["trial_id"], x["metrics"]["mass"]["value"], x["metrics"]["drift"]["value"])
                            for x in records(out)))
     assert vals[0] == vals[1]
 
 
-def test_failed_trial_is_recorded_and_others_finish(plugin, tmp_path):
+def test_failed_trial_is_recorded_and_others_finish(toy, tmp_path, capsys):
     out = tmp_path / "fail"
-    r = cli(["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--seeds", "0,1", "--executor", "serial",
-             "--out", str(out), "--no-leaderboard"], plugin_path=plugin, env_extra={"UB_TOY_FAIL_SEED": "1"})
+    r = run_main(capsys, ["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--seeds", "0,1", "--executor",
+                          "serial", "--out", str(out), "--no-leaderboard"], env_extra={"UB_TOY_FAIL_SEED": "1"})
     assert r.returncode == 1
     recs = records(out)
     status = {x["trial_id"]: x["status"] for x in recs}
@@ -72,36 +84,36 @@ def test_failed_trial_is_recorded_and_others_finish(plugin, tmp_path):
     assert all("injected failure for seed 1" in x["error"] for x in failed)
     assert "--resume" in r.stderr
     # resume re-runs only the failed ones, the fault gone
-    r2 = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)
+    r2 = run_main(capsys, ["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"])
     assert r2.returncode == 0, r2.stderr
     assert "2 trial(s) already done, 2 to run" in r2.stdout
     assert len(records(out)) == 6
 
 
-def test_rerun_diverged_replaces_the_verdict_after_the_sane_range_changed(plugin, tmp_path):
+def test_rerun_diverged_replaces_the_verdict_after_the_sane_range_changed(toy, tmp_path, capsys):
     out = tmp_path / "div"
     base = ["--executor", "serial", "--no-leaderboard"]
-    r = cli(["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--out", str(out), *base],
-            plugin_path=plugin, env_extra={"UB_TOY_MAX_DRIFT": "0"})
+    r = run_main(capsys, ["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--out", str(out), *base],
+                 env_extra={"UB_TOY_MAX_DRIFT": "0"})
     assert r.returncode == 0, r.stderr
     assert [x["status"] for x in records(out)] == ["diverged", "diverged"]
-    r = cli(["run", "--resume", str(out), *base], plugin_path=plugin, env_extra={"UB_TOY_MAX_DRIFT": "0"})
+    r = run_main(capsys, ["run", "--resume", str(out), *base], env_extra={"UB_TOY_MAX_DRIFT": "0"})
     assert "2 trial(s) already done, 0 to run" in r.stdout, "diverged is a result: plain --resume keeps it"
-    r = cli(["run", "--resume", str(out), "--rerun-diverged", *base], plugin_path=plugin,
-            env_extra={"UB_TOY_MAX_DRIFT": "100"})  # the task's sane range was widened
+    r = run_main(capsys, ["run", "--resume", str(out), "--rerun-diverged", *base],
+                 env_extra={"UB_TOY_MAX_DRIFT": "100"})  # the task's sane range was widened
     assert r.returncode == 0, r.stderr
     recs = records(out)
     assert [x["status"] for x in recs] == ["diverged", "diverged", "ok", "ok"]
     assert [x["metrics"]["drift"]["value"] for x in recs[:2]] == [x["metrics"]["drift"]["value"] for x in recs[2:]]
-    r = cli(["run", "--task", "toy", "--rerun-diverged", "--out", str(tmp_path / "x"), *base], plugin_path=plugin)
+    r = run_main(capsys, ["run", "--task", "toy", "--rerun-diverged", "--out", str(tmp_path / "x"), *base])
     assert r.returncode == 2 and "--resume" in r.stderr and not (tmp_path / "x").exists()
 
 
-def test_kill_9_loses_no_finished_trial_and_resume_finishes(plugin, tmp_path):
+def test_kill_9_loses_no_finished_trial_and_resume_finishes(toy, tmp_path, capsys):
     out = tmp_path / "killed"
     args = ["run", "--task", "toy", "--methods", "esd,mymethod", "--grid", "eps", "--executor", "serial",
             "--set", "task.sleep=1.5", "--out", str(out), "--no-leaderboard"]
-    proc = popen(args, plugin, cwd=str(tmp_path))
+    proc = popen(args, toy, cwd=str(tmp_path))  # a process of its own: it is killed
     path = out / "records.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not path.exists() or len(path.read_text().splitlines()) < 2):
@@ -111,7 +123,7 @@ def test_kill_9_loses_no_finished_trial_and_resume_finishes(plugin, tmp_path):
     before = records(out)
     assert 2 <= len(before) < 4, "killed mid-sweep"
     assert all(x["status"] == "ok" for x in before)
-    r = cli(["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"], plugin_path=plugin)
+    r = run_main(capsys, ["run", "--resume", str(out), "--executor", "serial", "--no-leaderboard"])
     assert r.returncode == 0, r.stderr
     assert f"{len(before)} trial(s) already done, {4 - len(before)} to run" in r.stdout
     after = records(out)
@@ -128,53 +140,53 @@ def test_kill_9_loses_no_finished_trial_and_resume_finishes(plugin, tmp_path):
     (["--methods", "esd", "--task", "toy", "--set", "methods.esd.lrr=1"], "unknown setting(s) lrr; valid:"),
     (["--methods", "esd", "--task", "toy", "--set", "bogus"], "expected KEY=VALUE"),
 ])
-def test_bad_input_stops_before_work(plugin, tmp_path, args, msg):
+def test_bad_input_stops_before_work(toy, tmp_path, capsys, args, msg):
     out = tmp_path / "bad"
-    r = cli(["run", *args, "--out", str(out)], plugin_path=plugin)
+    r = run_main(capsys, ["run", *args, "--out", str(out)])
     assert r.returncode == 2
     assert msg in r.stderr, r.stderr
     assert not out.exists(), "nothing may be written before validation passes"
 
 
-def test_grid_file_validation(plugin, tmp_path):
+def test_grid_file_validation(toy, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("values:\n  rkl: [0.5, oops]\n")
-    r = cli(["validate", "--task", "toy", "--methods", "rkl", "--grid", str(bad)], plugin_path=plugin)
+    r = run_main(capsys, ["validate", "--task", "toy", "--methods", "rkl", "--grid", str(bad)])
     assert r.returncode == 2 and "value 'oops' for 'rkl' is not a finite number" in r.stderr
     neg = tmp_path / "neg.yaml"
     neg.write_text("values:\n  rkl: [-1.0]\n")
-    r = cli(["validate", "--task", "toy", "--methods", "rkl", "--grid", str(neg)], plugin_path=plugin)
+    r = run_main(capsys, ["validate", "--task", "toy", "--methods", "rkl", "--grid", str(neg)])
     assert r.returncode == 2 and "rkl with eps=-1: threshold b=-1.0 is impossible" in r.stderr
     missing = tmp_path / "missing.yaml"
     missing.write_text("values:\n  esd: [1.0]\n")
-    r = cli(["validate", "--task", "toy", "--methods", "rkl", "--grid", str(missing)], plugin_path=plugin)
+    r = run_main(capsys, ["validate", "--task", "toy", "--methods", "rkl", "--grid", str(missing)])
     assert r.returncode == 2 and "no values for method(s) rkl; it has: esd" in r.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("values: [1, 2\n")
-    r = cli(["validate", "--task", "toy", "--methods", "rkl", "--grid", str(broken)], plugin_path=plugin)
+    r = run_main(capsys, ["validate", "--task", "toy", "--methods", "rkl", "--grid", str(broken)])
     assert r.returncode == 2 and "not valid YAML" in r.stderr
     good = tmp_path / "good.yaml"
     good.write_text("values:\n  rkl: [0.1, 0.2, 0.3]\n")
-    r = cli(["run", "--task", "toy", "--methods", "rkl", "--grid", str(good), "--dry-run"], plugin_path=plugin)
+    r = run_main(capsys, ["run", "--task", "toy", "--methods", "rkl", "--grid", str(good), "--dry-run"])
     assert r.returncode == 0 and "3 trials" in r.stdout
 
 
-def test_existing_run_dir_needs_resume(plugin, tmp_path):
+def test_existing_run_dir_needs_resume(toy, tmp_path, capsys):
     out = tmp_path / "again"
     base = ["run", "--task", "toy", "--methods", "esd", "--grid", "eps", "--executor", "serial", "--out", str(out),
             "--no-leaderboard"]
-    assert cli(base, plugin_path=plugin).returncode == 0
-    r = cli(base, plugin_path=plugin)
+    assert run_main(capsys, base).returncode == 0
+    r = run_main(capsys, base)
     assert r.returncode == 2 and "use --resume" in r.stderr
 
 
-def test_resume_runs_the_sweep_the_folder_holds_and_refuses_other_settings(plugin, tmp_path):
+def test_resume_runs_the_sweep_the_folder_holds_and_refuses_other_settings(toy, tmp_path, capsys):
     """--resume with other settings, seeds, grids or methods is refused (one error: line, exit 2, nothing written):
     the trials it would count as done ran under the folder's settings."""
     out = tmp_path / "sweep"
     base = ["--executor", "serial", "--no-leaderboard"]
-    r = cli(["run", "--task", "toy", "--methods", "esd,mymethod", "--grid", "eps", "--out", str(out), *base],
-            plugin_path=plugin)
+    r = run_main(capsys, ["run", "--task", "toy", "--methods", "esd,mymethod", "--grid", "eps", "--out", str(out),
+                          *base])
     assert r.returncode == 0, r.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     grid = tmp_path / "g.yaml"
@@ -190,20 +202,20 @@ def test_resume_runs_the_sweep_the_folder_holds_and_refuses_other_settings(plugi
         (["--out", str(tmp_path / "other")], "names another folder"),
     ]
     for extra, msg in refused:
-        r = cli(["run", "--resume", str(out), *extra, *base], plugin_path=plugin)
+        r = run_main(capsys, ["run", "--resume", str(out), *extra, *base])
         assert r.returncode == 2 and r.stderr.startswith("error: --resume") and msg in r.stderr, (extra, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before, extra
     assert not (tmp_path / "other").exists()
     # the same settings given again are the sweep's own; a changed plan.json (e.g. an edited --config) is caught too
-    r = cli(["run", "--resume", str(out), "--methods", "esd, mymethod", "--grid", "eps", "--seeds", "0", *base],
-            plugin_path=plugin)
+    r = run_main(capsys, ["run", "--resume", str(out), "--methods", "esd, mymethod", "--grid", "eps", "--seeds", "0",
+                          *base])
     assert r.returncode == 0 and "4 trial(s) already done, 0 to run" in r.stdout, r.stderr
     assert (out / "args.json").read_bytes() == before["args.json"], "a resume keeps the sweep's settings file"
     plan = json.loads((out / "plan.json").read_text())
     plan["trials"][0]["method_config"] = {"lr": 0.5}
     (out / "plan.json").write_text(json.dumps(plan))
-    r = cli(["run", "--resume", str(out), *base], plugin_path=plugin)
+    r = run_main(capsys, ["run", "--resume", str(out), *base])
     assert r.returncode == 2 and "other settings for 1 trial(s) (esd-eps0.5-s0: method_config)" in r.stderr, r.stderr
 
 

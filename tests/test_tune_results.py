@@ -1,6 +1,8 @@
 """A Ray sweep's Tune experiment lives in the run directory and reopens with ``Tuner.restore``: one row per trial
 with the flat ``metrics/`` columns, and each trial's curve (intermediate results: step, loss terms) in its
-``metrics_dataframe``; ``--resume`` adds its own restorable experiment. A local run prints no Ray token warning."""
+``metrics_dataframe``; ``--resume`` adds its own restorable experiment. The sweeps run in this process on the test
+run's shared Ray (``shared_ray``): a sweep uses a Ray already initialised instead of starting its own. (A sweep's own
+local Ray, its lack of a token warning and its removed scratch files: tests/test_sweep.py.)"""
 from __future__ import annotations
 
 import json
@@ -8,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, install_fake_plugin
+from helpers import run_main
 
 TOY = ["run", "--task", "toy", "--methods", "esd,mymethod", "--grid", "eps", "--num-cpus", "2", "--no-leaderboard"]
-
-
-@pytest.fixture(scope="module")
-def plugin(tmp_path_factory):
-    return install_fake_plugin(tmp_path_factory.mktemp("site"))
 
 
 def restored(path: Path):
@@ -27,13 +24,16 @@ def restored(path: Path):
     return tune.Tuner.restore(str(path), trainable=trainable).get_results()
 
 
-def test_the_tune_experiment_reopens_with_its_curves_and_resume_adds_one(plugin, tmp_path, monkeypatch):
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray's default, which warned on every local run
+def test_the_tune_experiment_reopens_with_its_curves_and_resume_adds_one(toy, shared_ray, tmp_path, capsys,
+                                                                        monkeypatch):
+    import unlearnbench.progress
+
+    monkeypatch.setattr(unlearnbench.progress, "EVERY_S", 1.0)  # UNLEARNBENCH_PROGRESS_EVERY_S=1
     out = tmp_path / "run"
-    r = cli([*TOY, "--out", str(out), "--set", "task.sleep=2.5"], plugin_path=plugin, timeout=300,
-            env_extra={"UNLEARNBENCH_PROGRESS_EVERY_S": "1"})  # each trial's evaluation sleeps 2.5 s
+    r = run_main(capsys, [*TOY, "--out", str(out), "--set", "task.sleep=2.5"])  # each trial's evaluation sleeps 2.5 s
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "Token authentication" not in r.stdout + r.stderr, "no Ray warning on a local run"
+    assert "Token authentication" not in r.stdout + r.stderr, "no Ray warning"
+    assert shared_ray.is_initialized(), "the sweep ran on the Ray it found and left it running"
     assert "[4/4]" in r.stdout and "(sweep ETA" in r.stdout
     assert " done, " in r.stdout and "] running: " in r.stdout and " step 5/5 " in r.stdout, \
         "heartbeats with the running trials' latest step while they evaluate"
@@ -52,7 +52,7 @@ def test_the_tune_experiment_reopens_with_its_curves_and_resume_adds_one(plugin,
     # --resume runs what records.jsonl lacks, as a second restorable experiment; the first stays as it was
     lines = (out / "records.jsonl").read_text().splitlines()
     (out / "records.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # as if the sweep died before the last trial
-    r = cli(["run", "--resume", str(out), "--no-leaderboard"], plugin_path=plugin, timeout=300)
+    r = run_main(capsys, ["run", "--resume", str(out), "--no-leaderboard"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 to run" in r.stdout and "[1/1]" in r.stdout
     assert len(restored(out / "ray_results" / "run-resume1").get_dataframe()) == 1

@@ -140,14 +140,39 @@ def enable_token_auth() -> bool:
     return False
 
 
+def ray_is_local() -> bool:
+    """Whether every node of the connected Ray instance is this machine (its workers can write the run directory)."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    return all(n.get("NodeManagerAddress") == here for n in ray.nodes() if n.get("Alive"))
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, num_cpus: int | None, gpus_per_trial: float) -> Iterator[str]:
     """``ray.init`` for the sweep and ``ray.shutdown`` after it; yields a scratch folder (Ray's session files for a
-    local instance) that is removed at the end."""
+    local instance) that is removed at the end.
+
+    A Ray already initialised in this process (``ray.init`` called by the user, a notebook, a test session, or a job
+    submitted to a cluster) is used as it is, neither started nor shut down here: the sweep runs on its resources
+    (``num_cpus`` and ``address`` do not apply to it; a conflicting ``address`` is refused)."""
     import ray
 
+    if ray.is_initialized():
+        if address is not None:
+            raise ClusterError(f"--address {address}: Ray is already initialised in this process (on "
+                               f"{ray.get_runtime_context().gcs_address}); the sweep runs there, or call "
+                               f"ray.shutdown() first")
+        logger.info("using the Ray instance already initialised in this process (%s)",
+                    ray.get_runtime_context().gcs_address)
     # short (Ray's socket paths must stay < 108 chars): /tmp, or RAY_TMPDIR where the user moved Ray's files
     scratch = tempfile.mkdtemp(prefix="ub-ray-", dir=os.environ.get("RAY_TMPDIR") or "/tmp")
+    if ray.is_initialized():
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="warning")
     if address is None:
         if "RAY_AUTH_MODE" not in os.environ:  # Ray's default for a new local instance, without its warning

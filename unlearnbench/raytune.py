@@ -177,13 +177,13 @@ def run_tune(todo: list[dict], plan: SweepPlan, opts: TuneOptions, echo: Callabl
 
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from unlearnbench.cluster import check_cluster_resources, ray_session, tune_callbacks
+    from unlearnbench.cluster import check_cluster_resources, ray_is_local, ray_session, tune_callbacks
     from unlearnbench.trials import prepare_task
 
-    local = opts.address is None
     t0 = time.perf_counter()
     with ray_session(opts.address, opts.num_cpus, opts.gpus_per_trial):
         logger.info("ray.init took %.1fs", time.perf_counter() - t0)
+        local = opts.address is None and ray_is_local()  # workers on this machine write their records themselves
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         check_cluster_resources(ray.cluster_resources(), opts.cpus_per_trial, opts.gpus_per_trial)
         prepare_task(plan)  # once, in the driver, after the cluster is known to fit a trial
