@@ -15,5 +15,8 @@ METHODS.register_lazy("rkl-fixed", "unlearnbench.methods.rkl_fixed:RKLFixed")
 METHODS.register_lazy("esd", "unlearnbench.methods.esd:ESD")
 METHODS.register_lazy("salun", "unlearnbench.methods.salun:SalUn")
 METHODS.register_lazy("siss", "unlearnbench.methods.siss:SISS")
+METHODS.register_lazy("neggrad", "unlearnbench.methods.neggrad:NegGrad")
+METHODS.register_lazy("naive", "unlearnbench.methods.neggrad:NaiveDeletion")
+METHODS.register_lazy("erasediff", "unlearnbench.methods.erasediff:EraseDiff")
 
 __all__ = ["METHODS", "Method", "MethodConfig"]

@@ -15,7 +15,7 @@ from unlearnbench.diffusion import add_noise
 from unlearnbench.settings import check_range, coerce, resolve_hints
 from unlearnbench.tasks.base import ModelBundle
 
-TRAINABLE_CHOICES = ("full", "xattn", "noxattn", "lora")
+TRAINABLE_CHOICES = ("full", "xattn", "xattn-kv", "noxattn", "lora")
 
 
 @dataclass
@@ -25,7 +25,8 @@ class MethodConfig:
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     steps: int | None = field(default=None, metadata={"help": "optimizer steps (None: the task's default)"})
     batch_size: int = field(default=128, metadata={"help": "samples per step"})
-    trainable: str = field(default="full", metadata={"help": "full | xattn (cross-attention only, ESD-x) | noxattn "
+    trainable: str = field(default="full", metadata={"help": "full | xattn (cross-attention only, ESD-x) | xattn-kv "
+                                                             "(cross-attention keys and values, CA) | noxattn "
                                                              "(all but cross-attention, ESD-u) | lora",
                                                      "choices": TRAINABLE_CHOICES})
     lora_rank: int = field(default=4, metadata={"help": "LoRA rank when trainable=lora"})
@@ -88,6 +89,8 @@ class Method(abc.ABC):
         grid_params: grid name -> the config field that grid sweeps (``{"eps": "eta"}`` for ESD).
         default_grids: task kind -> grid name -> values (weak -> strong), used on tasks whose own grids do not name
             this method (plugins, new files); a task's own values win. Subclasses inherit what they do not declare.
+        closed_form: the method's "training" is one closed-form edit of the weights (UCE), made in :meth:`setup`; the
+            runner takes no optimizer step (``steps`` is 0) and ``losses`` is never called.
     """
 
     name: ClassVar[str]
@@ -95,6 +98,7 @@ class Method(abc.ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     grid_params: ClassVar[dict[str, str]] = {}
     default_grids: ClassVar[dict[str, dict[str, list[float]]]] = {}
+    closed_form: ClassVar[bool] = False
 
     @classmethod
     def declared_grid(cls, kind: str, grid: str) -> list[float] | None:
@@ -104,6 +108,17 @@ class Method(abc.ABC):
             if values is not None:
                 return [float(v) for v in values]
         return None
+
+    @classmethod
+    def lineage(cls) -> list[str]:
+        """The names under which a task's grid values and method defaults serve this method, nearest first: a plugin
+        subclass of a built-in method takes its parent's (``class Mine(ESD)`` named ``mine``: ``["mine", "esd"]``)
+        unless it declares its own; a built-in method only its own name (each task names the built-ins it runs,
+        e.g. sd-concept leaves the importance-sampled rkl-is and lik-is out)."""
+        names = [vars(k)["name"] for k in cls.__mro__ if isinstance(vars(k).get("name"), str)]
+        if cls.__module__.split(".")[:2] == ["unlearnbench", "methods"]:
+            return names[:1]
+        return names
 
     @classmethod
     def declared_grid_names(cls, kind: str) -> list[str]:
@@ -131,7 +146,10 @@ class Method(abc.ABC):
         return self._params
 
     def setup(self) -> None:
-        """Called once by the runner before the first step (e.g. SalUn's saliency mask)."""
+        """Called once by the runner before the first step (e.g. SalUn's saliency mask; a closed-form method's edit)."""
+
+    def finish(self) -> None:
+        """Called once by the runner after the last step of a training that did not diverge (MACE's fusion)."""
 
     @abc.abstractmethod
     def losses(self) -> dict[str, Tensor]:
@@ -190,7 +208,9 @@ class Method(abc.ABC):
 def select_trainable(net: nn.Module, mode: str, lora_rank: int = 4) -> list[nn.Parameter]:
     """Freeze ``net`` except the chosen part; returns the trainable parameters.
 
-    ``full``: everything. ``xattn``: cross-attention (``attn2``) only, ESD-x style. ``noxattn``: everything except
+    ``full``: everything. ``xattn``: cross-attention (``attn2``) only, ESD-x style. ``xattn-kv``: the cross-attention
+    key and value projections (``attn2.to_k``, ``attn2.to_v``), Concept Ablation's ``--parameter_group cross-attn``.
+    ``noxattn``: everything except
     cross-attention, the time embedding and the output layer, ESD-u style (rohitgandikota/erasing,
     ``train-scripts/train-esd.py``: ``name.startswith('out.') or 'attn2' in name or 'time_embed' in name`` excluded).
     ``lora``: peft LoRA adapters on the cross-attention projections (``attn2.to_q/to_k/to_v/to_out.0``).
@@ -203,12 +223,13 @@ def select_trainable(net: nn.Module, mode: str, lora_rank: int = 4) -> list[nn.P
         raise ValueError(f"trainable={mode!r} needs cross-attention (attn2) layers, which this task's network lacks; "
                          f"use trainable=full")
     net.requires_grad_(False)
-    if mode in ("xattn", "noxattn"):
+    if mode in ("xattn", "xattn-kv", "noxattn"):
         params = []
         for n, p in net.named_parameters():
             xattn = "attn2" in n
+            kv = re.search(r"attn2\.to_[kv]\.", n) is not None
             excluded = xattn or "time_emb" in n or re.search(r"(^|\.)(out|conv_out)\.", n) is not None
-            if (mode == "xattn" and xattn) or (mode == "noxattn" and not excluded):
+            if (mode == "xattn" and xattn) or (mode == "xattn-kv" and kv) or (mode == "noxattn" and not excluded):
                 p.requires_grad_(True)
                 params.append(p)
         return params

@@ -213,7 +213,7 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
                      run_dir=run_dir, task=task_name, task_options=task_options)
     for m in method_names:
         overrides = dict(method_overrides.get(m) or {})
-        if steps is not None:
+        if steps is not None and not METHODS.get(m).closed_form:  # a closed-form edit (uce) takes no steps
             overrides["steps"] = steps
         for value in grid_values[m]:
             g = {"name": grid_name, "param": grid_param(m, grid_name, grid_params), "value": float(value)}
@@ -303,7 +303,7 @@ def applicable_methods(task_cls: type, grid: str | None) -> list[str]:
             continue
         if task_cls.kind not in cls.kinds or cls.unsupported_reason(task_cls):
             continue
-        if grid is None or is_grid_file(grid) or name in task_cls.grids.get(grid, {}) or \
+        if grid is None or is_grid_file(grid) or set(cls.lineage()) & set(task_cls.grids.get(grid, {})) or \
                 cls.declared_grid(task_cls.kind, grid) is not None:
             out.append(name)
     return out
@@ -367,13 +367,20 @@ def grid_names(task: Task | type[Task], method: str | None = None) -> list[str]:
 
 
 def grid_values(task: Task, grid_name: str, method: str) -> list[float]:
-    """Values of ``grid_name`` for ``method``: the task's own, else the method's declared defaults for its kind."""
+    """Values of ``grid_name`` for ``method``: the task's own for it, else what its class declares for the task's
+    kind; then the same for each method it subclasses, nearest first (a plugin subclass of a built-in method runs with
+    its parent's values unless it declares its own; :meth:`~unlearnbench.methods.base.Method.lineage`)."""
     own = task.grids.get(grid_name, {})
     if method in own:
         return list(own[method])
-    declared = METHODS.get(method).declared_grid(task.kind, grid_name)
-    if declared is not None:
-        return declared
+    cls = METHODS.get(method)
+    for klass in cls.__mro__:  # its own declared values, then the nearest parent's (the task's, else declared)
+        name = vars(klass).get("name")
+        if klass is not cls and isinstance(name, str) and name in own and name in cls.lineage():
+            return list(own[name])
+        declared = vars(klass).get("default_grids", {}).get(task.kind, {}).get(grid_name)
+        if declared is not None:
+            return [float(v) for v in declared]
     if grid_name not in grid_names(task, method):
         raise ValueError(f"task {task.name} has no grid {grid_name!r}; valid: {', '.join(grid_names(task, method))}")
     raise ValueError(f"grid {grid_name!r} of task {task.name} has no values for method {method!r}; "
@@ -383,10 +390,11 @@ def grid_values(task: Task, grid_name: str, method: str) -> list[float]:
 def build_method_config(task, method: str, overrides: dict[str, Any], grid: dict | None):
     """Method defaults < the task's defaults for that method < user overrides < the grid value."""
     cls = METHODS.get(method)
-    values = dict(getattr(task, "method_defaults", {}).get(method, {}))
+    defaults = getattr(task, "method_defaults", {})  # a subclass of a built-in method takes its parent's defaults
+    values = dict(next((defaults[n] for n in cls.lineage() if n in defaults), {}))
     values.update(overrides or {})
     if grid is not None:
         values[grid["param"]] = grid["value"]
     if values.get("steps") is None:
-        values["steps"] = task.default_steps
+        values["steps"] = 0 if cls.closed_form else task.default_steps
     return make_config(cls.Config, values, method)

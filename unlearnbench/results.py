@@ -124,7 +124,8 @@ def trial_sort_key(r: dict) -> tuple:
 
 def entry_labels(trials: Sequence[dict]) -> dict[tuple, str]:
     """``(task, method, settings hash) -> label``: the method name, plus the settings that differ between its
-    entries on that task when it has more than one."""
+    entries on that task when it has more than one; a model scored by ``evaluate`` (method ``external``) is labelled
+    by the name it was given."""
     by_method: dict[tuple, dict[str, dict]] = {}
     for r in trials:
         by_method.setdefault((r["_task"], str(r.get("method"))), {})[r["_settings"]] = settings_of(r)
@@ -133,7 +134,9 @@ def entry_labels(trials: Sequence[dict]) -> dict[tuple, str]:
         keys = sorted({k for s in variants.values() for k in s})
         differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in variants.values()}) > 1]
         for h, s in variants.items():
-            if len(variants) == 1:
+            if method == "external" and s.get("name"):
+                labels[(task, method, h)] = str(s["name"])
+            elif len(variants) == 1:
                 labels[(task, method, h)] = method
             else:
                 shown = ", ".join(f"{k}={_short(s.get(k))}" for k in differ)

@@ -93,6 +93,8 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
     params = list(method.trainable_parameters())
     if not params:
         raise ValueError(f"method {method.name}: no trainable parameters (trainable={cfg.trainable})")
+    if method.closed_form:
+        return closed_form_edit(method, params)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     method.setup()
     constrained = isinstance(method, ConstrainedMethod)
@@ -149,6 +151,10 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
                                     estimates[-1][1] if estimates else None))
     if diverged is None and not all_finite(params):
         diverged = f"method {method.name}: trainable parameters became non-finite (a numerical blow-up)"
+    if diverged is None:
+        method.finish()
+        if not all_finite(method.net.parameters()):
+            diverged = f"method {method.name}: its final step (finish) left non-finite weights"
     out: dict[str, Any] = {"steps": ran if total > cfg.steps else cfg.steps, "history": history, "diverged": diverged}
     if constrained and diverged is None:
         final = method.final_estimate()
@@ -163,6 +169,20 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
         out.update(final_duals=method.duals.tolist() if constrained else None, duals=duals, constraint_estimates=None,
                    constraint_slack=None, constraints_met=None, convergence=convergence(cfg, [], None, None))
     return out
+
+
+def closed_form_edit(method, params: list) -> dict[str, Any]:
+    """A closed-form method's "training": its one edit (``setup``), no optimizer step; the same fields as
+    :func:`train` returns, with ``steps`` 0 and ``diverged`` set when the edit left non-finite weights."""
+    if method.cfg.steps:
+        raise ValueError(f"method {method.name} is a closed-form edit and takes no optimizer steps; got "
+                         f"steps={method.cfg.steps}, valid: 0 (or leave it out)")
+    method.setup()
+    diverged = None if all_finite(params) else (f"method {method.name}: the closed-form edit gave non-finite weights "
+                                                f"(an ill-conditioned system)")
+    return {"steps": 0, "history": [], "diverged": diverged, "final_duals": None, "duals": [],
+            "constraint_estimates": None, "constraint_slack": None, "constraints_met": None,
+            "convergence": convergence(method.cfg, [], None, None)}
 
 
 def progress_row(step: int, steps: int, losses: dict[str, float], duals: list[float] | None,

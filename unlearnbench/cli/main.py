@@ -1,4 +1,4 @@
-"""``unlearnbench`` command line: run, ls, pretrain, leaderboard, claims, compare, validate, attack."""
+"""``unlearnbench`` command line: run, ls, pretrain, leaderboard, claims, compare, validate, attack, evaluate."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from unlearnbench import __version__
 from unlearnbench.cli import attack as attack_cmd
 from unlearnbench.cli import claims as claims_cmd
 from unlearnbench.cli import compare as compare_cmd
+from unlearnbench.cli import evaluate as evaluate_cmd
 from unlearnbench.cli import leaderboard as lb_cmd
 from unlearnbench.cli import ls as ls_cmd
 from unlearnbench.cli import pretrain as pretrain_cmd
@@ -27,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug (also after the command)")
     p.add_argument("--version", action="version", version=f"unlearnbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for cmd in (run_cmd, validate_cmd, ls_cmd, pretrain_cmd, attack_cmd, compare_cmd, lb_cmd, claims_cmd):
+    for cmd in (run_cmd, validate_cmd, ls_cmd, pretrain_cmd, attack_cmd, compare_cmd, evaluate_cmd, lb_cmd,
+                claims_cmd):
         cmd.add_parser(sub)  # one subcommand per module of cli/
     for cmd in sub.choices.values():  # global flags are accepted after the command too
         cmd.add_argument("-v", "--verbose", dest="verbose_after", action="count", default=0, help=argparse.SUPPRESS)

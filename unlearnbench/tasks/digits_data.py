@@ -71,6 +71,8 @@ class DigitsDataTask(_DigitsTask):
     method_defaults = {
         "fkl": {"lr": 1e-4, "batch_size": 64, "dual_lr": 2e-5, "dual_warmup": 20},
         "siss": {"lr": 1e-4, "batch_size": 64},
+        "neggrad": {"batch_size": 64}, "naive": {"lr": 1e-4, "batch_size": 64},
+        "erasediff": {"lr": 1e-4, "batch_size": 64},  # cifar10_erasediff.yml: lr 1e-4
     }
     # retained digits at 20 bits/dim (pretrained: -1.95) mean a broken model; the forget images' bits/dim are the
     # unlearning distance, open above (SISS at scaling_norm 3 reaches 62 with retain_bpd -1.83 and KID 0.07)
