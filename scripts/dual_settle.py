@@ -21,10 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from unlearnbench.config import plan_trials  # noqa: E402
+from unlearnbench.config import build_method_config, plan_trials  # noqa: E402
 from unlearnbench.methods import METHODS  # noqa: E402
+from unlearnbench.runner import seed_everything, train  # noqa: E402
 from unlearnbench.tasks import TASKS  # noqa: E402
-from unlearnbench.runner import build_method_config, seed_everything, train  # noqa: E402
 
 
 def worst_relative_slack(train_info: dict, eps: float) -> float:

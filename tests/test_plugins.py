@@ -29,7 +29,7 @@ def readme_block(first_line: str) -> str:
 PLUGIN_MODULE = readme_block("# unlearnbench_mine.py")
 PYPROJECT = readme_block("# pyproject.toml")
 
-TINY_GMM = ["--set", "task.distill_steps=30", "--set", "task.eval_samples=64", "--set", "task.eval_steps=10",
+TINY_GMM = ["--set", "task.eval_samples=64", "--set", "task.eval_steps=10",
             "--set", "task.sample_steps=10"]
 
 
@@ -73,7 +73,8 @@ def test_plugin_distribution_is_listed_and_runs_with_its_own_grid(installed_plug
 
 @pytest.mark.slow
 def test_plugin_distribution_runs_end_to_end_on_gmm_concept(installed_plugin, tmp_path):
-    """The same on a real task (slow on a cold cache: the exact oracle fronts are tabulated first, ~1 min)."""
+    """The same on a real task, on its shipped distilled network (a 30-step distillation is 500-1200 nats from the
+    mixture, outside the task's sane range: every trial was judged diverged and this slow test failed)."""
     out = tmp_path / "run"
     r = cli(["run", "--task", "gmm-concept", "--methods", "mine", "--grid", "eps", "--steps", "2",
              "--executor", "serial", "--no-leaderboard", *TINY_GMM, "--out", str(out)], plugin_path=installed_plugin)

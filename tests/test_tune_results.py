@@ -26,9 +26,13 @@ def restored(path: Path):
 
 def test_the_tune_experiment_reopens_with_its_curves_and_resume_adds_one(toy, shared_ray, tmp_path, capsys,
                                                                         monkeypatch):
-    import unlearnbench.progress
+    import sys
 
-    monkeypatch.setattr(unlearnbench.progress, "EVERY_S", 1.0)  # UNLEARNBENCH_PROGRESS_EVERY_S=1
+    import unlearnbench.progress
+    from unlearnbench.trials import Heartbeat
+
+    for module in {unlearnbench.progress, sys.modules[Heartbeat.__module__]}:  # UNLEARNBENCH_PROGRESS_EVERY_S=1
+        monkeypatch.setattr(module, "EVERY_S", 1.0)
     out = tmp_path / "run"
     r = run_main(capsys, [*TOY, "--out", str(out), "--set", "task.sleep=2.5"])  # each trial's evaluation sleeps 2.5 s
     assert r.returncode == 0, r.stdout + r.stderr
