@@ -129,3 +129,11 @@ def recorded_attention(net: nn.Module) -> Iterator[AttentionProbs]:
     rec = AttentionProbs(net)
     with rec:
         yield rec
+
+
+def eps_with_tokens(net: nn.Module, x_t: Tensor, t: Tensor, tokens: Tensor) -> Tensor:
+    """``net``'s noise prediction with the cross-attention reading ``tokens`` [B, L', D] instead of a prompt id's
+    tokens (any length L': SLD's joined safety concept, SPM's anchor embeddings, AdvUnlearn's adversarial prefix)."""
+    out = unet_of(net)(x_t, t, encoder_hidden_states=tokens).sample
+    channels = getattr(net, "channels", None)  # the paper-scale EpsNet cuts a learned-variance output
+    return out[:, :channels].float() if channels else out

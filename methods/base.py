@@ -15,7 +15,7 @@ from unlearnbench.diffusion import add_noise
 from unlearnbench.settings import check_range, coerce, resolve_hints
 from unlearnbench.tasks.base import ModelBundle
 
-TRAINABLE_CHOICES = ("full", "xattn", "xattn-kv", "noxattn", "lora")
+TRAINABLE_CHOICES = ("full", "xattn", "xattn-kv", "noxattn", "lora", "lora-blocks", "prompt")
 
 
 @dataclass
@@ -27,7 +27,10 @@ class MethodConfig:
     batch_size: int = field(default=128, metadata={"help": "samples per step"})
     trainable: str = field(default="full", metadata={"help": "full | xattn (cross-attention only, ESD-x) | xattn-kv "
                                                              "(cross-attention keys and values, CA) | noxattn "
-                                                             "(all but cross-attention, ESD-u) | lora",
+                                                             "(all but cross-attention, ESD-u) | lora | lora-blocks "
+                                                             "(LoRA on every Linear/Conv2d of the transformer blocks, "
+                                                             "SPM) | prompt (the prompt-embedding table and the "
+                                                             "cross-attention K/V that read it, AdvUnlearn)",
                                                      "choices": TRAINABLE_CHOICES})
     lora_rank: int = field(default=4, metadata={"help": "LoRA rank when trainable=lora"})
     grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0: off)"})
@@ -90,7 +93,9 @@ class Method(abc.ABC):
         default_grids: task kind -> grid name -> values (weak -> strong), used on tasks whose own grids do not name
             this method (plugins, new files); a task's own values win. Subclasses inherit what they do not declare.
         closed_form: the method's "training" is one closed-form edit of the weights (UCE), made in :meth:`setup`; the
-            runner takes no optimizer step (``steps`` is 0) and ``losses`` is never called.
+            runner takes no optimizer step (``steps`` is 0) and ``losses`` is never called. An inference-time method
+            (SLD) is closed-form with no weights at all: its ``setup`` installs what changes sampling (a
+            ``sampling_hook`` on the network, see :func:`unlearnbench.diffusion.guided`).
     """
 
     name: ClassVar[str]
@@ -214,6 +219,11 @@ def select_trainable(net: nn.Module, mode: str, lora_rank: int = 4) -> list[nn.P
     cross-attention, the time embedding and the output layer, ESD-u style (rohitgandikota/erasing,
     ``train-scripts/train-esd.py``: ``name.startswith('out.') or 'attn2' in name or 'time_embed' in name`` excluded).
     ``lora``: peft LoRA adapters on the cross-attention projections (``attn2.to_q/to_k/to_v/to_out.0``).
+    ``lora-blocks``: peft LoRA adapters (default init: A Kaiming-uniform, B zero; scale alpha/r with alpha 1, SPM's
+    config) on every Linear and Conv2d inside the UNet's transformer blocks (diffusers ``Transformer2DModel``: proj_in/out, self- and
+    cross-attention, feed-forward), SPM's ``SPMNetwork`` target set (Con6924/SPM, ``src/models/spm.py``).
+    ``prompt``: the prompt-embedding table (``prompt_embedding``, the digits stand-in for a text encoder) and the
+    cross-attention ``attn2.to_k/to_v`` that map its tokens into the UNet.
     """
     if mode == "full":
         net.requires_grad_(True)
@@ -234,13 +244,30 @@ def select_trainable(net: nn.Module, mode: str, lora_rank: int = 4) -> list[nn.P
                 params.append(p)
         return params
     if mode == "lora":
-        from peft import LoraConfig, inject_adapter_in_model
-
-        cfg = LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
-                         target_modules=r".*attn2\.(to_q|to_k|to_v|to_out\.0)")
-        inject_adapter_in_model(cfg, net)
-        params = [p for n, p in net.named_parameters() if "lora_" in n]
+        return _inject_lora(net, r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
+                            target_modules=r".*attn2\.(to_q|to_k|to_v|to_out\.0)")
+    if mode == "lora-blocks":
+        targets = [f"{n}.{c}" if n else c for n, m in net.named_modules() if type(m).__name__ == "Transformer2DModel"
+                   for c, sub in m.named_modules() if c and isinstance(sub, (nn.Linear, nn.Conv2d))]
+        return _inject_lora(net, r=lora_rank, lora_alpha=1, init_lora_weights=True, target_modules=targets)
+    if mode == "prompt":
+        table = getattr(net, "prompt_embedding", None)
+        if table is None:
+            raise ValueError("trainable='prompt' needs a prompt-embedding table (net.prompt_embedding), which this "
+                             "task's network lacks; use trainable=xattn")
+        params = [table.weight] + [p for n, p in net.named_parameters() if re.search(r"attn2\.to_[kv]\.", n)]
         for p in params:
             p.requires_grad_(True)
         return params
     raise ValueError(f"trainable={mode!r}; valid: {', '.join(TRAINABLE_CHOICES)}")
+
+
+def _inject_lora(net: nn.Module, **lora) -> list[nn.Parameter]:
+    """Inject peft LoRA adapters (``LoraConfig(**lora)``) into ``net``; returns the adapters' parameters, trainable."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(**lora), net)
+    params = [p for n, p in net.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return params

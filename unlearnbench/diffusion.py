@@ -146,9 +146,17 @@ def elbo_terms(schedule: Schedule, x0: Tensor, eps_fn: EpsFn, cond: Tensor, n_t:
 
 
 def guided(eps_fn: EpsFn, null_cond: int, scale: float) -> EpsFn:
-    """Classifier-free guidance: ``eps(x,0) + scale (eps(x,c) - eps(x,0))`` (scale 1 = no guidance)."""
+    """Classifier-free guidance: ``eps(x,0) + scale (eps(x,c) - eps(x,0))`` (scale 1 = no guidance).
+
+    A network that carries a ``sampling_hook`` (an inference-time method such as SLD, set by the method and saved with
+    the weights) is guided by ``sampling_hook.guide(eps_fn, null_cond, scale)`` instead, so every sampler that guides
+    through this function (evaluation, reference pools, attacks) samples the method's model as it would be deployed.
+    """
     if scale == 1.0:
         return eps_fn
+    hook = getattr(eps_fn, "sampling_hook", None)
+    if hook is not None:
+        return hook.guide(eps_fn, null_cond, scale)
 
     def f(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
         e = eps_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([torch.full_like(c, null_cond), c]))

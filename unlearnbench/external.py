@@ -118,8 +118,10 @@ def load_into(ckpt: Checkpoint, net: torch.nn.Module) -> torch.nn.Module:
         return load_weights(net, ckpt.path)
     from safetensors.torch import load_file
 
+    from unlearnbench.saving import load_sampling_hook
+
     net.load_state_dict(load_file(str(ckpt.weights_file())))
-    return net.eval()
+    return load_sampling_hook(net, ckpt.weights_file().parent).eval()  # an inference-time method's sampler (SLD)
 
 
 def check_entry_name(name: str) -> str:

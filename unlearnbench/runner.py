@@ -91,10 +91,10 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
     """
     cfg = method.cfg
     params = list(method.trainable_parameters())
+    if method.closed_form:  # one edit in setup(); an inference-time method (SLD) edits no weights at all
+        return closed_form_edit(method, params)
     if not params:
         raise ValueError(f"method {method.name}: no trainable parameters (trainable={cfg.trainable})")
-    if method.closed_form:
-        return closed_form_edit(method, params)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     method.setup()
     constrained = isinstance(method, ConstrainedMethod)
@@ -215,6 +215,9 @@ def run_trial(spec: dict[str, Any], report: Report | None = None) -> dict[str, A
     t2 = time.perf_counter()
     record = base_record(spec, task)
     record.update(method_config=dataclasses.asdict(cfg), train=train_info)
+    hook = getattr(bundle.net, "sampling_hook", None)
+    if hook is not None:  # an inference-time method's sampler, applied by every guided sampler of the evaluation
+        record["sampling_hook"] = hook.to_dict()
     if train_info["diverged"]:
         record.update(status="diverged", error=f"diverged in training: {train_info['diverged']}",
                       timing={"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": 0.0, "total_s": t2 - t0})

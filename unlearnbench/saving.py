@@ -1,5 +1,7 @@
 """Unlearned weights beside a trial's record (``run --save-models``), and the one call that loads them back.
 
+A network with a ``sampling_hook`` (an inference-time method, SLD) also gets ``sampling_hook.json``, which
+:func:`load_weights` turns back into the hook, so the loaded model samples as the trial's did.
 LoRA-trained networks are saved as peft adapters (``adapter_config.json`` written by ``LoraConfig.save_pretrained``
 and ``adapter_model.safetensors``, the files ``PeftModel.save_pretrained`` writes); any other network as a full
 ``model.safetensors`` state dict. Prompt embeddings are buffers outside the state dict: they are rebuilt by the task.
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS, FULL_WEIGHTS = "adapter_config.json", "adapter_model.safetensors", "model.safetensors"
+SAMPLING_HOOK = "sampling_hook.json"  # an inference-time method's sampler (SLD), part of the saved model
 
 
 def save_unlearned(net: nn.Module, out_dir: str | os.PathLike) -> dict[str, str]:
@@ -27,6 +30,11 @@ def save_unlearned(net: nn.Module, out_dir: str | os.PathLike) -> dict[str, str]
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    hook = getattr(net, "sampling_hook", None)
+    if hook is not None:
+        import json
+
+        (out / SAMPLING_HOOK).write_text(json.dumps(hook.to_dict(), indent=1))
     if any("lora_" in n for n, _ in net.named_parameters()):
         from peft import get_peft_model_state_dict
 
@@ -55,7 +63,25 @@ def load_weights(net: nn.Module, model_dir: str | os.PathLike) -> nn.Module:
     else:
         raise FileNotFoundError(f"{d}: no saved weights ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}, or {FULL_WEIGHTS}); "
                                 f"was the run made with --save-models?")
+    load_sampling_hook(net, d)
     return net.eval()
+
+
+def load_sampling_hook(net: nn.Module, folder: str | os.PathLike) -> nn.Module:
+    """Put the sampling hook saved in ``folder`` (``sampling_hook.json``, an inference-time method's sampler) on
+    ``net``; a folder without one leaves ``net`` as it is. Returns ``net``."""
+    f = Path(folder) / SAMPLING_HOOK
+    if f.is_file():
+        import json
+
+        from unlearnbench.methods import METHODS
+
+        spec = json.loads(f.read_text())
+        name = spec.get("method") if isinstance(spec, dict) else None
+        if name not in METHODS or not hasattr(METHODS.get(name), "load_hook"):
+            raise ValueError(f"{f}: names no method with a sampling hook ({name!r})")
+        net.sampling_hook = METHODS.get(name).load_hook(spec)
+    return net
 
 
 def load_unlearned(run_dir: str | os.PathLike, trial_id: str, device: str | torch.device = "cpu",
