@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from unlearnbench.diffusion import per_sample_mse
-from unlearnbench.methods._constrained import ConceptErasure
+from unlearnbench.diffusion import per_sample_sse
+from unlearnbench.methods._concept import ConceptErasure
 
 
 class ImportanceWeightedErasure(ConceptErasure):
@@ -27,7 +27,7 @@ class ImportanceWeightedErasure(ConceptErasure):
         x_t, t, noise = self.noised(x0)
         prompts = [b.null_cond] + list(b.forget_concepts)
         prompt = self.pick(prompts if self.cfg.train_null else list(b.forget_concepts), B)
-        erase = w * per_sample_mse(self.net(x_t, t, prompt), noise)
+        erase = w * per_sample_sse(self.net(x_t, t, prompt), noise)
         ess = (w.sum() ** 2 / w.pow(2).sum()).expand(B)
         out = {"loss": erase, "erase": erase, "ess": ess.detach()}
         if self.cfg.preserve > 0 and b.retain_concepts:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from unlearnbench.diffusion import elbo_terms, per_sample_mse, stratified_t
+from unlearnbench.diffusion import elbo_terms, per_sample_sse, stratified_t
 from unlearnbench.methods import METHODS
 from unlearnbench.methods._constrained import ConstrainedMethod, KLConstrainedConfig
 from unlearnbench.methods._data import DataBatches
@@ -84,10 +84,10 @@ class ForwardKL(DataBatches, ConstrainedMethod):
     def losses(self) -> dict[str, Tensor]:
         x0, cond, _ = self.rows(self.cfg.q_source, self.cfg.batch_size)
         x_t, t, noise = self.noised(x0)
-        keep = per_sample_mse(self.net(x_t, t, cond), noise)
+        keep = per_sample_sse(self.net(x_t, t, cond), noise)
         fx0, fcond, _, group = self.forget_rows_per_group(self.cfg.forget_batch)
         fx_t, ft, fnoise = self.noised(fx0)
-        forget = per_sample_mse(self.net(fx_t, ft, fcond), fnoise)
+        forget = per_sample_sse(self.net(fx_t, ft, fcond), fnoise)
         self._group = group
         return {"loss": keep, "keep": keep, "forget": forget}
 

@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 
 from unlearnbench.methods import METHODS
-from unlearnbench.methods._constrained import ConceptConfig, ConceptErasure, ConstrainedConfig, ConstrainedMethod
+from unlearnbench.methods._concept import ConceptConfig, ConceptErasure
+from unlearnbench.methods._constrained import ConstrainedConfig, ConstrainedMethod
 
 
 @dataclass

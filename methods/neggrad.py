@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from unlearnbench.diffusion import per_sample_mse
+from unlearnbench.diffusion import per_sample_sse
 from unlearnbench.methods import METHODS
 from unlearnbench.methods.base import MethodConfig
 from unlearnbench.methods._data import DataBatches
@@ -50,7 +50,7 @@ class NegGrad(DataBatches):
     def losses(self) -> dict[str, Tensor]:
         a, cond, _ = self.rows("forget", self.cfg.batch_size)
         x_t, t, noise = self.noised(a)
-        neg = per_sample_mse(self.net(x_t, t, cond), noise)
+        neg = per_sample_sse(self.net(x_t, t, cond), noise)
         return {"loss": -self.cfg.superfactor * neg, "forget": neg}
 
 
@@ -76,4 +76,4 @@ class NaiveDeletion(DataBatches):
     def losses(self) -> dict[str, Tensor]:
         x, cond, _ = self.rows("retain", self.cfg.batch_size)
         x_t, t, noise = self.noised(x)
-        return {"loss": per_sample_mse(self.net(x_t, t, cond), noise)}
+        return {"loss": per_sample_sse(self.net(x_t, t, cond), noise)}

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from unlearnbench.diffusion import pointwise_kl
 from unlearnbench.methods import METHODS
-from unlearnbench.methods._constrained import ConceptConfig, ConceptErasure, ConstrainedMethod, KLConstrainedConfig
+from unlearnbench.methods._concept import ConceptConfig, ConceptErasure
+from unlearnbench.methods._constrained import ConstrainedMethod, KLConstrainedConfig
 
 
 @dataclass

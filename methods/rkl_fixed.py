@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from unlearnbench.methods import METHODS
-from unlearnbench.methods._constrained import ConceptConfig, ConceptErasure
+from unlearnbench.methods._concept import ConceptConfig, ConceptErasure
 
 
 @dataclass

@@ -84,9 +84,12 @@ def stratified_t(n: int, T: int, generator: torch.Generator | None = None, devic
     return t[torch.randperm(n, generator=generator, device=gdev).cpu()].to(device)
 
 
-def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
-    """Sum of squared error over all but the batch dim; [B]."""
+def per_sample_sse(a: Tensor, b: Tensor) -> Tensor:
+    """Sum (not mean) of squared errors over all but the batch dim; [B]."""
     return (a - b).pow(2).flatten(1).sum(1)
+
+
+per_sample_mse = per_sample_sse  # the old name, which said "mean" of a sum; kept for plugins written against it
 
 
 def predict_x0(schedule: Schedule, x_t: Tensor, eps: Tensor, t: Tensor) -> Tensor:
@@ -114,7 +117,7 @@ def elbo_error(schedule: Schedule, x0: Tensor, eps_fn: EpsFn, cond: Tensor, draw
         x_t = add_noise(schedule, x0, noise, t)
         pred = eps_fn(x_t, t, cond)
         target = noise if ref is None else ref(x_t, t, cond if ref_cond is None else ref_cond)
-        out += weight * per_sample_mse(pred, target).to(out.device, out.dtype)
+        out += weight * per_sample_sse(pred, target).to(out.device, out.dtype)
     return out
 
 

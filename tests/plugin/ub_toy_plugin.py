@@ -16,7 +16,7 @@ from torch import nn
 
 from unlearnbench.diffusion import Schedule, ddim_sample
 from unlearnbench.methods.base import Method, MethodConfig
-from unlearnbench.diffusion import add_noise, per_sample_mse
+from unlearnbench.diffusion import add_noise, per_sample_sse
 from unlearnbench.tasks.base import MetricValue, ModelBundle, Task
 
 
@@ -112,5 +112,5 @@ class MyMethod(Method):
         x_t = add_noise(b.schedule, x0, self.randn_like(x0), t)
         with torch.no_grad():
             tgt = b.ref(x_t, t, torch.zeros_like(c)) * self.cfg.strength
-        loss = per_sample_mse(self.net(x_t, t, c), tgt)
+        loss = per_sample_sse(self.net(x_t, t, c), tgt)
         return {"loss": loss}

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from unlearnbench.diffusion import add_noise, elbo_error, per_sample_mse, sample_t
+from unlearnbench.diffusion import add_noise, elbo_error, per_sample_sse, sample_t
 from unlearnbench.registry import Registry
 from unlearnbench.tasks.base import MetricValue
 
@@ -113,7 +113,7 @@ def denoising_loss(bundle, net, x0: Tensor, cond: Tensor, gen: torch.Generator) 
     """Mean DDPM loss ||net(x_t, t, c) - eps||^2 of a batch (epsilon prediction, uniform t)."""
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     t = sample_t(x0.shape[0], bundle.schedule.T, gen).to(x0.device)
-    return per_sample_mse(net(add_noise(bundle.schedule, x0, noise, t), t, cond.to(x0.device)), noise).mean()
+    return per_sample_sse(net(add_noise(bundle.schedule, x0, noise, t), t, cond.to(x0.device)), noise).mean()
 
 
 def climb(task, bundle, net, params, lr: float, budgets: list[int], prompt_ids: list[int], seed: int,
