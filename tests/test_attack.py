@@ -33,8 +33,7 @@ def gmm_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gc") / "run"
     plan = plan_trials("gmm-concept", "rkl", "smoke", "0", run_dir=str(out), sets=SETS, steps=40,
                        config={"grids": {"smoke": {"rkl": [30.0]}}})
-    for t in plan.trials:
-        t["save_models"] = True
+    plan.trials = [t.replace(save_models=True) for t in plan.trials]
     recs = run_sweep(plan, executor="serial", echo=lambda s: None)
     assert [r["status"] for r in recs] == ["ok"] and (out / recs[0]["artifacts"]["model"]).is_dir()
     return out
@@ -285,8 +284,7 @@ def test_digits_attacks_end_to_end(tmp_path, task, method, attacks):
     plan = plan_trials(task, method, "smoke", "0", run_dir=str(out), steps=2, cache_dir=str(tmp_path / "cache"),
                        sets=[f"task.{k}={v}" for k, v in DIGITS_TINY.items()],
                        config={"grids": {"smoke": {method: [50.0]}}})
-    for t in plan.trials:
-        t["save_models"] = True
+    plan.trials = [t.replace(save_models=True) for t in plan.trials]
     assert [r["status"] for r in run_sweep(plan, executor="serial", echo=lambda s: None)] == ["ok"]
     aplan = plan_attacks(out, attacks, ["0,2"], cache_dir=str(tmp_path / "cache"))
     recs = run_sweep(aplan, executor="serial", resume=True, echo=lambda s: None)

@@ -21,8 +21,7 @@ def saved_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ev") / "run"
     plan = plan_trials("gmm-concept", "rkl", "smoke", "0,1", run_dir=str(out), sets=SETS, steps=40,
                        config={"grids": {"smoke": {"rkl": [30.0]}}})
-    for t in plan.trials:
-        t["save_models"] = True
+    plan.trials = [t.replace(save_models=True) for t in plan.trials]
     recs = run_sweep(plan, executor="serial", echo=lambda s: None)
     assert [r["status"] for r in recs] == ["ok", "ok"]
     return out, {r["seed"]: r for r in recs}

@@ -151,8 +151,7 @@ def test_a_toy_task_attack_and_metric_each_one_file_run_through_the_real_path(to
 
     run = tmp_path / "run"
     plan = plan_trials("toy-ext", "esd", "smoke", "0", run_dir=str(run), cache_dir=str(tmp_path / "cache"))
-    for t in plan.trials:
-        t["save_models"] = True
+    plan.trials = [t.replace(save_models=True) for t in plan.trials]
     (rec,) = run_sweep(plan, executor="serial", echo=lambda s: None)
     assert rec["status"] == "ok", rec.get("error")
     assert {"toy_right_share", "drift"} <= set(rec["metrics"])

@@ -235,3 +235,39 @@ def test_summary_never_loses_a_row_the_folder_holds(tmp_path):
     assert got == []
     rows = list(csv.DictReader(open(run / "summary.csv")))
     assert sorted(r["trial_id"] for r in rows) == ["fkl-g1-s0", "siss-g1-s0"]
+
+
+def test_a_trial_is_planned_once_frozen_with_its_resolved_settings(tmp_path, monkeypatch):
+    """plan_trials resolves each trial's method config once (task defaults < overrides < grid value) into a frozen
+    TrialSpec; the runner uses those settings instead of resolving them again, plan.json keeps them, and a change is
+    a copy (replace), never an edit in place."""
+    import dataclasses
+
+    from unlearnbench import runner
+    from unlearnbench.config import TrialSpec, build_method_config, plan_trials
+    from unlearnbench.sweep import run_sweep
+    from unlearnbench.tasks import TASKS
+
+    plan = plan_trials("gmm-concept", "rkl", "smoke", "0", run_dir=str(tmp_path / "run"),
+                       sets=["methods.rkl.lr=2e-3"])
+    spec = plan.trials[0]
+    assert isinstance(spec, TrialSpec) and spec["method"] == "rkl" and spec.get("attack") is None
+    task = TASKS.get("gmm-concept")(None)
+    want = dataclasses.asdict(build_method_config(task, "rkl", {"lr": 2e-3}, spec["grid"]))
+    assert spec.settings == want and want["lr"] == 2e-3 and want["steps"] == 800  # the task's rkl default
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.seed = 3
+    assert spec.replace(save_models=True).save_models is True and spec.save_models is False
+
+    calls = []
+    monkeypatch.setattr(runner, "build_method_config", lambda *a, **k: calls.append(a))
+    cfg = runner.method_config(task, spec.replace(settings=dict(spec.settings, steps=7)))
+    assert cfg.steps == 7 and calls == []  # the planned settings, not resolved again
+    runner.method_config(task, {k: v for k, v in spec.items() if k != "settings"})
+    assert len(calls) == 1  # a spec without settings (hand-written, older) is resolved when run
+
+    short = plan_trials("gmm-concept", "rkl", "smoke", "0", run_dir=str(tmp_path / "run2"), steps=0)
+    short.trials = short.trials[:1]
+    run_sweep(short, executor="serial", echo=lambda s: None)
+    held = json.loads((tmp_path / "run2" / "plan.json").read_text())["trials"][0]
+    assert held["settings"]["steps"] == 0 and held["trial_id"] == short.trials[0].trial_id

@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -168,13 +169,72 @@ def parse_seeds(text: str | list[int]) -> list[int]:
     return seeds
 
 
+@dataclass(frozen=True)
+class TrialSpec(Mapping):
+    """One trial, resolved once when the sweep is planned (:func:`plan_trials`) and never changed after: what runs
+    (task, method, the overrides as given, the grid point, the seed), with which settings (``settings``: the method's
+    config with the task's defaults, the overrides and the grid value already applied, checked once), and where.
+    Read it as a mapping (``spec["seed"]``, ``spec.get("attack")``); a changed copy is :meth:`replace`'s."""
+
+    run_id: str
+    trial_id: str
+    task: str
+    task_options: dict
+    method: str
+    method_config: dict  # the overrides as the user gave them: with the grid point and seed, what the trial *is*
+    grid: dict | None
+    seed: int
+    cache_dir: str | None
+    run_dir: str
+    artifact_dir: str | None
+    threads: int = 1
+    settings: dict | None = None  # the resolved method config (None: resolve when run, e.g. a hand-written spec)
+    save_models: bool = False
+    gpus: float = 0.0
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> TrialSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (``plan.json``, Ray Tune's param space)."""
+        return {k: getattr(self, k) for k in self._names()}
+
+
+@dataclass(frozen=True)
+class AttackSpec(TrialSpec):
+    """An attack trial of the robustness ladder (:func:`unlearnbench.robustness.plan.plan_attacks`): a
+    :class:`TrialSpec` whose ``attack`` says which attack, ladder and measure, on which source trial's model."""
+
+    attack: dict = field(default_factory=dict)
+
+
+def as_dict(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial spec (a :class:`TrialSpec`, or a plain dict from older code and tests) as a plain dict."""
+    return spec.to_dict() if isinstance(spec, TrialSpec) else dict(spec)
+
+
 @dataclass
 class SweepPlan:
     run_id: str
     run_dir: str
     task: str
     task_options: dict
-    trials: list[dict] = field(default_factory=list)
+    trials: list[TrialSpec] = field(default_factory=list)
 
 
 def fmt_value(v: float) -> str:
@@ -217,14 +277,13 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
             overrides["steps"] = steps
         for value in grid_values[m]:
             g = {"name": grid_name, "param": grid_param(m, grid_name, grid_params), "value": float(value)}
-            check_method_config(task_obj, m, overrides, g)
+            resolved = check_method_config(task_obj, m, overrides, g)
             for seed in seed_list:
                 tid = check_name("trial name", f"{m}-{grid_name}{fmt_value(value)}-s{seed}")
-                plan.trials.append({
-                    "run_id": plan.run_id, "trial_id": tid, "task": task_name, "task_options": task_options,
-                    "method": m, "method_config": overrides, "grid": g, "seed": seed, "cache_dir": task_obj.cache_dir,
-                    "threads": threads, "run_dir": run_dir, "artifact_dir": os.path.join(run_dir, "artifacts", tid),
-                })
+                plan.trials.append(TrialSpec(
+                    run_id=plan.run_id, trial_id=tid, task=task_name, task_options=task_options, method=m,
+                    method_config=overrides, grid=g, seed=seed, cache_dir=task_obj.cache_dir, threads=threads,
+                    run_dir=run_dir, artifact_dir=os.path.join(run_dir, "artifacts", tid), settings=resolved))
     return plan
 
 
@@ -350,10 +409,11 @@ def grid_param(method: str, grid_name: str, grid_params: dict[str, str]) -> str:
     return param
 
 
-def check_method_config(task_obj, method: str, overrides: dict, grid: dict) -> None:
-    """Resolve the trial's config now, so that no trial fails for a value that could be refused here."""
+def check_method_config(task_obj, method: str, overrides: dict, grid: dict) -> dict:
+    """Resolve the trial's config now, once, so that no trial fails for a value that could be refused here; returns
+    it as a plain dict (a :class:`TrialSpec`'s ``settings``)."""
     try:
-        dataclasses.asdict(build_method_config(task_obj, method, overrides, grid))
+        return dataclasses.asdict(build_method_config(task_obj, method, overrides, grid))
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{method} with {grid['param']}={grid['value']:g}: {e}") from None
 

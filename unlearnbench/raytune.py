@@ -178,6 +178,7 @@ def run_tune(todo: list[dict], plan: SweepPlan, opts: TuneOptions, echo: Callabl
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from unlearnbench.cluster import check_cluster_resources, ray_is_local, ray_session, tune_callbacks
+    from unlearnbench.config import as_dict
     from unlearnbench.trials import prepare_task
 
     t0 = time.perf_counter()
@@ -191,7 +192,7 @@ def run_tune(todo: list[dict], plan: SweepPlan, opts: TuneOptions, echo: Callabl
         recorder = recorder_cls(plan, len(todo), local, echo)
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}),
-            param_space={"spec": tune.grid_search(todo), "run_dir": plan.run_dir, "worker_writes": local},
+            param_space={"spec": tune.grid_search([as_dict(t) for t in todo]), "run_dir": plan.run_dir, "worker_writes": local},
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=opts.max_concurrent,
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(

@@ -15,6 +15,7 @@ import torch
 
 from unlearnbench.methods import METHODS
 from unlearnbench.methods._constrained import ConstrainedMethod
+from unlearnbench.methods.base import make_config
 from unlearnbench.protocol import SETTLE_TOL
 from unlearnbench.config import build_method_config
 from unlearnbench.records import base_record, relative_artifacts
@@ -197,6 +198,15 @@ def progress_row(step: int, steps: int, losses: dict[str, float], duals: list[fl
     return out
 
 
+def method_config(task, spec) -> Any:
+    """The trial's method config: the settings resolved once when it was planned (``spec["settings"]``), or, for a
+    spec without them (hand-written, or planned by an older version), resolved now from its overrides and grid."""
+    settings = spec.get("settings")
+    if settings is not None:
+        return make_config(METHODS.get(spec["method"]).Config, dict(settings), spec["method"])
+    return build_method_config(task, spec["method"], spec.get("method_config", {}), spec.get("grid"))
+
+
 def run_trial(spec: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
     """Run one trial spec (see :func:`unlearnbench.config.plan_trials`) and return its record (status ok);
     ``report`` receives the training loop's intermediate results (:func:`train`)."""
@@ -208,7 +218,7 @@ def run_trial(spec: dict[str, Any], report: Report | None = None) -> dict[str, A
     bundle = task.build(int(spec["seed"]), device=device)
     if spec.get("artifact_dir"):
         bundle.extras["artifact_dir"] = spec["artifact_dir"]
-    cfg = build_method_config(task, spec["method"], spec.get("method_config", {}), spec.get("grid"))
+    cfg = method_config(task, spec)
     method = METHODS.get(spec["method"])(cfg, bundle, gen)
     t1 = time.perf_counter()
     train_info = train(method, loss_explosion=float(getattr(task, "loss_explosion", 1e4)), report=report)

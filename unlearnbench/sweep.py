@@ -8,12 +8,13 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from unlearnbench.cache import atomic_write_bytes
-from unlearnbench.config import SweepPlan
+from unlearnbench.config import SweepPlan, as_dict
 from unlearnbench.raytune import TuneOptions
 from unlearnbench.records import RECORDS, append_record, iter_latest, read_records
 from unlearnbench.runner import set_default_env
@@ -51,7 +52,7 @@ def check_resume(plan: SweepPlan) -> None:
         old = _trial_keys(held["trials"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"--resume {plan.run_dir}: {path} cannot be read ({e}); is it a run directory?") from None
-    new = _trial_keys(json.loads(json.dumps(plan.trials, sort_keys=True)))
+    new = _trial_keys(json.loads(json.dumps([as_dict(t) for t in plan.trials], sort_keys=True)))
     if old == new:
         return
     added, dropped = sorted(set(new) - set(old)), sorted(set(old) - set(new))
@@ -63,6 +64,13 @@ def check_resume(plan: SweepPlan) -> None:
     raise ConfigError(f"--resume {plan.run_dir} continues the sweep there, but this one has "
                       f"{'; '.join(w for w in what if w)}; start a new run (--out) for new settings, seeds, grids or "
                       f"methods")
+
+
+def with_resources(spec: Mapping[str, Any], threads: int, gpus: float) -> Mapping[str, Any]:
+    """The spec with the executor's threads and GPUs per trial (a frozen spec is copied, a dict updated)."""
+    if hasattr(spec, "replace"):
+        return spec.replace(threads=threads, gpus=gpus)
+    return {**spec, "threads": threads, "gpus": gpus}
 
 
 def _trial_keys(trials: list[dict]) -> dict[str, dict]:
@@ -119,12 +127,11 @@ def run_sweep(plan: SweepPlan, options: SweepOptions | None = None, **settings: 
     skip = finished_ok(str(run_dir), ("ok",) if rerun_diverged else FINISHED) if resume else set()
     todo = [t for t in plan.trials if t["trial_id"] not in skip]
     atomic_write_bytes(run_dir / PLAN, json.dumps({"task": plan.task, "task_options": plan.task_options,
-                                                          "trials": plan.trials}, indent=1, sort_keys=True).encode())
+                                                          "trials": [as_dict(t) for t in plan.trials]},
+                                                         indent=1, sort_keys=True).encode())
     if skip:
         echo(f"resuming {run_dir}: {len(skip)} trial(s) already done, {len(todo)} to run")
-    for t in todo:
-        t["threads"] = max(1, int(tune.cpus_per_trial))
-        t["gpus"] = tune.gpus_per_trial
+    todo = [with_resources(t, max(1, int(tune.cpus_per_trial)), tune.gpus_per_trial) for t in todo]
     if todo and executor == "serial":
         prepare_task(plan)
         _run_serial(todo, str(run_dir), echo)

@@ -73,8 +73,7 @@ def _plan(args, run_dir: str):
                        run_dir=run_dir, config=config,
                        sets=args.sets, steps=args.steps, cache_dir=args.cache_dir,
                        threads=max(1, int(getattr(args, "cpus_per_trial", 1))))
-    for t in plan.trials:
-        t["save_models"] = bool(getattr(args, "save_models", False))
+    plan.trials = [t.replace(save_models=bool(getattr(args, "save_models", False))) for t in plan.trials]
     return plan
 
 

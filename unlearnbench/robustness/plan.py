@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from unlearnbench.config import ConfigError, SweepPlan
+from unlearnbench.config import AttackSpec, ConfigError, SweepPlan
 from unlearnbench.results import REFERENCE_EVAL  # not an attack: the retrained network scored by task.evaluate
 from unlearnbench.robustness.attacks import ATTACKS
 from unlearnbench.robustness.references import REFERENCES, has_retrained, retrained_net
@@ -132,27 +132,23 @@ def plan_attacks(run_dir: str | os.PathLike, attacks: str | None = None, budgets
         for sid, rec, ref in sources:
             model = rec["_model"] if rec is not None else None
             tid = f"{tag}--{sid}"
-            plan.trials.append({
-                "run_id": plan.run_id, "trial_id": tid, "task": task_name,
-                "task_options": (rec or saved[0])["task"].get("options") or {},
-                "method": rec["method"] if rec else ref[0],
-                "method_config": rec.get("method_config", {}) if rec else {},
-                "grid": rec.get("grid") if rec else None, "seed": rec["seed"] if rec else ref[1],
-                "cache_dir": task.cache_dir, "threads": threads, "run_dir": str(out), "artifact_dir": None,
-                "attack": {"name": a, "budgets": ladders[a], "measure": task_cls.attack_measure, "settings": settings,
-                           "source_trial": sid if rec else None, "reference": ref[0] if ref else None,
-                           "model": model},
-            })
+            plan.trials.append(AttackSpec(
+                run_id=plan.run_id, trial_id=tid, task=task_name,
+                task_options=(rec or saved[0])["task"].get("options") or {},
+                method=rec["method"] if rec else ref[0],
+                method_config=rec.get("method_config", {}) if rec else {},
+                grid=rec.get("grid") if rec else None, seed=rec["seed"] if rec else ref[1],
+                cache_dir=task.cache_dir, threads=threads, run_dir=str(out), artifact_dir=None,
+                attack={"name": a, "budgets": ladders[a], "measure": task_cls.attack_measure, "settings": settings,
+                        "source_trial": sid if rec else None, "reference": ref[0] if ref else None, "model": model}))
     if "retrained" in refs:  # the retrained network through the task's own evaluation: a reference row per metric
         for s in seeds:
-            plan.trials.append({
-                "run_id": plan.run_id, "trial_id": f"{REFERENCE_EVAL}--retrained-s{s}", "task": task_name,
-                "task_options": first["task"].get("options") or {}, "method": "retrained", "method_config": {},
-                "grid": None, "seed": s, "cache_dir": task.cache_dir, "threads": threads, "run_dir": str(out),
-                "artifact_dir": None,
-                "attack": {"name": REFERENCE_EVAL, "budgets": [], "measure": task_cls.attack_measure, "settings": {},
-                           "source_trial": None, "reference": "retrained", "model": None},
-            })
+            plan.trials.append(AttackSpec(
+                run_id=plan.run_id, trial_id=f"{REFERENCE_EVAL}--retrained-s{s}", task=task_name,
+                task_options=first["task"].get("options") or {}, method="retrained", method_config={}, grid=None,
+                seed=s, cache_dir=task.cache_dir, threads=threads, run_dir=str(out), artifact_dir=None,
+                attack={"name": REFERENCE_EVAL, "budgets": [], "measure": task_cls.attack_measure, "settings": {},
+                        "source_trial": None, "reference": "retrained", "model": None}))
     return plan
 
 
