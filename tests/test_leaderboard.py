@@ -378,3 +378,17 @@ def test_records_scored_with_random_weight_networks_are_flagged_in_the_csv_and_o
     page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
     assert "random-weight metric networks (clip, features) scored esd" in page
     assert page.count("(random-weight metrics)</span>") == 1
+
+
+def test_the_robustness_tables_ask_the_attack_registry_not_its_name():
+    """Whether an attack climbs a ladder, which metrics a scoring attack has and where chance lies come from the
+    ATTACKS registry; an attack whose plugin is not installed where records are read is a ladder when a record has
+    more than one rung."""
+    from unlearnbench.leaderboard.robustness import attack_kind, climbs
+
+    assert climbs("relearn") and climbs("embedding") and not climbs("mia")
+    mia = attack_kind("mia")
+    assert mia.metrics[0] == "mia_auc" and mia.chance == 0.5 and "AUC" in mia.axis_label
+    assert attack_kind("not-installed") is None
+    assert climbs("not-installed", [{"attack": {"budgets": [0, 10, 50]}}])
+    assert not climbs("not-installed", [{"attack": {"budgets": [0]}}])

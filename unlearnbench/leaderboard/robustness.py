@@ -26,6 +26,7 @@ import numpy as np
 from unlearnbench.leaderboard.plots import PRETRAINED_COLOR, RETRAINED_COLOR
 from unlearnbench.pareto import grid_sort_key, mean_interval
 from unlearnbench.results import REFERENCE_EVAL, entry_labels, fmt, grid_of, settings_hash, task_key
+from unlearnbench.robustness.attacks import ATTACKS, Attack
 
 REF_STYLE = {"pretrained": (PRETRAINED_COLOR, "--"), "retrained": (RETRAINED_COLOR, ":")}
 RATE_MEASURES = {"acc_forget", "regen_rate"}  # shares of n samples (k/n); the mixtures' masses are means of posteriors
@@ -83,8 +84,11 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
         rs = sorted(groups[(attack, label, method, value)], key=lambda r: grid_sort_key(r.get("seed")))
         base = {"attack": attack, "model": label, "method": method, "grid_value": value,
                 "base_method": method if method in REF_STYLE else str(rs[0].get("method"))}  # colour; not a column
-        if attack == "mia":
-            for metric in ("mia_auc", "mia_tpr_at_1fpr"):
+        if not climbs(attack, rs):
+            kind = attack_kind(attack)
+            names = kind.metrics if kind is not None and kind.metrics else sorted(
+                {k for r in rs for k, m in r["metrics"].items() if m.get("role") == "robustness"})
+            for metric in names:
                 have = [r for r in rs if metric in r["metrics"]]
                 counts = mia_counts(have, metric)
                 m, lo, hi, n, src = mean_interval([r["metrics"][metric]["value"] for r in have],
@@ -118,6 +122,20 @@ def rows_of(trials: list[dict]) -> list[dict[str, Any]]:
         r["vs_retrained"] = None if r["model"] in REF_STYLE else vs_reference(r, ref.get((r["attack"], r["metric"],
                                                                                          r["budget"])))
     return rows
+
+
+def attack_kind(name: str) -> type[Attack] | None:
+    """The registered attack ``name`` (what it scores, whether it climbs a ladder); None for an attack whose plugin is
+    not installed where the records are read (then a record with more than one rung is a ladder)."""
+    return ATTACKS.get(name) if name in ATTACKS else None
+
+
+def climbs(name: str, records: Iterable[dict] = ()) -> bool:
+    """Whether attack ``name`` climbs a ladder of budgets (else it scores the model once)."""
+    kind = attack_kind(name)
+    if kind is not None:
+        return bool(kind.climbs)
+    return any(len(r["attack"].get("budgets") or []) > 1 for r in records)
 
 
 def mia_counts(rs: list[dict], metric: str) -> list[int] | None:
@@ -154,9 +172,13 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
 
     from unlearnbench.leaderboard.plots import method_color, plain_text, save, style
 
-    rows = [r for r in rows if r["attack"] == attack and r["metric"] != "mia_tpr_at_1fpr"]
+    rows = [r for r in rows if r["attack"] == attack]
     if not rows:
         return False
+    ladder = rows[0]["budget"] is not None  # a scoring attack's rows have no budget
+    if not ladder:  # its first metric is the one plotted
+        rows = [r for r in rows if r["metric"] == rows[0]["metric"]]
+    kind = attack_kind(attack)
     models = sorted({(r["model"], r["method"], json.dumps(r["grid_value"])) for r in rows},
                     key=lambda k: _order((k[0], k[1], json.loads(k[2]))))
     base_of = {r["method"]: r["base_method"] for r in rows}  # entry -> its method, whose colour it takes
@@ -167,14 +189,14 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
 
     def series(label: str) -> tuple[np.ndarray, ...]:
         pts = [r for r in rows if r["model"] == label]
-        x = np.array([0.0 if attack == "mia" else r["budget"] for r in pts], dtype=float)
+        x = np.array([r["budget"] if ladder else 0.0 for r in pts], dtype=float)
         y, lo, hi = (np.array([r[k] for r in pts], dtype=float) for k in ("mean", "ci_lo", "ci_hi"))
         err = np.vstack([y - lo, hi - y])
         return x, y, lo, hi, np.where(np.isfinite(err), np.abs(err), 0.0)
 
     with style():
         fig = Figure(figsize=(3.6 * ncols + 0.4, 2.9 * nrows + 0.5))
-        axes = fig.subplots(nrows, ncols, sharex=attack != "mia", sharey=True, squeeze=False).ravel()
+        axes = fig.subplots(nrows, ncols, sharex=ladder, sharey=True, squeeze=False).ravel()
         for ax, method in zip(axes, methods):  # a panel per entry ("rkl [trainable=xattn]"), coloured by its method
             base = base_of.get(method, method)
             own = [m for m in models if m[1] == method]
@@ -182,7 +204,7 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
             for label, ref, _ in refs:
                 color, ls = REF_STYLE[ref]
                 x, y, lo, hi, err = series(label)
-                if attack == "mia":
+                if not ladder:
                     ax.axhspan(lo[0], hi[0], color=color, alpha=0.15, lw=0)
                     ax.axhline(y[0], color=color, ls=ls, lw=1.6)
                 else:
@@ -193,17 +215,18 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
             for j, (label, _, value) in enumerate(own):
                 x, y, _, _, err = series(label)
                 shade = 0.3 + 0.7 * (j + 1) / len(own)
-                if attack == "mia":
+                if not ladder:
                     x = x + (j + 1) / (len(own) + 1) - 0.5
                     ticks.append((float(x[0]), label[len(method):].strip() or label))
                 ax.errorbar(x, y, yerr=err, color=method_color(base), alpha=shade, lw=1.3, marker="o", ms=3.5,
-                            capsize=2, ls="none" if attack == "mia" else "-")
+                            capsize=2, ls="-" if ladder else "none")
                 handles.append(Line2D([], [], color=method_color(base), alpha=shade, lw=1.3, marker="o", ms=3.5,
                                       label=label[len(method):].strip() or label))
             ax.set_title(method, fontsize=9, color=method_color(base) if method in {m[1] for m in models} else None)
             ax.legend(handles=handles, fontsize=6, loc="best", frameon=False)
-            if attack == "mia":
-                ax.axhline(0.5, color="#777777", lw=0.8)
+            if not ladder:
+                if kind is not None and kind.chance is not None:
+                    ax.axhline(kind.chance, color="#777777", lw=0.8)
                 ax.set_xticks([t[0] for t in ticks], [t[1] for t in ticks], fontsize=7, rotation=30)
                 ax.set_xlim(-0.6, 0.6)
             else:
@@ -216,10 +239,11 @@ def plot_attack(task: str, attack: str, rows: list[dict], path: Path) -> bool:
         for ax in axes[len(methods):]:
             ax.set_visible(False)
         for ax in axes[(nrows - 1) * ncols:]:
-            if attack != "mia":
+            if ladder:
                 ax.set_xlabel("budget (optimisation steps)")
         for ax in axes[::ncols]:
-            ax.set_ylabel("MIA AUC (0.5 = chance)" if attack == "mia" else f"{rows[0]['metric']} (higher = back)")
+            ax.set_ylabel(f"{rows[0]['metric']} (higher = back)" if ladder else
+                          (kind.axis_label if kind is not None and kind.axis_label else rows[0]["metric"]))
         fig.suptitle(f"{task}: {attack} attack, seed means with 95 % intervals; darker = larger grid value",
                      fontsize=9)
         plain_text(fig).tight_layout()

@@ -26,6 +26,11 @@ class Attack:
     ladder: ClassVar[list[int]] = [0, 10, 50, 200]  # the default budgets
     climbs: ClassVar[bool] = True  # budgets are optimizer steps (False: one score, no ladder to climb)
     order: ClassVar[int] = 100  # where it runs among the attacks (then by name)
+    # a scoring attack, as the leaderboard shows it: its metrics (the first one plotted), the plot's label and the
+    # level of no information (a line on the plot; None: none)
+    metrics: ClassVar[tuple[str, ...]] = ()
+    axis_label: ClassVar[str | None] = None
+    chance: ClassVar[float | None] = None
 
     def climb(self, task, bundle, net, budgets: list[int], seed: int,
               settings: dict[str, Any]) -> tuple[list[MetricValue], list[float]]:
@@ -249,6 +254,9 @@ class MembershipInference(Attack):
     ladder = [0]
     climbs = False
     order = 2
+    metrics = ("mia_auc", "mia_tpr_at_1fpr")
+    axis_label = "MIA AUC (0.5 = chance)"
+    chance = 0.5
 
     def score(self, task, bundle, net, seed, settings):
         return mia(task, bundle, net, seed, settings)
