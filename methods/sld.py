@@ -155,10 +155,19 @@ class SLD(PromptSideMethod):
     @staticmethod
     def load_hook(d: dict[str, Any]) -> SafetyGuidance:
         """The hook saved by :meth:`SafetyGuidance.to_dict` (``sampling_hook.json``)."""
-        if d.get("method") != "sld" or set(d.get("settings", {})) != set(SETTINGS):
-            raise ValueError(f"not an sld sampling hook: {d!r}; expected method 'sld' and the settings "
+        import math
+
+        settings, prompts = d.get("settings"), d.get("safety_prompts")
+        if d.get("method") != "sld" or not isinstance(settings, dict) or set(settings) != set(SETTINGS):
+            raise ValueError(f"not an sld sampling hook: {str(d)[:200]}; expected method 'sld' and the settings "
                              f"{', '.join(SETTINGS)}")
-        return SafetyGuidance(d["safety_prompts"], d["settings"])
+        bad = [k for k, v in settings.items()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+        if bad or not isinstance(prompts, list) or not prompts or \
+                not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in prompts):
+            raise ValueError(f"sld sampling hook: settings {', '.join(bad) or '-'} must be finite numbers and "
+                             f"safety_prompts a non-empty list of prompt ids; got {str(d)[:200]}")
+        return SafetyGuidance(prompts, settings)
 
     def losses(self) -> dict[str, Tensor]:
         raise RuntimeError("sld trains nothing: it is a sampler (closed_form: the runner never calls losses)")

@@ -376,3 +376,27 @@ def test_spm_and_sld_run_on_sd_concept_and_advunlearn_is_refused(tmp_path, capsy
     rc = main(["run", "--task", "sd-concept", "--model", str(sd), "--methods", "advunlearn", "--config", str(cfg),
                "--executor", "serial", "--dry-run", "--out", str(tmp_path / "adv")])
     assert rc != 0 and "no text encoder" in capsys.readouterr().err
+
+
+def test_a_malformed_sampling_hook_file_is_refused(tmp_path):
+    """sampling_hook.json may come from elsewhere (unlearnbench evaluate): it is read as small plain JSON and every
+    value is checked before a sampler is built from it."""
+    import json
+
+    from torch import nn
+
+    from unlearnbench.methods.sld import SETTINGS
+    from unlearnbench.saving import SAMPLING_HOOK, load_sampling_hook
+
+    good = {"method": "sld", "safety_prompts": [3], "settings": {k: 1.0 for k in SETTINGS}}
+    for bad, msg in ((dict(good, settings={**good["settings"], SETTINGS[0]: "1e9; rm"}), "finite numbers"),
+                     (dict(good, safety_prompts="3"), "safety_prompts"),
+                     (dict(good, method="nope"), "no method with a sampling hook")):
+        (tmp_path / SAMPLING_HOOK).write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=msg):
+            load_sampling_hook(nn.Linear(1, 1), tmp_path)
+    (tmp_path / SAMPLING_HOOK).write_text("{not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        load_sampling_hook(nn.Linear(1, 1), tmp_path)
+    (tmp_path / SAMPLING_HOOK).write_text(json.dumps(good))
+    assert load_sampling_hook(nn.Linear(1, 1), tmp_path).sampling_hook.safety_prompts == [3]

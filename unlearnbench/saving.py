@@ -76,7 +76,12 @@ def load_sampling_hook(net: nn.Module, folder: str | os.PathLike) -> nn.Module:
 
         from unlearnbench.methods import METHODS
 
-        spec = json.loads(f.read_text())
+        from unlearnbench.settings import read_small_file
+
+        try:  # a file handed in from elsewhere (unlearnbench evaluate): small, plain JSON, checked by the method
+            spec = json.loads(read_small_file(f, SAMPLING_HOOK, 1 << 20))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}: not JSON ({e})") from None
         name = spec.get("method") if isinstance(spec, dict) else None
         if name not in METHODS or not hasattr(METHODS.get(name), "load_hook"):
             raise ValueError(f"{f}: names no method with a sampling hook ({name!r})")
