@@ -24,9 +24,10 @@ class ConstrainedConfig(MethodConfig):
     dual_init: float = field(default=0.0, metadata={"help": "initial value of every lambda_i"})
     dual_ema: float = field(default=0.5, metadata={"help": "EMA factor of the running constraint estimate (0: none)"})
     dual_decay: float = field(default=0.0, metadata={
-        "help": "dual step schedule eta_k = dual_lr / (1 + k / dual_decay) at the k-th dual update (Robbins-Monro: "
-                "the steps sum to infinity, so the duals still reach lambda*, and shrink, so they settle there); "
-                "0: a constant step"})
+        "help": "dual step schedule eta_k = dual_lr / (1 + k / dual_decay) at the k-th dual update (the steps' sum "
+                "diverges, as stochastic approximation needs, and they shrink, so the duals stop moving; a decay too "
+                "fast for the run freezes them short of lambda*, which the 'constraints met' check catches); 0: a "
+                "constant step"})
     dual_decay_start: float = field(default=0.0, metadata={
         "help": "share of `steps` run at the constant step dual_lr before the decay begins (k counts the dual "
                 "updates after it)"})
@@ -44,7 +45,8 @@ class ConstrainedConfig(MethodConfig):
                                                                "over the last 20% of steps is at most this"})
     settle_tol: float = field(default=SETTLE_TOL, metadata={"help": "a trial is settled when its duals changed by at most this "
                                                             "(relative) over the last 20% of its steps and every "
-                                                            "constraint is met within met_tol"})
+                                                            "constraint is met (within met_tol, or within two "
+                                                            "standard errors with final_estimates >= 2)"})
     max_steps: int | None = field(default=None, metadata={
         "help": "stop rule: past `steps`, keep training until the trial is settled or has run this many steps in all "
                 "(None: stop at `steps`); an unsettled trial is recorded as such and never enters a claim"})
