@@ -11,7 +11,7 @@ embeddings (``embeds``). A network without either (gmm's MLPs, an unconditional 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -58,12 +58,16 @@ def prompt_tokens(net: nn.Module, ids: Tensor | list[int]) -> Tensor:
     return embeds[torch.as_tensor(ids, dtype=torch.long, device=embeds.device)]
 
 
-def prompt_side_reason(method: str, task) -> str | None:
-    """Why a method acting on the prompt's cross-attention cannot run on ``task`` (None: it can)."""
+def prompt_side_reason(method: str, task, needs_learned_prompts: str | None = None) -> str | None:
+    """Why a method acting on the prompt's cross-attention cannot run on ``task`` (None: it can); a method that needs
+    the task's prompts to be a learned token table (``Task.learned_prompts``) says what for in ``needs_learned_prompts``."""
     if getattr(task, "scored_prompt", "erased") == "null":
         return (f"{method} acts on how the erased prompts are read through cross-attention, but task {task.name} scores "
                 f"the null prompt's distribution, which a prompt-side edit never touches; use a task that scores the "
                 f"erased prompts (e.g. digits-concept)")
+    if needs_learned_prompts and not getattr(task, "learned_prompts", False):
+        return (f"{method} {needs_learned_prompts}; task {task.name} feeds its UNet precomputed text embeddings, without "
+                f"them; use a task whose prompts are a learned token table (digits-concept)")
     return None
 
 
@@ -72,10 +76,11 @@ class PromptSideMethod(Method):
     prompt (:func:`prompt_side_reason`) and on networks without prompt tokens."""
 
     kinds = ("concept",)
+    needs_learned_prompts: ClassVar[str | None] = None  # what the method needs a learned prompt table for (None: nothing)
 
     @classmethod
     def unsupported_reason(cls, task) -> str | None:
-        return prompt_side_reason(cls.name, task)
+        return prompt_side_reason(cls.name, task, cls.needs_learned_prompts)
 
     def __init__(self, cfg, bundle, generator):
         super().__init__(cfg, bundle, generator)

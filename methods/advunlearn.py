@@ -79,14 +79,7 @@ class AdvUnlearn(PromptSideMethod, ESD):
     grid_params = {"eps": "retain_weight"}
     default_grids = {"concept": {"eps": [8.0, 4.0, 2.0, 1.0, 0.5, 0.25], "smoke": [4.0, 0.5]}}
 
-    @classmethod
-    def unsupported_reason(cls, task) -> str | None:
-        from unlearnbench.tasks._paper import PaperTask
-
-        if issubclass(task if isinstance(task, type) else type(task), PaperTask):
-            return (f"advunlearn trains the prompt's encoder, but task {task.name} feeds its UNet precomputed text "
-                    f"embeddings (no text encoder is loaded to train); use digits-concept")
-        return super().unsupported_reason(task)
+    needs_learned_prompts = "trains the prompt's encoder (no text encoder is loaded to train)"
 
     def __init__(self, cfg, bundle, generator):
         if getattr(bundle.net, "prompt_embedding", None) is None:

@@ -63,12 +63,7 @@ class ForgetMeNot(PromptSideMethod):
     Config = FMNConfig
     grid_params = {"eps": "steps"}
 
-    @classmethod
-    def unsupported_reason(cls, task) -> str | None:
-        if getattr(task, "name", "") == "sd-concept":
-            return ("fmn needs the positions of the concept's tokens in each prompt; sd-concept's bundle holds text "
-                    "embeddings without the tokenizer that finds them; use digits-concept")
-        return super().unsupported_reason(task)
+    needs_learned_prompts = "needs the positions of the concept's tokens in each prompt (the tokenizer that finds them)"
 
     def __init__(self, cfg, bundle, generator):
         super().__init__(cfg, bundle, generator)

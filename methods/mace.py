@@ -104,12 +104,8 @@ class MACE(PromptSideMethod):
     Config = MACEConfig
     grid_params = {"eps": "steps"}
 
-    @classmethod
-    def unsupported_reason(cls, task) -> str | None:
-        if getattr(task, "name", "") == "sd-concept":
-            return ("mace trains each concept's adapter inside the concept's segmentation mask; sd-concept has no "
-                    "segmentation model wired in; use digits-concept (the digit's ink is the mask)")
-        return super().unsupported_reason(task)
+    needs_learned_prompts = ("trains each concept's adapter inside the concept's segmentation mask (no segmentation "
+                          "model is wired in; a digit's ink is its mask)")
 
     def __init__(self, cfg, bundle, generator):
         super().__init__(cfg, bundle, generator)

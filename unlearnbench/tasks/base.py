@@ -149,6 +149,9 @@ class Task(abc.ABC):
             unlearning axis is ``diverged`` (:mod:`unlearnbench.protocol`).
         scored_prompt: concept tasks: ``"erased"`` (each erased prompt's output is scored) or ``"null"`` (the null
             prompt's output is, as on the mixtures; methods that only train erased prompts refuse such a task).
+        learned_prompts: concept tasks whose prompts are a learned token table, every token of a prompt carrying its
+            concept and the concept's images carrying their own mask (digits): the token positions FMN steers, the
+            masks MACE trains in and the encoder AdvUnlearn trains. A task fed precomputed text embeddings has none.
         default_options / option_types: the options ``--set task.X=...`` accepts, typed by their default (or by
             ``option_types`` where there is none); anything else is refused before work starts.
         emits: ``{metric: (role, higher_is_better, description) or None}``, the metrics ``evaluate`` returns (``{i}``
@@ -177,6 +180,7 @@ class Task(abc.ABC):
     retrained_targets: ClassVar[dict[str, float]] = {}
     overshoot_limit: ClassVar[float] = 10.0
     scored_prompt: ClassVar[str] = "erased"
+    learned_prompts: ClassVar[bool] = False  # prompts are a learned token table (see the class docstring)
     option_types: ClassVar[dict[str, type]] = {}  # options without a default: name -> type
     emits: ClassVar[dict[str, tuple[str, bool, str] | None]] = {}
     pretrained_points: ClassVar[tuple[str, ...]] = ()  # metrics whose pretrained value evaluate adds (add_pretrained)

@@ -32,6 +32,7 @@ class DigitsConceptTask(_DigitsTask):
 
     name = "digits-concept"
     kind = "concept"
+    learned_prompts = True  # a prompt is n_tokens learned tokens, all carrying the digit; the digit's ink is its mask
     forget_sets = {k: [digit_prompt(d) for d in v] for k, v in CONCEPT_FORGET.items()}
     axes = [("acc_forget", "acc_kept"), ("acc_forget", "kid_kept")]
     emits = {"acc_forget": ("unlearning", False, "classifier accuracy on samples of the erased prompts"),
