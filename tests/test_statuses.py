@@ -2,6 +2,7 @@
 constrained methods record how settled their duals are."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unlearnbench.methods import METHODS
@@ -144,6 +145,59 @@ def test_the_dual_step_is_constant_then_decays(concept_bundle):
     flat.step = 90
     flat.dual_step(est)
     assert abs(float(flat.duals[0]) - 0.01 * 1.0 / 4.0) < 1e-12  # constant step, relative violation 1/4
+
+
+def test_the_multiplicative_dual_step_scales_with_the_dual_and_keeps_its_floor(concept_bundle):
+    """dual_update multiplicative: lambda <- max(dual_min, lambda * exp(eta * clip(violation / |eps|, -1, 1))), starting
+    at max(dual_init, dual_min); a constraint far over its threshold moves the dual by at most the factor exp(eta)."""
+    import math
+
+    cls = METHODS.get("lik")
+    cfg = make_config(cls.Config, {"steps": 100, "eps": 0.1, "dual_lr": 0.5, "dual_ema": 0.0,
+                                   "dual_update": "multiplicative", "dual_init": 0.0, "dual_min": 0.01}, "lik")
+    m = cls(cfg, concept_bundle, torch.Generator().manual_seed(0))
+    assert torch.allclose(m.duals, torch.full_like(m.duals, 0.01))  # a multiplicative dual cannot start at 0
+    m.dual_step(torch.tensor([0.15, 0.9], dtype=torch.float64))  # relative violations 0.5 and 8 (clipped to 1)
+    assert abs(float(m.duals[0]) - 0.01 * math.exp(0.25)) < 1e-12
+    assert abs(float(m.duals[1]) - 0.01 * math.exp(0.5)) < 1e-12
+    for _ in range(20):  # met by far: the duals shrink to the floor, never below it
+        m.dual_step(torch.tensor([0.0, 0.0], dtype=torch.float64))
+    assert torch.allclose(m.duals, torch.full_like(m.duals, 0.01))
+    assert abs(m.dual_floor() - 10 * 0.01 * m.n_constraints()) < 1e-12
+    with pytest.raises(ValueError, match="dual_update='exp' is not one of"):
+        make_config(cls.Config, {"dual_update": "exp"}, "lik")
+    with pytest.raises(ValueError, match="multiplicative needs eps != 0"):
+        make_config(cls.Config, {"dual_update": "multiplicative", "eps": 0.0}, "lik")
+
+
+def test_the_primal_rate_anneals_over_the_last_share_of_the_steps(concept_bundle):
+    """primal_anneal a: lr for the first (1 - a) * steps, then linearly down to primal_anneal_floor * lr at `steps`,
+    and that floor past them; the runner's Adam uses it."""
+    cls = METHODS.get("lik")
+    m = cls(make_config(cls.Config, {"steps": 100, "primal_anneal": 0.4, "primal_anneal_floor": 0.1}, "lik"),
+            concept_bundle, torch.Generator())
+    scales = [m.primal_lr_scale(s) for s in (0, 59, 60, 80, 100, 150)]
+    want = [1.0, 1.0, 1.0, 0.1 + 0.9 * 0.5, 0.1, 0.1]
+    assert all(abs(a - b) < 1e-12 for a, b in zip(scales, want)), scales
+    flat = cls(make_config(cls.Config, {"steps": 100}, "lik"), concept_bundle, torch.Generator())
+    assert flat.primal_lr_scale(99) == 1.0
+    seen = []
+    m2 = cls(make_config(cls.Config, {"steps": 10, "primal_anneal": 0.5, "lr": 0.01}, "lik"), concept_bundle,
+             torch.Generator().manual_seed(0))
+    real = torch.optim.Adam.step
+
+    def spy(opt, *a, **k):
+        seen.append(opt.param_groups[0]["lr"])
+        return real(opt, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        train(m2)
+    finally:
+        torch.optim.Adam.step = real
+    assert len(seen) == 10 and seen[:5] == [0.01] * 5 and abs(seen[-1] - 0.01 * (0.02 + 0.98 * 0.2)) < 1e-12, seen
+    with pytest.raises(ValueError, match="primal_anneal must be in"):
+        make_config(cls.Config, {"primal_anneal": 1.5}, "lik")
 
 
 def test_the_final_verdict_averages_several_estimates(concept_bundle):

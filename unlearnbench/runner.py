@@ -127,6 +127,9 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
         method.after_backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if constrained:  # the primal rate's annealing (ConstrainedConfig.primal_anneal; 1 without it)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * method.primal_lr_scale(step)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if constrained and step + 1 >= cfg.dual_warmup and (step + 1) % cfg.dual_every == 0:
