@@ -131,17 +131,23 @@ def test_concept_oracle_report(concept):
     assert np.all(np.diff(curve[:, 0]) > 0) and np.all(np.diff(curve[:, 1]) >= -1e-9)  # monotone front
 
 
-def test_concept_grids_span_the_front(concept):
-    """Each grid runs from barely unlearning to clearly over-unlearning on the exact fronts."""
+def test_concept_grids_span_the_way_to_the_retrained_model(concept):
+    """The pair grids (placed by scripts/place_grid.py at 30-160 % of the way from the pretrained model's
+    kl_concept_min to the retrained one's, 15.7 -> 20.5 nats) grow in strength on the exact fronts; rkl's and lik's
+    (whose thresholds the exact fronts map to kl_concept_min) start in the first third of the way and end past it."""
     o, g = concept._oracle(), concept.grids["eps"]
     assert all(len(v) == 6 for v in g.values()) and all(len(v) == 2 for v in concept.grids["smoke"].values())
-    rkl = [o.rkl_solve(b)["kl"] for b in g["rkl"]]
-    lik = [o.lik_solve(e)["kl"] for e in g["lik"]]
-    fixed = [o.rkl_tilt(a)["kl"] for a in g["rkl-fixed"]]
-    for front in (rkl, lik, fixed):
-        assert np.all(np.diff(front) > 0) and front[0] < 0.05 and front[-1] > 0.4
+    rkl = [o.rkl_solve(b)["kl_min"] for b in g["rkl"]]
+    lik = [o.lik_solve(e)["kl_min"] for e in g["lik"]]
+    fixed = [o.rkl_tilt(np.full(2, a))["kl_min"] for a in g["rkl-fixed"]]
+    esd = [o.rkl_tilt(np.full(2, eta / 2))["kl_min"] for eta in g["esd"]]  # ESD's target: alpha = eta / m
+    pretrained, retrained = 15.69, 20.55
+    for front in (rkl, lik, fixed, esd):
+        assert np.all(np.diff(front) > 0)
+    for front in (rkl, lik):
+        assert front[0] < pretrained + (retrained - pretrained) / 3 and front[-1] > retrained
     assert g["rkl-is"] == g["rkl"] and g["lik-is"] == g["lik"]
-    assert g["esd"] == sorted(g["esd"]) and "salun" not in g  # salun is refused on this null-prompt task
+    assert "salun" not in g  # salun is refused on this null-prompt task
 
 
 # -- gmm-data ---------------------------------------------------------------------------------------------------------
