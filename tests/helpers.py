@@ -123,3 +123,14 @@ def run_main(capsys, args: list[str], env_extra: dict | None = None) -> subproce
                 os.environ[k] = v
     out = capsys.readouterr()
     return subprocess.CompletedProcess(["unlearnbench", *args], code, out.out, out.err)
+
+
+def load_script(name: str):
+    """A script of scripts/ imported as a module (its ``main`` not run)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

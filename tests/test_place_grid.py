@@ -1,20 +1,15 @@
 """scripts/place_grid.py: one rule places every entry's grid at fixed fractions of the way to the retrained model."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "place_grid.py"
+from helpers import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("place_grid", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("place_grid")
 
 
 def test_values_are_interpolated_in_log_space_and_extrapolated_outside_the_values_tried():

@@ -1,21 +1,14 @@
 """scripts/reproduce_check.py: a re-run that matches the committed records is "consistent", a shifted one "differs"."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from helpers import load_script
 from synthetic import grid_records, write_records
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_check.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("reproduce_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("reproduce_check")
 
 
 def test_a_rerun_is_consistent_and_a_shifted_run_differs(tmp_path, capsys):
