@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from unlearnbench.methods import METHODS
-from unlearnbench.methods._xattn import PromptSideMethod, recorded_attention
+from unlearnbench.methods._xattn import PromptSideMethod, prompt_side_reason, recorded_attention
 from unlearnbench.methods.base import MethodConfig
 
 
@@ -17,18 +17,22 @@ class FMNConfig(MethodConfig):
     """FMN's own defaults (configs/attn.yaml): the whole UNet (``only_optimize_ca: false``), lr 2e-6, 35 steps, batch
     1; the task's method defaults replace them where the model differs."""
 
+    lr: float = field(default=2e-6, metadata={"help": "Adam learning rate (FMN: 2e-6, AdamW)"})
+    batch_size: int = field(default=1, metadata={"help": "concept images per step (FMN: 1)"})
+
 
 def concept_attention(probs: list[Tensor], positions: Tensor, batch: int) -> Tensor:
     """Per-sample squared Frobenius norm [B] of the attention probabilities at the concept's token ``positions``
-    ([L] bool), summed over every recorded layer call, head and query.
+    ([B, L] bool, a row per sample, or [L] for every sample), summed over every recorded layer call, head and query.
 
     ``probs``: ``[B * heads, queries, L]`` per layer call (diffusers' ``head_to_batch_dim`` order: row ``b * heads +
     h``). train_attn.py's ``AttnController`` selects the same entries with ``masked_select`` and ``loss`` takes the norm
     of all of them; the square of that norm is the sum of these per-sample terms.
     """
+    mask = positions if positions.dim() == 2 else positions[None].expand(batch, -1)
     out = torch.zeros(batch, dtype=probs[0].dtype, device=probs[0].device)
     for p in probs:
-        sel = p[..., positions]  # [B * heads, queries, n_concept]
+        sel = p.reshape(batch, -1, p.shape[-1]) * mask[:, None, :].to(p.dtype)  # [B, heads * queries, L]
         out = out + sel.pow(2).reshape(batch, -1).sum(1)
     return out
 
@@ -53,27 +57,44 @@ class ForgetMeNot(PromptSideMethod):
     reference: a few real photos, optionally with a textual-inversion token, ``use_ti``); the optimizer is the
     runner's Adam (the reference: AdamW, weight decay 1e-2); steps, lr and batch are per task. Nothing in the loss
     holds the other prompts: on digits (seed 0, digit 3) lr 5e-5 for 35 steps left the model as it was (accuracy on
-    the erased digit 0.99) and 300 steps erased it together with every kept digit (kept accuracy 0.11, KID 1.4). sd-concept is refused
-    (its bundle carries text embeddings without the tokenizer that locates the concept's tokens); gmm-concept is
-    refused (it scores the null prompt, which FMN never trains).
+    the erased digit 0.99) and 300 steps erased it together with every kept digit (kept accuracy 0.11, KID 1.4). On
+    sd-concept the positions come from the tokenizer (``Task.concept_tokens``): an erased training prompt is the
+    concept's own words, so they are its word tokens and the end-of-text token (``use_pooler``), in the precomputed
+    text embedding the UNet reads; the whole UNet trains, as in the reference. With samples of different erased prompts
+    in one batch each keeps its own positions (the reference's ``repeat(head_num, 1, 1)`` assumes one layout per
+    batch; it trains at batch 1). gmm-concept is refused (it scores the null prompt, which FMN never trains).
     Sweep: ``--grid eps`` sets ``steps`` (the reference's strength knob, 35 by default).
     """
 
     name = "fmn"
     Config = FMNConfig
     grid_params = {"eps": "steps"}
+    # around the reference's 35 steps (a task with its own scale declares its grid: digits-concept)
+    default_grids = {"concept": {"eps": [10.0, 20.0, 35.0, 70.0, 140.0, 280.0], "smoke": [10.0, 35.0]}}
 
-    needs_learned_prompts = "needs the positions of the concept's tokens in each prompt (the tokenizer that finds them)"
+    @classmethod
+    def unsupported_reason(cls, task) -> str | None:
+        reason = prompt_side_reason(cls.name, task)
+        if reason is None and not (getattr(task, "learned_prompts", False) or getattr(task, "concept_tokens", False)):
+            return (f"fmn needs the positions of the concept's tokens in each erased prompt; task {task.name} has "
+                    f"neither a learned prompt table (digits-concept) nor a tokenizer that locates them "
+                    f"(sd-concept)")
+        return reason
 
     def __init__(self, cfg, bundle, generator):
         super().__init__(cfg, bundle, generator)
-        if not hasattr(bundle.net, "encode_prompt"):
-            raise ValueError(f"fmn needs a network whose prompt tokens are all the concept's (digits' CondUNet); "
-                             f"this task's network is {type(bundle.net).__name__}")
+        self.token_table = bundle.extras.get("concept_tokens")
+        if self.token_table is None and not hasattr(bundle.net, "encode_prompt"):
+            raise ValueError(f"fmn needs the concept's token positions: a network whose prompt tokens are all the "
+                             f"concept's (digits' CondUNet) or a bundle with extras['concept_tokens']; this task's "
+                             f"network is {type(bundle.net).__name__} without them")
 
-    def concept_positions(self) -> Tensor:
-        """[L] bool: the tokens of an erased prompt that carry the concept (all of a digits prompt's tokens)."""
-        return torch.ones(self.net.n_tokens, dtype=torch.bool, device=self.device)
+    def concept_positions(self, cond: Tensor) -> Tensor:
+        """[B, L] bool: the tokens of each sample's erased prompt that carry the concept (the task's table, or all of a
+        digits prompt's tokens)."""
+        if self.token_table is not None:
+            return self.token_table[cond.to(self.token_table.device)].to(self.device)
+        return torch.ones(cond.shape[0], self.net.n_tokens, dtype=torch.bool, device=self.device)
 
     def losses(self) -> dict[str, Tensor]:
         B = self.cfg.batch_size
@@ -81,7 +102,7 @@ class ForgetMeNot(PromptSideMethod):
         x_t, t, _ = self.noised_ref(c)
         with recorded_attention(self.net) as rec:
             self.net(x_t, t, c)
-        sq = concept_attention(rec.probs, self.concept_positions(), B)
+        sq = concept_attention(rec.probs, self.concept_positions(torch.as_tensor(c)), B)
         return {"loss": sq, "attn_sq": sq}
 
     def objective(self, losses: dict[str, Tensor]) -> Tensor:

@@ -410,16 +410,43 @@ def test_uce_and_ca_on_sd_concept(sd, tmp_path, capsys):
     assert recs["ca"]["method_config"]["trainable"] == "xattn-kv"
 
 
-def test_fmn_and_mace_refuse_sd_concept(sd, tmp_path, capsys):
-    from paper_fixtures import CLIP_OPTIONS, FAST, write_config
+def test_fmn_on_sd_concept_steers_the_tokenizers_concept_positions(sd, tmp_path, capsys):
+    """On sd-concept FMN's positions come from the tokenizer: the erased prompt's word tokens and its end-of-text token
+    (use_pooler), in the text embedding the UNet reads; its gradient on the real UNet is train_attn.py's, and it runs
+    end to end through the CLI. MACE is still refused (no segmentation masks)."""
+    from paper_fixtures import CLIP_OPTIONS, FAST, records, write_config
     from unlearnbench.cli.main import main
+    from unlearnbench.tasks.stable_diffusion import SDConceptTask
 
-    cfg = write_config(tmp_path / "sd.yaml", {"forget": "object", **CLIP_OPTIONS, **FAST}, {"fmn": [1], "mace": [1]})
-    for name in ("fmn", "mace"):
-        rc = main(["run", "--task", "sd-concept", "--model", str(sd), "--methods", name, "--config", str(cfg),
-                   "--executor", "serial", "--dry-run", "--out", str(tmp_path / name)])
-        err = capsys.readouterr().err
-        assert rc == 2 and name in err and "sd-concept" in err, err
+    task = SDConceptTask({"model": str(sd), "forget": "object", **CLIP_OPTIONS, **FAST, "eval_prompts": 1},
+                         cache_dir=str(tmp_path / "c0"))
+    b = task.build(0)
+    (erased,) = b.forget_concepts
+    tok = task._setup(torch.device("cpu"))["w"]["parts"]["tokenizer"]
+    ids = tok(b.extras["prompts"][erased]).input_ids  # [bos, the words..., eos]
+    positions = b.extras["concept_tokens"][erased]
+    assert positions.dtype == torch.bool and positions.shape == (tok.model_max_length,)
+    assert positions.nonzero().flatten().tolist() == list(range(1, len(ids)))  # the words and end-of-text, not bos
+    assert not b.extras["concept_tokens"][[0] + list(b.retain_concepts)].any()
+    m = make("fmn", b, batch_size=2)
+    draws = record_noised(m)
+    ours = method_grads(m)
+    (_, x_t, t, _), = draws
+    cond = torch.full((2,), erased)
+    params = list(m.trainable_parameters())
+    assert_close(ours, grads(fmn_reference_loss(b.net, x_t, t, cond, positions), params))
+    cfg = write_config(tmp_path / "sd.yaml", {"forget": "object", "eval_prompts": 1, **CLIP_OPTIONS, **FAST},
+                       {"fmn": [2], "mace": [1]})
+    rc = main(["run", "--task", "sd-concept", "--model", str(sd), "--methods", "fmn", "--grid", "eps", "--config",
+               str(cfg), "--set", "methods.fmn.batch_size=2", "--executor", "serial", "--no-leaderboard",
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")])
+    assert rc == 0, capsys.readouterr()
+    (rec,) = records(tmp_path / "run")
+    assert rec["status"] == "ok" and rec["train"]["steps"] == 2, rec.get("error")
+    rc = main(["run", "--task", "sd-concept", "--model", str(sd), "--methods", "mace", "--config", str(cfg),
+               "--executor", "serial", "--dry-run", "--out", str(tmp_path / "mace")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "mace" in err and "sd-concept" in err, err
 
 
 def test_steps_flag_passes_over_the_closed_form_method(tmp_path):

@@ -152,6 +152,9 @@ class Task(abc.ABC):
         learned_prompts: concept tasks whose prompts are a learned token table, every token of a prompt carrying its
             concept and the concept's images carrying their own mask (digits): the token positions FMN steers, the
             masks MACE trains in and the encoder AdvUnlearn trains. A task fed precomputed text embeddings has none.
+        concept_tokens: concept tasks whose bundle carries ``extras["concept_tokens"]``, a [P, L] bool table of the
+            token positions that carry each erased prompt's concept in its text embedding (sd-concept, from the
+            tokenizer): what FMN steers attention away from where there is no learned prompt table.
         default_options / option_types: the options ``--set task.X=...`` accepts, typed by their default (or by
             ``option_types`` where there is none); anything else is refused before work starts.
         emits: ``{metric: (role, higher_is_better, description) or None}``, the metrics ``evaluate`` returns (``{i}``
@@ -181,6 +184,7 @@ class Task(abc.ABC):
     overshoot_limit: ClassVar[float] = 10.0
     scored_prompt: ClassVar[str] = "erased"
     learned_prompts: ClassVar[bool] = False  # prompts are a learned token table (see the class docstring)
+    concept_tokens: ClassVar[bool] = False  # the bundle locates each erased prompt's concept tokens (see above)
     option_types: ClassVar[dict[str, type]] = {}  # options without a default: name -> type
     emits: ClassVar[dict[str, tuple[str, bool, str] | None]] = {}
     pretrained_points: ClassVar[tuple[str, ...]] = ()  # metrics whose pretrained value evaluate adds (add_pretrained)

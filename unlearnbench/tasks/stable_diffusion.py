@@ -74,6 +74,20 @@ def text_embeddings(w: dict[str, Any], prompts: list[str], device: torch.device)
     return w["embeds"][key]
 
 
+@torch.no_grad()
+def concept_token_mask(tokenizer, prompts: list[str], ids: list[int]) -> Tensor:
+    """[P, L] bool: per prompt id, the token positions that carry its concept (FMN's ``concept_positions``). An erased
+    training prompt is the concept's own words ("nudity", "Van Gogh"), so its positions are every token between the
+    begin- and end-of-text tokens, plus the end-of-text token (FMN's ``use_pooler: true``); other prompts have none."""
+    enc = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt")
+    mask = torch.zeros(enc.input_ids.shape, dtype=torch.bool)
+    lengths = enc.attention_mask.sum(1)  # begin-of-text + the words + end-of-text
+    for i in ids:
+        mask[i, 1:int(lengths[i])] = True  # the words and the end-of-text token
+    return mask
+
+
 class SDConceptTask(PaperTask):
     """Concept erasure in Stable Diffusion 1.x (see the module docstring)."""
 
@@ -83,6 +97,7 @@ class SDConceptTask(PaperTask):
     # KID 0.005 on any feature network; CLIP score (cosine, x1) 0.01
     equivalence_margins = {"kid_retain_*": 0.005, "clip_score": 0.01}
     kind = "concept"
+    concept_tokens = True  # the bundle's extras["concept_tokens"]: each erased prompt's concept token positions
     default_model = "CompVis/stable-diffusion-v1-4"
     forget_sets = {k: v["erase"] for k, v in FORGET_SETS.items()}
     default_options = {**PAPER_OPTIONS, "guidance": 7.5, "resolution": None, "forget_prompts": None,
@@ -215,7 +230,8 @@ class SDConceptTask(PaperTask):
             posterior=latent_posterior(st["ref"], st["schedule"], st["shape"], float(self.options["posterior_prior"])),
             sample_steps=int(self.options["sample_steps"]),
             guidance=self.guidance, device=device,
-            extras={"prompts": prompts, "constrain_on": "erased"})
+            extras={"prompts": prompts, "constrain_on": "erased",
+                    "concept_tokens": concept_token_mask(st["w"]["parts"]["tokenizer"], prompts, t["forget"]).to(device)})
 
     # -- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
