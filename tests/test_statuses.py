@@ -81,6 +81,26 @@ def test_the_stop_rule_trains_until_settled_or_the_cap(concept_bundle):
     assert hard["duals"][-1][0] == 30
 
 
+def test_the_stop_rule_asks_the_final_verdicts_estimate(concept_bundle):
+    """The stop rule stops only when the constraints hold on the estimate the final verdict uses (final_estimates
+    draws): settled duals and a met single estimate are not enough when those draws say unmet."""
+    cls = METHODS.get("rkl")
+    base = {"batch_size": 16, "steps": 10, "n_estimate": 16, "dual_every": 2, "dual_lr": 1e-9, "max_steps": 30,
+            "eps": 0.0}
+    m = cls(make_config(cls.Config, base, "rkl"), concept_bundle, torch.Generator().manual_seed(0))
+    calls = []
+
+    def unmet():
+        calls.append(m.step)
+        m.final_se = None
+        return torch.full((m.n_constraints(),), -1.0, dtype=torch.float64)  # KL -1 < b = 0: violated
+
+    m.final_estimate = unmet
+    info = train(m)
+    assert info["steps"] == 30 and info["convergence"]["settled"] is False
+    assert calls and min(calls) >= 9  # asked only past `steps`, at each dual update, and once more for the record
+
+
 def test_max_steps_below_steps_is_refused():
     import pytest
 
