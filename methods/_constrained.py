@@ -215,10 +215,15 @@ class ConstrainedMethod(Method):
         return draws.mean(0)
 
     def dual_floor(self) -> float:
-        """Smallest ``||lambda||_1`` the settle rule divides a dual change by: changes of duals near 0 (inactive
-        constraints) are measured against it, not against their own noise. 0 where the duals have no natural scale;
-        with the multiplicative step, ten times the floor per dual (a dual that close to ``dual_min`` is inactive)."""
-        return 10.0 * self.cfg.dual_min * self.n_constraints() if self.cfg.dual_update == "multiplicative" else 0.0
+        """Smallest ``||lambda||_1`` the settle rule divides a dual change by: changes of duals near 0 (a constraint
+        met with little or no dual) are measured against it, not against their own noise. A tenth of the duals' range
+        where they have one (the KL formulations: ``Lambda <= 1 - delta``; fkl: its own), as fkl's floor has been; with
+        the multiplicative step, ten times the floor per dual (a dual that close to ``dual_min`` is inactive); 0 where
+        the duals have no natural scale (lik's additive step)."""
+        if self.cfg.dual_update == "multiplicative":
+            return 10.0 * self.cfg.dual_min * self.n_constraints()
+        cap = self.lambda_cap
+        return 0.0 if cap is None else 0.1 * cap
 
     def constraints_met(self, est: Tensor, se: Tensor | None = None) -> bool:
         """Every constraint met within ``met_tol`` of ``|eps|`` or, given the estimate's standard errors ``se``,
