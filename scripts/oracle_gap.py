@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", nargs="+", default=["leaderboards/records"])
     ap.add_argument("--a", default="rkl")
     ap.add_argument("--b", default="rkl-fixed")
-    ap.add_argument("--beyond", default="25,30,36,45", help="kl_concept_min values past the retrained model to show")
+    ap.add_argument("--beyond", default="22,25,28", help="kl_concept_min values past the retrained model to show")
     args = ap.parse_args(argv)
 
     task = TASKS.get("gmm-concept")({})
@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         "kl_pretrained", (declared("gmm-concept", "equivalence_margins", {}) or {}).get("kl_pretrained"))
 
     def gap(u: float) -> tuple[float, float, float]:
-        r, e = float(np.interp(u, rkl[:, 0], rkl[:, 1])), float(np.interp(u, equal[:, 0], equal[:, 1]))
+        """Both exact fronts' KL at kl_concept_min ``u`` (NaN past the end a front is tabulated to)."""
+        def at(curve):
+            return float(np.interp(u, curve[:, 0], curve[:, 1])) if curve[0, 0] <= u <= curve[-1, 0] else math.nan
+        r, e = at(rkl), at(equal)
         return r, e, e - r
 
     print(f"gmm-concept (forget set {task.forget_name}): kl_concept_min from {anchor.pretrained:.3f} (pretrained) to "
