@@ -57,7 +57,7 @@ def test_ls_method_shows_settings_defaults_and_per_task_grids(capsys):
     assert "float" in lr and "0.001" in lr and "> 0" in lr and "Adam learning rate" in lr
     assert "one of: full, xattn, xattn-kv, noxattn, lora" in out
     assert "on gmm-concept: steps 400, dual_lr=0.002, n_estimate=512" in out
-    assert "--grid eps: 18, 21, 25, 30, 36, 45" in out and "--grid eps (forget=one): 27, 30" in out
+    assert "--grid eps: 16.9, 18.3, 19.7, 21.3, 22.7, 24.4" in out and "--grid eps (forget=one): 27, 30" in out
     assert "on gmm-data" not in out, "rkl does not apply to data tasks"
 
 
