@@ -73,8 +73,6 @@ def oracle_fronts(record: dict) -> dict[str, dict]:
 
 # Settings added after records were made, at the value that trains exactly as before they existed (the stop rule off;
 # settle_tol only labels a trial): a record that has them at that value and one that predates them are one entry.
-# settings at the value that leaves training as it was before the setting existed: a record that lacks the key and one
-# that carries it at this value are the same entry
 NEUTRAL_DEFAULTS: dict[str, Any] = {"max_steps": None, "settle_tol": SETTLE_TOL, "dual_decay": 0.0,
                                     "dual_decay_start": 0.0, "dual_normalize": False, "dual_update": "additive",
                                     "dual_min": 1e-3, "primal_anneal": 0.0, "primal_anneal_floor": 0.02}
