@@ -410,6 +410,25 @@ def test_uce_and_ca_on_sd_concept(sd, tmp_path, capsys):
     assert recs["ca"]["method_config"]["trainable"] == "xattn-kv"
 
 
+def test_concept_token_mask_marks_every_word_and_the_end_of_text_of_the_erased_prompts_only():
+    """A multi-token concept ("Van Gogh") gets all its word tokens and its end-of-text token; the null prompt and the
+    kept prompts get none; padding never counts."""
+    from types import SimpleNamespace
+
+    from unlearnbench.tasks.stable_diffusion import concept_token_mask
+
+    words = {"": [], "Van Gogh": [7, 8, 9], "a cat": [4, 5]}
+
+    def tokenizer(prompts, padding, max_length, truncation, return_tensors):
+        ids = [[49406] + words[p] + [49407] + [0] * (max_length - len(words[p]) - 2) for p in prompts]
+        att = [[1] * (len(words[p]) + 2) + [0] * (max_length - len(words[p]) - 2) for p in prompts]
+        return SimpleNamespace(input_ids=torch.tensor(ids), attention_mask=torch.tensor(att))
+
+    tokenizer.model_max_length = 8
+    mask = concept_token_mask(tokenizer, ["", "Van Gogh", "a cat"], [1])
+    assert mask.tolist() == [[False] * 8, [False, True, True, True, True, False, False, False], [False] * 8]
+
+
 def test_fmn_on_sd_concept_steers_the_tokenizers_concept_positions(sd, tmp_path, capsys):
     """On sd-concept FMN's positions come from the tokenizer: the erased prompt's word tokens and its end-of-text token
     (use_pooler), in the text embedding the UNet reads; its gradient on the real UNet is train_attn.py's, and it runs
