@@ -274,3 +274,17 @@ def test_a_threshold_within_two_standard_errors_counts_as_met(concept_bundle):
     assert abs(float(m.final_se[0]) - float(torch.tensor([0.11, 0.13, 0.09, 0.15]).std()) / 2) < 1e-6
     assert m.constraints_met(est, m.final_se) is True  # 0.02 < 2 x 0.0129
     assert m.constraints_met(est, m.final_se / 10) is False
+
+
+def test_steps_flag_scales_the_task_stop_rule_cap(tmp_path):
+    """--steps N on a method whose task defaults carry a stop-rule cap (lik on gmm-concept: 800 steps, cap 1600)
+    scales the cap with it, so a short run stays short; a cap the user sets is kept."""
+    from unlearnbench.config import plan_trials
+
+    plan = plan_trials("gmm-concept", "lik", "smoke", run_dir=str(tmp_path / "a"), steps=20)
+    assert {(t["settings"]["steps"], t["settings"]["max_steps"]) for t in plan.trials} == {(20, 40)}
+    plan = plan_trials("gmm-concept", "lik", "smoke", run_dir=str(tmp_path / "b"), steps=20,
+                       sets=["methods.lik.max_steps=25"])
+    assert {t["settings"]["max_steps"] for t in plan.trials} == {25}
+    plan = plan_trials("gmm-concept", "lik", "smoke", run_dir=str(tmp_path / "c"))
+    assert {(t["settings"]["steps"], t["settings"]["max_steps"]) for t in plan.trials} == {(800, 1600)}

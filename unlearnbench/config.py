@@ -275,6 +275,11 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
         overrides = dict(method_overrides.get(m) or {})
         if steps is not None and not METHODS.get(m).closed_form:  # a closed-form edit (uce) takes no steps
             overrides["steps"] = steps
+            # a stop-rule cap from the task's defaults scales with --steps (lik on gmm-concept: 800 steps, cap 1600;
+            # --steps 20 caps at 40), so a short run stays short; a cap the user set is theirs
+            base = dict(getattr(task_obj, "method_defaults", {}).get(m) or {})
+            if "max_steps" not in overrides and base.get("max_steps") and base.get("steps"):
+                overrides["max_steps"] = max(steps, int(round(base["max_steps"] * steps / base["steps"])))
         for value in grid_values[m]:
             g = {"name": grid_name, "param": grid_param(m, grid_name, grid_params), "value": float(value)}
             resolved = check_method_config(task_obj, m, overrides, g)
