@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    from unlearnbench.compare import compare
-    from unlearnbench.protocol import FRACTIONS, anchors, declared
+    from unlearnbench.compare import compare, margins
+    from unlearnbench.protocol import FRACTIONS, anchors
     from unlearnbench.records import read_records
     from unlearnbench.results import collect_tasks
     from unlearnbench.tasks import TASKS
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if td is None:
         raise SystemExit(f"no gmm-concept records under {' '.join(args.runs)}")
     anchor = anchors(td)["kl_concept_min"]
-    margin = (declared("gmm-concept", "minimum_effects", {}) or {}).get(
-        "kl_pretrained", (declared("gmm-concept", "equivalence_margins", {}) or {}).get("kl_pretrained"))
+    margin = margins("gmm-concept", "kl_pretrained")[1]  # the minimum effect for "better"
 
     def gap(u: float) -> tuple[float, float, float]:
         """Both exact fronts' KL at kl_concept_min ``u`` (NaN past the end a front is tabulated to)."""

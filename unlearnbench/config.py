@@ -277,7 +277,7 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
             overrides["steps"] = steps
             # a stop-rule cap from the task's defaults scales with --steps (lik on gmm-concept: 800 steps, cap 1600;
             # --steps 20 caps at 40), so a short run stays short; a cap the user set is theirs
-            base = dict(getattr(task_obj, "method_defaults", {}).get(m) or {})
+            base = task_method_defaults(task_obj, m)
             if "max_steps" not in overrides and base.get("max_steps") and base.get("steps"):
                 overrides["max_steps"] = max(steps, int(round(base["max_steps"] * steps / base["steps"])))
         for value in grid_values[m]:
@@ -452,11 +452,16 @@ def grid_values(task: Task, grid_name: str, method: str) -> list[float]:
                      f"it has: {', '.join(own)} (a method declares its own with default_grids)")
 
 
+def task_method_defaults(task, method: str) -> dict[str, Any]:
+    """The task's defaults for ``method`` (a subclass of a built-in method takes its parent's), as a new dict."""
+    defaults = getattr(task, "method_defaults", {})
+    return dict(next((defaults[n] for n in METHODS.get(method).lineage() if n in defaults), {}))
+
+
 def build_method_config(task, method: str, overrides: dict[str, Any], grid: dict | None):
     """Method defaults < the task's defaults for that method < user overrides < the grid value."""
     cls = METHODS.get(method)
-    defaults = getattr(task, "method_defaults", {})  # a subclass of a built-in method takes its parent's defaults
-    values = dict(next((defaults[n] for n in cls.lineage() if n in defaults), {}))
+    values = task_method_defaults(task, method)
     values.update(overrides or {})
     if grid is not None:
         values[grid["param"]] = grid["value"]
