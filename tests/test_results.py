@@ -139,3 +139,18 @@ def test_hypervolume_interval_contains_its_estimate_when_every_seed_sits_on_the_
     assert src == "seeds" and est > 0 and lo < hi and lo <= est <= hi
     (point, plo, phi), = retention_at_levels(td, "siss", axis, [0.05])
     assert 0.01 < point < 0.02 and plo < phi and plo <= point <= phi
+
+
+def test_a_setting_added_later_at_its_neutral_value_keeps_one_entry():
+    """Records made before ``final_estimates`` existed (one fresh estimate at the end) and records with
+    final_estimates=1 are one entry; 8 final estimates make another."""
+    old = grid_records("toy-concept", {"rkl": 1.0}, lr=1e-3)
+    new = grid_records("toy-concept", {"rkl": 1.0}, lr=1e-3, created_at="2026-02-01T00:00:00.000+00:00")
+    more = grid_records("toy-concept", {"rkl": 1.0}, lr=1e-3, created_at="2026-02-01T00:00:00.000+00:00")
+    for r in new:
+        r["method_config"]["final_estimates"], r["seed"] = 1, r["seed"] + 10
+    for r in more:
+        r["method_config"]["final_estimates"], r["seed"] = 8, r["seed"] + 20
+    td = collect_tasks(old + new)["toy-concept"]
+    assert td.entries == ["rkl"]
+    assert collect_tasks(old + more)["toy-concept"].entries == ["rkl [final_estimates=8]", "rkl [final_estimates=None]"]

@@ -271,3 +271,16 @@ def test_a_trial_is_planned_once_frozen_with_its_resolved_settings(tmp_path, mon
     run_sweep(short, executor="serial", echo=lambda s: None)
     held = json.loads((tmp_path / "run2" / "plan.json").read_text())["trials"][0]
     assert held["settings"]["steps"] == 0 and held["trial_id"] == short.trials[0].trial_id
+
+
+def test_ray_sweeps_start_the_longest_trials_first():
+    """A stop-rule cap (lik on gmm-concept: 1600) counts as the budget, then steps; equals keep the plan's order."""
+    from unlearnbench.config import plan_trials
+    from unlearnbench.sweep import longest_first
+
+    plan = plan_trials("gmm-concept", "esd,rkl,lik", "smoke", "0,1", run_dir="/tmp/ub-lpt/run")
+    order = [t["trial_id"] for t in longest_first(plan.trials)]
+    methods = [t.split("-smoke")[0] for t in order]
+    assert methods == ["lik"] * 4 + ["rkl"] * 4 + ["esd"] * 4
+    assert order[:4] == [t["trial_id"] for t in plan.trials if t["method"] == "lik"]
+    assert longest_first([{"trial_id": "a"}, {"trial_id": "b"}]) == [{"trial_id": "a"}, {"trial_id": "b"}]

@@ -73,6 +73,19 @@ def with_resources(spec: Mapping[str, Any], threads: int, gpus: float) -> Mappin
     return {**spec, "threads": threads, "gpus": gpus}
 
 
+def longest_first(todo: list) -> list:
+    """Trials in order of their step budget, largest first (stable among equals): with several running at once,
+    a long trial started last would leave the other workers idle at the end of the sweep. The budget is the stop
+    rule's cap where there is one, else ``steps``; a trial without resolved settings (an attack trial) keeps its
+    place after those with them."""
+    def budget(spec) -> float:
+        settings = spec.get("settings") or {}
+        steps = settings.get("max_steps") or settings.get("steps")
+        return -float(steps) if isinstance(steps, (int, float)) else 0.0
+
+    return sorted(todo, key=budget)
+
+
 def _trial_keys(trials: list[dict]) -> dict[str, dict]:
     return {str(t["trial_id"]): {k: t.get(k) for k in RESUME_KEYS} for t in trials}
 
@@ -138,7 +151,7 @@ def run_sweep(plan: SweepPlan, options: SweepOptions | None = None, **settings: 
     elif todo and executor == "ray":
         from unlearnbench.raytune import run_tune
 
-        run_tune(todo, plan, tune, echo)
+        run_tune(longest_first(todo), plan, tune, echo)
     elif todo:
         raise ValueError(f"executor {executor!r}; valid: ray, serial")
     records = sorted(iter_latest(read_records([run_dir / RECORDS])), key=lambda r: r["trial_id"])
