@@ -36,13 +36,15 @@ class GMMConceptTask(_GMMTask):
     # 18-45 / 0.1-0.001 / 0.01-0.22 / 0.02-0.44): the values whose seed-mean kl_concept_min lands 30, 55, 80, 105, 130
     # and 160 % of the way from the pretrained model (15.69 nats) to the retrained one (20.55), a value just past each
     # of the protocol's levels and two past the target. The earlier grids put 3 to 5 of 6 values past the retrained
-    # model; lik's eps 0.001 was also below what 512 samples can measure (an estimate's standard error ~ its mean)
+    # model; lik's eps 0.001 was also below what 512 samples can measure (an estimate's standard error ~ its mean).
+    # ESD's grid was placed again after the tuning search below moved its defaults (lr 3e-4, 800 steps): from a pilot
+    # of 7 values x validation seeds 100-104 at those defaults (0.0125-0.8)
     _rkl_pair = [16.9, 18.3, 19.7, 21.3, 22.7, 24.4]
     _lik_pair = [0.118, 0.0897, 0.0683, 0.0521, 0.0347, 0.0207]
     _lik, _rkl_one = [0.1, 0.05, 0.02, 0.01, 0.003, 0.001], [27.0, 30.0, 33.0, 37.0, 42.0, 50.0]
     _pair = {"rkl": _rkl_pair, "rkl-is": _rkl_pair, "lik": _lik_pair, "lik-is": _lik_pair,
              "rkl-fixed": [0.0135, 0.0302, 0.0416, 0.0574, 0.0693, 0.0847],
-             "esd": [0.0257, 0.0538, 0.112, 0.138, 0.161, 0.194]}
+             "esd": [0.0403, 0.0706, 0.104, 0.123, 0.146, 0.179]}
     _one = {"rkl": _rkl_one, "rkl-is": _rkl_one, "lik": _lik, "lik-is": _lik,
             "rkl-fixed": [0.003, 0.01, 0.02, 0.04, 0.07, 0.12], "esd": [0.003, 0.01, 0.02, 0.04, 0.07, 0.12]}
     grids_by_forget: ClassVar[dict] = {"pair": {"eps": _pair, "smoke": _smoke(_pair)},
@@ -68,11 +70,18 @@ class GMMConceptTask(_GMMTask):
     # trains on (at the decayed dual step) until settled, up to 1600 steps. rkl-is and lik-is take their
     # formulation's schedule
     _lik_settle = {**_settle, "primal_anneal": 0.3, "max_steps": 1600}
+    # Equal tuning effort (scripts/tune_defaults.py): every entry ran the same search, lr 3e-4 / 1e-3 / 3e-3 x 400 /
+    # 800 steps over its grid on validation seeds 100 and 101, scored by the primary hypervolume (clipped at the
+    # retrained model). rkl, lik and rkl-fixed kept their defaults (within 1 % of their best setting); ESD's lr 1e-3
+    # scored 11.69 against 12.98 at lr 3e-4 with 800 steps (its last iterate swung the erased concepts' KL by 5-10
+    # nats between neighbouring grid values at 1e-3), so ESD takes those. The rule: the best mean over the validation
+    # seeds replaces a default that scores under 98 % of it (two standard deviations of a two-seed difference)
+    _esd_tuned = {"lr": 3e-4, "steps": 800}
     method_defaults = {"rkl": {"dual_lr": 0.002, "n_estimate": 512, **_settle},
                        "rkl-is": {"dual_lr": 0.002, "n_estimate": 512, "lr": 3e-4, "batch_size": 512, **_settle},
                        "lik": {"n_estimate": 512, **_lik_settle},
                        "lik-is": {"n_estimate": 512, "lr": 3e-4, "batch_size": 512, **_lik_settle},
-                       "esd": {"erase_from": "null"}}
+                       "esd": {"erase_from": "null", **_esd_tuned}}
     scored_prompt = "null"
     pretrained_points = ("kl_pretrained", "kl_concept_min", "forgotten_mass")
     # KLs in nats: a model 200 nats from the pretrained one (or from its kept concepts) has broken down; the erased
