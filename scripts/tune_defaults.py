@@ -12,7 +12,15 @@ setting the entry's defaults use marked ``*`` and the best marked ``<``; ``--jso
 
 Every setting is one run directory under ``--out`` (``lr<lr>-steps<steps>``); a second call resumes them, so the
 search can be stopped and continued, and re-scored without training (``--score-only``). A search on further seeds
-goes to its own ``--out`` and is scored together with the first by ``--merge FIRST_OUT`` (seed-mean fronts). With ``--steps`` the task's
+goes to its own ``--out`` and is scored together with the first by ``--merge FIRST_OUT`` (seed-mean fronts).
+
+The rule: the best setting (by the seed-mean front's hypervolume) replaces an entry's defaults when a paired
+bootstrap over the validation seeds that ran both (the same seeds drawn for both fronts) puts its score above
+theirs at one-sided 5 %; otherwise the defaults stay. (A single seed's front is too noisy to score alone: ESD's
+ranged 9.2-13.2 over six validation seeds at one setting, while the leaderboard ranks seed-mean fronts.) An entry whose best setting is not its defaults is followed up on
+more validation seeds at those two settings (``--settings LR:STEPS,LR:STEPS --seeds 102,... --merge FIRST_OUT``)
+until the test decides or the budget (4 more seeds) is spent. ``--defaults M=LR:STEPS`` judges other defaults than
+the current ones (a decision recorded after the task file changed). With ``--steps`` the task's
 stop-rule caps scale with the steps, as ``unlearnbench run --steps`` does.
 """
 from __future__ import annotations
@@ -39,19 +47,41 @@ def method_name(entry: str) -> str:
     return entry.split(" [", 1)[0]
 
 
-def score(run_dirs: list[str], references: list[str], task: str) -> dict[str, float]:
-    """Per entry of ``task`` in ``run_dirs`` (one setting, one or more seed batches): the hypervolume of its seed-mean
-    front (clipped at the retrained model) on the primary axes."""
+def load_td(run_dirs: list[str], references: list[str], task: str):
+    """The task's :class:`~unlearnbench.results.TaskData` from ``run_dirs`` (one setting, one or more seed batches)
+    and the reference trials under ``references`` (its anchors); None when the runs hold no trial of it."""
     from pathlib import Path
 
-    from unlearnbench.leaderboard.stats import hypervolume_ci
-
-    files = [Path(d) / "records.jsonl" for d in run_dirs] + [p for r in references for p in Path(r).rglob("records.jsonl")]
-    tds = collect_tasks(read_records([f for f in files if f.exists()]))
+    files = [Path(d) / "records.jsonl" for d in run_dirs if (Path(d) / "records.jsonl").exists()]
+    files += [p for r in references for p in Path(r).rglob("records.jsonl")]
+    tds = collect_tasks(read_records(files))
     td = next((t for name, t in tds.items() if name.split(" ")[0] == task), None)
-    if td is None or not td.axes:
-        return {}
-    return {e: hypervolume_ci(td, e, td.axes[0])[0] for e in td.entries}
+    return td if td is not None and td.axes else None
+
+
+def front_hv(td, entry: str, seeds_idx=None) -> float:
+    """Hypervolume of ``entry``'s seed-mean front on the primary axes, clipped at the retrained model (the
+    leaderboard's primary score); ``seeds_idx``: the seed columns to average (a bootstrap draw), default all."""
+    import numpy as np
+
+    from unlearnbench.leaderboard.stats import clipped, reference
+    from unlearnbench.pareto import hypervolume_2d
+
+    axis = td.axes[0]
+    ps = td.points(entry, axis)
+    ref, _ = reference(td, axis)
+    if ref is None or ps.values.shape[0] == 0:
+        return math.nan
+    vals = ps.values if seeds_idx is None else ps.values[:, seeds_idx, :]
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(vals, axis=1)
+    mean = mean[np.all(np.isfinite(mean), axis=1)]
+    return hypervolume_2d(clipped(td, axis, mean), ref, td.maximize(axis)) if mean.shape[0] else math.nan
+
+
+def score(td) -> dict[str, float]:
+    """Per entry: the primary score (:func:`front_hv`)."""
+    return {} if td is None else {e: front_hv(td, e) for e in td.entries}
 
 
 def setting_name(lr: float, steps: int) -> str:
@@ -60,16 +90,60 @@ def setting_name(lr: float, steps: int) -> str:
 
 def compare_settings(scores: dict[str, dict[str, float]], defaults: dict[str, tuple[float, int]]) -> dict[str, dict]:
     """Per entry: its score under every setting, the best setting, the setting its defaults use (None when the
-    search did not include it) and the defaults' score as a share of the best."""
+    search did not include it; defaults ``(lr, None)``: an entry whose grid is its steps, matched by lr alone) and the
+    defaults' score as a share of the best."""
     out = {}
     for e in sorted({e for sc in scores.values() for e in sc}):
         row = {c: scores[c].get(e, math.nan) for c in scores}
         finite = {c: v for c, v in row.items() if math.isfinite(v)}
         best = max(finite, key=finite.get) if finite else None
         d = defaults.get(method_name(e))
-        mine = setting_name(*d) if d and setting_name(*d) in row else None
+        if d and d[1] is None:  # steps is the entry's grid parameter: the settings differ by lr only
+            mine = next((c for c in row if c.startswith(f"lr{d[0]:g}-")), None)
+        else:
+            mine = setting_name(*d) if d and setting_name(*d) in row else None
         share = row[mine] / finite[best] if mine and best and finite[best] > 0 else None
         out[e] = {"scores": row, "best": best, "defaults": mine, "defaults_share_of_best": share}
+    return out
+
+
+def paired_bootstrap(td_best, td_mine, entry: str, n_boot: int = 2000, seed: int = 0) -> tuple[float, list[int]]:
+    """One-sided p of "best scores no higher than the defaults": the share of bootstrap draws of the validation seeds
+    both settings ran (the same draw for both: paired) in which the seed-mean front's hypervolume under the best
+    setting is not above the defaults'. Returns (p, the seeds used); p NaN with fewer than two seeds."""
+    import numpy as np
+
+    sb, sm = td_best.points(entry, td_best.axes[0]).seeds, td_mine.points(entry, td_mine.axes[0]).seeds
+    common = [s for s in sb if s in sm]
+    if len(common) < 2:
+        return math.nan, common
+    ib, im = [sb.index(s) for s in common], [sm.index(s) for s in common]
+    rng = np.random.default_rng(seed)
+    worse = 0
+    for _ in range(n_boot):
+        draw = rng.integers(0, len(common), len(common))
+        d = front_hv(td_best, entry, [ib[j] for j in draw]) - front_hv(td_mine, entry, [im[j] for j in draw])
+        worse += not (d > 0)
+    return worse / n_boot, common
+
+
+def decide(table: dict[str, dict], tds: dict[str, object], alpha: float = 0.05) -> dict[str, dict]:
+    """Per entry: the best setting replaces the defaults when the paired bootstrap over the validation seeds both ran
+    (:func:`paired_bootstrap`) puts its primary score above theirs at one-sided ``alpha``; otherwise the defaults
+    stay. ``choice`` is None when the defaults lie outside the search or fewer than two seeds ran both."""
+    out = {}
+    for e, t in table.items():
+        mine, best = t["defaults"], t["best"]
+        row = {"choice": None, "p": None, "seeds": []}
+        if mine is not None and best is not None:
+            if best == mine:
+                row["choice"] = mine
+            elif tds.get(best) is not None and tds.get(mine) is not None:
+                p, seeds = paired_bootstrap(tds[best], tds[mine], e)
+                row["seeds"] = seeds
+                if math.isfinite(p):
+                    row["p"], row["choice"] = p, best if p < alpha else mine
+        out[e] = row
     return out
 
 
@@ -80,6 +154,10 @@ def main() -> None:
     ap.add_argument("--grid", default="eps")
     ap.add_argument("--lrs", default="3e-4,1e-3,3e-3")
     ap.add_argument("--steps", default="400,800")
+    ap.add_argument("--settings", default=None, metavar="LR:STEPS,...",
+                    help="explicit (lr, steps) pairs instead of --lrs x --steps (a follow-up on more seeds)")
+    ap.add_argument("--defaults", action="append", default=[], metavar="METHOD=LR:STEPS",
+                    help="the defaults to judge (default: the task's current ones), e.g. to record a decision")
     ap.add_argument("--seeds", default="100", help="validation seeds (none of the leaderboards' 0-9)")
     ap.add_argument("--references", default=None,
                     help="folders with the task's reference trials (default: leaderboards/records/robustness)")
@@ -93,39 +171,59 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out or os.path.join("runs", f"tune-{args.task}")
     refs = [args.references or os.path.join("leaderboards", "records", "robustness")]
-    lrs = [float(x) for x in args.lrs.split(",")]
-    steps = [int(x) for x in args.steps.split(",")]
-    settings = [(lr, s) for lr in lrs for s in steps]
-    # the defaults each method would run with: the setting marked in the table
+    if args.settings:
+        settings = [(float(lr), int(st)) for lr, st in (x.split(":") for x in args.settings.split(","))]
+    else:
+        settings = [(float(lr), int(st)) for lr in args.lrs.split(",") for st in args.steps.split(",")]
+    # the defaults each method runs with (or is judged at): the setting marked in the table
     base = plan_trials(args.task, args.methods, args.grid, args.seeds, run_dir=os.path.join(out, "defaults"))
     defaults = {}
     for t in base.trials:
-        m = t["method"] if isinstance(t["method"], str) else t["method"]["name"]
         cfg = t.get("settings") or {}
-        defaults.setdefault(m, (float(cfg["lr"]), int(cfg["steps"])))
+        steps_grid = (t.get("grid") or {}).get("param") == "steps"  # --steps is overridden by the grid value
+        defaults.setdefault(t["method"], (float(cfg["lr"]), None if steps_grid else int(cfg["steps"])))
+    for d in args.defaults:
+        m, v = d.split("=", 1)
+        lr, st = v.split(":")
+        defaults[m] = (float(lr), int(st))
     scores: dict[str, dict[str, float]] = {}
-    for lr, s in settings:
-        run_dir = setting_dir(out, lr, s)
+    tds: dict[str, object] = {}
+    for lr, st in settings:
+        name = setting_name(lr, st)
+        run_dir = setting_dir(out, lr, st)
         if not args.score_only:
-            sets = [f"methods.{m}.lr={lr:g}" for m in defaults]
-            plan = plan_trials(args.task, args.methods, args.grid, args.seeds, run_dir=run_dir, sets=sets, steps=s)
-            print(f"== lr {lr:g}, steps {s}: {len(plan.trials)} trials -> {run_dir}", flush=True)
+            sets = [f"methods.{m}.lr={lr:g}" for m in defaults if m in args.methods.split(",")]
+            plan = plan_trials(args.task, args.methods, args.grid, args.seeds, run_dir=run_dir, sets=sets, steps=st)
+            print(f"== lr {lr:g}, steps {st}: {len(plan.trials)} trials -> {run_dir}", flush=True)
             run_sweep(plan, executor=args.executor, num_cpus=args.num_cpus, resume=True,
                       echo=lambda line: print(line, flush=True) if line.startswith("[") else None)
-        scores[setting_name(lr, s)] = score([run_dir] + [setting_dir(m, lr, s) for m in args.merge], refs, args.task)
+        dirs = [d for d in [run_dir] + [setting_dir(m, lr, st) for m in args.merge] if os.path.isdir(d)]
+        tds[name] = load_td(dirs, refs, args.task)
+        scores[name] = score(tds[name])
     table = compare_settings(scores, defaults)
+    choice = decide(table, tds)
     cols = list(scores)
-    print(f"\n{args.task}: hypervolume on the primary axes (clipped at the retrained model), seeds {args.seeds}; "
-          f"* = the entry's defaults, < = best")
+    print(f"\n{args.task}: hypervolume of the seed-mean front on the primary axes (clipped at the retrained model); "
+          f"* = the defaults judged, < = best")
     print(f"{'entry':16s}" + "".join(f"{c:>20s}" for c in cols))
     for e, t in table.items():
         cells = [f"{t['scores'][c]:.4g}{'*' if c == t['defaults'] else ''}{'<' if c == t['best'] else ''}"
                  for c in cols]
         print(f"{e:16s}" + "".join(f"{x:>20s}" for x in cells))
+    print("\nthe best setting replaces the defaults when a paired bootstrap over the validation seeds puts it above "
+          "them (one-sided, 5 %):")
+    for e, c in choice.items():
+        t = table[e]
+        verdict = ("nothing decided" if c["choice"] is None else "keep the defaults (they are the best)"
+                   if c["choice"] == t["defaults"] == t["best"] else "keep the defaults" if c["choice"] == t["defaults"]
+                   else f"change to {c['choice']}")
+        gain = t["scores"].get(t["best"], math.nan) - t["scores"].get(t["defaults"], math.nan) if t["defaults"] else math.nan
+        print(f"  {e:16s} {verdict}" + (f" (best - defaults {gain:+.3g}, p = {c['p']:.3g}, seeds "
+                                        f"{', '.join(map(str, c['seeds']))})" if c["p"] is not None else ""))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"task": args.task, "seeds": args.seeds, "settings": cols, "defaults": defaults, "entries": table},
-                      f, indent=1)
+            json.dump({"task": args.task, "settings": cols, "defaults": defaults, "entries": table,
+                       "choice": choice}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,49 @@ def test_estimate_noise_is_the_late_spread_over_the_threshold():
     assert noise(rec) == pytest.approx(sd / 25.0 / 2)
     assert noise({"grid": {"value": 25.0}, "train": {"steps": 20, "estimates": est[:2]}}) is None
     assert noise({"grid": {"value": 0.0}, "train": {"steps": 200, "estimates": est}}) is None
+
+
+def test_the_defaults_change_only_when_a_paired_bootstrap_over_seeds_puts_the_best_above_them(tmp_path):
+    """Two settings of one entry on four validation seeds: a clearly better front changes the defaults, a front
+    that differs only by seed noise does not, one setting alone decides nothing."""
+    from synthetic import grid_records, write_records
+
+    mod = load_script("tune_defaults")
+    from unlearnbench.leaderboard.stats import reference
+    from unlearnbench.results import collect_tasks
+
+    seeds = (100, 101, 102, 103)
+    recs = {"good": grid_records("toy-concept", {"rkl": 1.0}, seeds=seeds, references=True),
+            "bad": grid_records("toy-concept", {"esd": 2.0}, seeds=seeds, references=True),
+            "same": grid_records("toy-concept", {"rkl": 1.0}, seeds=seeds, references=True,
+                                 created_at="2026-02-01T00:00:00.000+00:00")}
+    # one fixed hypervolume reference for all three (a task declares it): the worst point of them all
+    both = collect_tasks(recs["good"] + recs["bad"])["toy-concept"]
+    axis = both.axes[0]
+    ref, _ = reference(both, axis)
+    for rs in recs.values():
+        for r in rs:
+            if not r.get("attack"):
+                r["method"] = "rkl"  # both settings are one entry's
+            if isinstance(r.get("task"), dict):
+                r["task"]["reference_points"] = [[axis[0], axis[1], ref[0], ref[1]]]
+    good, bad, same = (write_records(tmp_path / k, recs[k]) for k in ("good", "bad", "same"))
+    tds = {name: mod.load_td([str(d)], [], "toy-concept") for name, d in
+           (("lr0.001-steps400", bad), ("lr0.0003-steps800", good), ("lr0.0003-steps400", same))}
+    scores = {k: mod.score(td) for k, td in tds.items()}
+    assert scores["lr0.0003-steps800"]["rkl"] > scores["lr0.001-steps400"]["rkl"]
+    table = mod.compare_settings(scores, {"rkl": (1e-3, 400)})
+    assert table["rkl"]["best"] in ("lr0.0003-steps800", "lr0.0003-steps400")
+    got = mod.decide(table, tds)["rkl"]
+    assert got["choice"] == table["rkl"]["best"] and got["p"] < 0.05 and got["seeds"] == list(seeds)
+    # the same records under two names: never "better"
+    p, _ = mod.paired_bootstrap(tds["lr0.0003-steps400"], tds["lr0.0003-steps800"], "rkl")
+    assert p == 1.0
+    assert mod.decide(table, {"lr0.0003-steps800": tds["lr0.0003-steps800"]})["rkl"]["choice"] is None
+
+
+def test_an_entry_gridded_on_its_steps_is_matched_by_lr_alone():
+    compare = load_script("tune_defaults").compare_settings
+    out = compare({"lr0.001-steps300": {"naive": 1.0}, "lr0.001-steps600": {"naive": 1.0},
+                   "lr0.0001-steps300": {"naive": 2.0}}, {"naive": (1e-3, None)})
+    assert out["naive"]["defaults"] == "lr0.001-steps300" and out["naive"]["best"] == "lr0.0001-steps300"
