@@ -14,12 +14,12 @@ Every setting is one run directory under ``--out`` (``lr<lr>-steps<steps>``); a 
 search can be stopped and continued, and re-scored without training (``--score-only``). A search on further seeds
 goes to its own ``--out`` and is scored together with the first by ``--merge FIRST_OUT`` (seed-mean fronts).
 
-The rule: the best setting (by the seed-mean front's hypervolume) replaces an entry's defaults when a paired
-bootstrap over the validation seeds that ran both (the same seeds drawn for both fronts) puts its score above
-theirs at one-sided 5 %; otherwise the defaults stay. (A single seed's front is too noisy to score alone: ESD's
+The rule: an entry whose best setting on the first validation seeds (by the seed-mean front's hypervolume) is
+its defaults keeps them. Otherwise both run on more validation seeds, and among the settings with at least four, the
+best replaces the defaults when a paired bootstrap over the seeds both ran (the same seeds drawn for both fronts)
+puts its score above theirs at one-sided 5 %; otherwise the defaults stay. (A single seed's front is too noisy to score alone: ESD's
 ranged 9.2-13.2 over six validation seeds at one setting, while the leaderboard ranks seed-mean fronts.) An entry whose best setting is not its defaults is followed up on
-more validation seeds at those two settings (``--settings LR:STEPS,LR:STEPS --seeds 102,... --merge FIRST_OUT``)
-until the test decides or the budget (4 more seeds) is spent. ``--defaults M=LR:STEPS`` judges other defaults than
+more validation seeds at those two settings (``--settings LR:STEPS,LR:STEPS --seeds 102,... --merge FIRST_OUT``). ``--defaults M=LR:STEPS`` judges other defaults than
 the current ones (a decision recorded after the task file changed). With ``--steps`` the task's
 stop-rule caps scale with the steps, as ``unlearnbench run --steps`` does.
 """
@@ -127,22 +127,37 @@ def paired_bootstrap(td_best, td_mine, entry: str, n_boot: int = 2000, seed: int
     return worse / n_boot, common
 
 
-def decide(table: dict[str, dict], tds: dict[str, object], alpha: float = 0.05) -> dict[str, dict]:
-    """Per entry: the best setting replaces the defaults when the paired bootstrap over the validation seeds both ran
-    (:func:`paired_bootstrap`) puts its primary score above theirs at one-sided ``alpha``; otherwise the defaults
-    stay. ``choice`` is None when the defaults lie outside the search or fewer than two seeds ran both."""
+MIN_SEEDS = 4  # a decision needs at least this many validation seeds under both settings
+
+
+def n_seeds(td, entry: str) -> int:
+    return 0 if td is None or entry not in td.entries else len(td.points(entry, td.axes[0]).seeds)
+
+
+def decide(table: dict[str, dict], tds: dict[str, object], alpha: float = 0.05,
+           min_seeds: int = MIN_SEEDS) -> dict[str, dict]:
+    """Per entry, among the settings run on at least ``min_seeds`` validation seeds: the best of them replaces the
+    defaults when the paired bootstrap over the seeds both ran (:func:`paired_bootstrap`) puts its primary score
+    above theirs at one-sided ``alpha``; otherwise the defaults stay. ``choice`` is None (a follow-up is needed)
+    when the defaults are outside the search or short of ``min_seeds`` while the search's best is not them."""
     out = {}
     for e, t in table.items():
         mine, best = t["defaults"], t["best"]
-        row = {"choice": None, "p": None, "seeds": []}
-        if mine is not None and best is not None:
-            if best == mine:
+        row = {"choice": None, "p": None, "seeds": [], "against": None}
+        if mine is not None and best == mine:
+            row["choice"] = mine
+        elif mine is not None and n_seeds(tds.get(mine), e) >= min_seeds:
+            ready = {c: v for c, v in t["scores"].items()
+                     if math.isfinite(v) and n_seeds(tds.get(c), e) >= min_seeds}
+            top = max(ready, key=ready.get)
+            row["against"] = top
+            if top == mine:
                 row["choice"] = mine
-            elif tds.get(best) is not None and tds.get(mine) is not None:
-                p, seeds = paired_bootstrap(tds[best], tds[mine], e)
+            else:
+                p, seeds = paired_bootstrap(tds[top], tds[mine], e)
                 row["seeds"] = seeds
-                if math.isfinite(p):
-                    row["p"], row["choice"] = p, best if p < alpha else mine
+                if math.isfinite(p) and len(seeds) >= min_seeds:
+                    row["p"], row["choice"] = p, top if p < alpha else mine
         out[e] = row
     return out
 
@@ -214,11 +229,15 @@ def main() -> None:
           "them (one-sided, 5 %):")
     for e, c in choice.items():
         t = table[e]
-        verdict = ("nothing decided" if c["choice"] is None else "keep the defaults (they are the best)"
-                   if c["choice"] == t["defaults"] == t["best"] else "keep the defaults" if c["choice"] == t["defaults"]
-                   else f"change to {c['choice']}")
-        gain = t["scores"].get(t["best"], math.nan) - t["scores"].get(t["defaults"], math.nan) if t["defaults"] else math.nan
-        print(f"  {e:16s} {verdict}" + (f" (best - defaults {gain:+.3g}, p = {c['p']:.3g}, seeds "
+        if c["choice"] is None:
+            verdict = (f"follow up: run {t['defaults']} and {t['best']} on {MIN_SEEDS} more validation seeds"
+                       if t["defaults"] else "nothing decided (the defaults are outside the search)")
+        elif c["choice"] == t["defaults"] and c["p"] is None:
+            verdict = "keep the defaults (they are the best)"
+        else:
+            verdict = "keep the defaults" if c["choice"] == t["defaults"] else f"change to {c['choice']}"
+        gain = (t["scores"][c["against"]] - t["scores"][t["defaults"]]) if c["against"] else math.nan
+        print(f"  {e:16s} {verdict}" + (f" ({c['against']} - defaults {gain:+.3g}, p = {c['p']:.3g}, seeds "
                                         f"{', '.join(map(str, c['seeds']))})" if c["p"] is not None else ""))
     if args.json:
         with open(args.json, "w") as f:

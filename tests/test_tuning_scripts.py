@@ -81,6 +81,8 @@ def test_the_defaults_change_only_when_a_paired_bootstrap_over_seeds_puts_the_be
     p, _ = mod.paired_bootstrap(tds["lr0.0003-steps400"], tds["lr0.0003-steps800"], "rkl")
     assert p == 1.0
     assert mod.decide(table, {"lr0.0003-steps800": tds["lr0.0003-steps800"]})["rkl"]["choice"] is None
+    # fewer than MIN_SEEDS validation seeds under the defaults: a follow-up, not a decision
+    assert mod.decide(table, tds, min_seeds=5)["rkl"]["choice"] is None
 
 
 def test_an_entry_gridded_on_its_steps_is_matched_by_lr_alone():
