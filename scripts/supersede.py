@@ -6,7 +6,7 @@ moved them), keeping them for provenance.
 
 Every record (trial and attack) of that task and method whose resolved settings match every ``--setting`` (the
 record's ``method_config``, which attack records carry too) is moved from ``<records>/<dir>/records.jsonl`` to ``<to>/<dir>/records.jsonl`` (appended), and each touched
-folder's ``summary.csv`` is rewritten from the records it keeps. The leaderboard reads ``leaderboards/records`` only,
+folder's ``summary.csv`` is rewritten from the records it keeps; a folder left with none moves whole. The leaderboard reads ``leaderboards/records`` only,
 so the moved records leave the fronts, hypervolumes and claims; the git history and ``leaderboards/superseded`` keep
 them.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 
@@ -56,6 +57,10 @@ def main() -> None:
         total += len(move)
         print(f"{rel}: {len(move)} record(s) -> {dest / rel}, {len(keep)} kept")
         if args.dry_run:
+            continue
+        if not keep and not (dest / rel).exists():  # nothing stays: the whole folder moves (plan, args, summary)
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(f.parent), str(dest / rel))
             continue
         (dest / rel).mkdir(parents=True, exist_ok=True)
         with open(dest / rel / "records.jsonl", "a") as out:
