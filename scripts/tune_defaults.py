@@ -233,7 +233,8 @@ def main() -> None:
             verdict = (f"follow up: run {t['defaults']} and {t['best']} on {MIN_SEEDS} more validation seeds"
                        if t["defaults"] else "nothing decided (the defaults are outside the search)")
         elif c["choice"] == t["defaults"] and c["p"] is None:
-            verdict = "keep the defaults (they are the best)"
+            verdict = ("keep the defaults (they are the best)" if t["best"] == t["defaults"] else
+                       f"keep the defaults (the best of the settings run on at least {MIN_SEEDS} seeds)")
         else:
             verdict = "keep the defaults" if c["choice"] == t["defaults"] else f"change to {c['choice']}"
         gain = (t["scores"][c["against"]] - t["scores"][t["defaults"]]) if c["against"] else math.nan
