@@ -73,9 +73,10 @@ def main() -> None:
                  and x[1] > SETTLE_TOL]
         factor = float(np.median([(c / SETTLE_TOL) ** 2 for c in unset])) if unset else 1.0
         steps = sorted({x[4] for x in v if x[4]})
+        span = f"{steps[0]}-{steps[-1]}" if len(steps) > 1 else str(steps[0]) if steps else ""
         print(f"{task:16s}{method:10s}{f'{ns}/{n}':>10s}{np.median(ch) if ch else math.nan:>12.3f}"
               f"{sum(x[2] for x in v):>8d}{np.median(noise) if noise else math.nan:>12.3f}"
-              f"{(f'{steps[0]}-{steps[-1]}' if len(steps) > 1 else str(steps[0]) if steps else ''):>10s}{factor:>15.1f}")
+              f"{span:>10s}{factor:>15.1f}")
 
 
 if __name__ == "__main__":

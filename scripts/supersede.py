@@ -5,10 +5,10 @@ moved them), keeping them for provenance.
         [--to leaderboards/superseded] [--dry-run]
 
 Every record (trial and attack) of that task and method whose resolved settings match every ``--setting`` (the
-record's ``method_config``, which attack records carry too) is moved from ``<records>/<dir>/records.jsonl`` to ``<to>/<dir>/records.jsonl`` (appended), and each touched
-folder's ``summary.csv`` is rewritten from the records it keeps; a folder left with none moves whole. The leaderboard reads ``leaderboards/records`` only,
-so the moved records leave the fronts, hypervolumes and claims; the git history and ``leaderboards/superseded`` keep
-them.
+record's ``method_config``, which attack records carry too) is moved from ``<records>/<dir>/records.jsonl`` to
+``<to>/<dir>/records.jsonl`` (appended), and each touched folder's ``summary.csv`` is rewritten from the records it
+keeps; a folder left with none moves whole. The leaderboard reads ``leaderboards/records`` only, so the moved
+records leave the fronts, hypervolumes and claims; the git history and ``leaderboards/superseded`` keep them.
 """
 from __future__ import annotations
 

@@ -2,26 +2,26 @@
 validation seeds that no leaderboard uses, scored by the task's own primary criterion.
 
 For each (lr, steps) pair every entry runs its grid (the task's ``eps`` grid unless ``--grid``) on ``--seeds``; the
-score is the entry's hypervolume on the task's primary axis pair, clipped at the retrained model, the number the
-leaderboard ranks by (``unlearnbench.leaderboard.stats.hypervolume_ci``, with the retrained anchors of the committed
-reference trials under ``--references``). The table printed has one row per entry, one column per setting, the
-setting the entry's defaults use marked ``*`` and the best marked ``<``; ``--json`` writes the same numbers.
+score is the hypervolume of the entry's seed-mean front on the task's primary axis pair, clipped at the retrained
+model: the number the leaderboard ranks by, with the retrained anchors of the committed reference trials under
+``--references``. The table printed has one row per entry, one column per setting, the setting the entry's defaults
+use marked ``*`` and the best marked ``<``; ``--json`` writes the same numbers and the decisions.
 
     python scripts/tune_defaults.py --task gmm-concept --methods rkl,lik,esd,rkl-fixed \\
         --lrs 3e-4,1e-3,3e-3 --steps 400,800 --seeds 100 --out runs/tune-gmm-concept
 
 Every setting is one run directory under ``--out`` (``lr<lr>-steps<steps>``); a second call resumes them, so the
 search can be stopped and continued, and re-scored without training (``--score-only``). A search on further seeds
-goes to its own ``--out`` and is scored together with the first by ``--merge FIRST_OUT`` (seed-mean fronts).
+goes to its own ``--out`` and is scored together with the first by ``--merge FIRST_OUT``. With ``--steps`` the
+task's stop-rule caps scale with the steps, as ``unlearnbench run --steps`` does.
 
-The rule: an entry whose best setting on the first validation seeds (by the seed-mean front's hypervolume) is
-its defaults keeps them. Otherwise both run on more validation seeds, and among the settings with at least four, the
-best replaces the defaults when a paired bootstrap over the seeds both ran (the same seeds drawn for both fronts)
-puts its score above theirs at one-sided 5 %; otherwise the defaults stay. (A single seed's front is too noisy to score alone: ESD's
-ranged 9.2-13.2 over six validation seeds at one setting, while the leaderboard ranks seed-mean fronts.) An entry whose best setting is not its defaults is followed up on
-more validation seeds at those two settings (``--settings LR:STEPS,LR:STEPS --seeds 102,... --merge FIRST_OUT``). ``--defaults M=LR:STEPS`` judges other defaults than
-the current ones (a decision recorded after the task file changed). With ``--steps`` the task's
-stop-rule caps scale with the steps, as ``unlearnbench run --steps`` does.
+The rule. An entry whose best setting on the first validation seeds is its defaults keeps them. Otherwise both
+settings run on more validation seeds (``--settings LR:STEPS,LR:STEPS --seeds 102,... --merge FIRST_OUT``); among
+the settings with at least four seeds, the best replaces the defaults when a paired bootstrap over the seeds both
+ran (the same seeds drawn for both fronts) puts its score above theirs at one-sided 5 %, and otherwise the defaults
+stay. A single seed's front is too noisy to score alone (ESD's ranged 9.2-13.2 over six validation seeds at one
+setting), so the bootstrap resamples seeds under the seed-mean front. ``--defaults M=LR:STEPS`` judges other
+defaults than the current ones (a decision recorded after the task file changed).
 """
 from __future__ import annotations
 
