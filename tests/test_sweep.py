@@ -278,9 +278,10 @@ def test_ray_sweeps_start_the_longest_trials_first():
     from unlearnbench.config import plan_trials
     from unlearnbench.sweep import longest_first
 
-    plan = plan_trials("gmm-concept", "esd,rkl,lik", "smoke", "0,1", run_dir="/tmp/ub-lpt/run")
+    plan = plan_trials("gmm-concept", "rkl-fixed,esd,rkl,lik", "smoke", "0,1", run_dir="/tmp/ub-lpt/run")
     order = [t["trial_id"] for t in longest_first(plan.trials)]
     methods = [t.split("-smoke")[0] for t in order]
-    assert methods == ["lik"] * 4 + ["rkl"] * 4 + ["esd"] * 4
+    # lik: cap 1600; ESD and rkl: 800 steps each, in the plan's order; rkl-fixed: 400
+    assert methods == ["lik"] * 4 + ["esd"] * 4 + ["rkl"] * 4 + ["rkl-fixed"] * 4
     assert order[:4] == [t["trial_id"] for t in plan.trials if t["method"] == "lik"]
     assert longest_first([{"trial_id": "a"}, {"trial_id": "b"}]) == [{"trial_id": "a"}, {"trial_id": "b"}]
