@@ -47,16 +47,23 @@ def method_name(entry: str) -> str:
     return entry.split(" [", 1)[0]
 
 
-def load_td(run_dirs: list[str], references: list[str], task: str):
+def load_td(run_dirs: list[str], references: list[str], task: str, axis: int = 0):
     """The task's :class:`~unlearnbench.results.TaskData` from ``run_dirs`` (one setting, one or more seed batches)
-    and the reference trials under ``references`` (its anchors); None when the runs hold no trial of it."""
+    and the reference trials under ``references`` (its anchors), with the axis pair to score (index ``axis`` of
+    the task's pairs) first; None when the runs hold no trial of it."""
     from pathlib import Path
 
     files = [Path(d) / "records.jsonl" for d in run_dirs if (Path(d) / "records.jsonl").exists()]
     files += [p for r in references for p in Path(r).rglob("records.jsonl")]
     tds = collect_tasks(read_records(files))
     td = next((t for name, t in tds.items() if name.split(" ")[0] == task), None)
-    return td if td is not None and td.axes else None
+    if td is None or not td.axes:
+        return None
+    if not 0 <= axis < len(td.axes):
+        raise SystemExit(f"--axis {axis}: {task} has axis pairs 0-{len(td.axes) - 1}: "
+                         + "; ".join(f"{i}: {a[0]}/{a[1]}" for i, a in enumerate(td.axes)))
+    td.axes = [td.axes[axis]] + [a for i, a in enumerate(td.axes) if i != axis]
+    return td
 
 
 def front_hv(td, entry: str, seeds_idx=None) -> float:
@@ -174,6 +181,9 @@ def main() -> None:
     ap.add_argument("--defaults", action="append", default=[], metavar="METHOD=LR:STEPS",
                     help="the defaults to judge (default: the task's current ones), e.g. to record a decision")
     ap.add_argument("--seeds", default="100", help="validation seeds (none of the leaderboards' 0-9)")
+    ap.add_argument("--axis", type=int, default=0,
+                    help="index of the task's axis pair to score (0: the primary; digits-concept's primary ties at its "
+                         "ceiling, 1 separates its entries)")
     ap.add_argument("--references", default=None,
                     help="folders with the task's reference trials (default: leaderboards/records/robustness)")
     ap.add_argument("--out", default=None, help="default: runs/tune-<task>")
@@ -213,13 +223,14 @@ def main() -> None:
             run_sweep(plan, executor=args.executor, num_cpus=args.num_cpus, resume=True,
                       echo=lambda line: print(line, flush=True) if line.startswith("[") else None)
         dirs = [d for d in [run_dir] + [setting_dir(m, lr, st) for m in args.merge] if os.path.isdir(d)]
-        tds[name] = load_td(dirs, refs, args.task)
+        tds[name] = load_td(dirs, refs, args.task, args.axis)
         scores[name] = score(tds[name])
     table = compare_settings(scores, defaults)
     choice = decide(table, tds)
     cols = list(scores)
-    print(f"\n{args.task}: hypervolume of the seed-mean front on the primary axes (clipped at the retrained model); "
-          f"* = the defaults judged, < = best")
+    pair = next((td.axes[0] for td in tds.values() if td is not None), ("?", "?"))
+    print(f"\n{args.task}: hypervolume of the seed-mean front on {pair[0]} / {pair[1]} (clipped at the retrained "
+          f"model); * = the defaults judged, < = best")
     print(f"{'entry':16s}" + "".join(f"{c:>20s}" for c in cols))
     for e, t in table.items():
         cells = [f"{t['scores'][c]:.4g}{'*' if c == t['defaults'] else ''}{'<' if c == t['best'] else ''}"

@@ -90,3 +90,14 @@ def test_an_entry_gridded_on_its_steps_is_matched_by_lr_alone():
     out = compare({"lr0.001-steps300": {"naive": 1.0}, "lr0.001-steps600": {"naive": 1.0},
                    "lr0.0001-steps300": {"naive": 2.0}}, {"naive": (1e-3, None)})
     assert out["naive"]["defaults"] == "lr0.001-steps300" and out["naive"]["best"] == "lr0.0001-steps300"
+
+
+def test_the_scored_axis_pair_can_be_another_than_the_primary(tmp_path):
+    from synthetic import grid_records, write_records
+
+    mod = load_script("tune_defaults")
+    d = write_records(tmp_path / "r", grid_records("toy-concept", {"rkl": 1.0}, seeds=(100, 101), references=True))
+    first, second = mod.load_td([str(d)], [], "toy-concept"), mod.load_td([str(d)], [], "toy-concept", axis=1)
+    assert second.axes[0] == first.axes[1] and second.axes[1] == first.axes[0]
+    with pytest.raises(SystemExit, match="axis pairs 0-1"):
+        mod.load_td([str(d)], [], "toy-concept", axis=2)
