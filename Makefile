@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    create .venv if missing, install, run the default benchmark: the exact mixture tasks (gmm-concept,
-#               gmm-data) with the methods the claims compare, 3 seeds, their retrained references, the claims and a
-#               page next to the committed digits results (minutes on 2 cores)
+#               gmm-data) with the methods the claims compare, 10 seeds (the protocol's count) on four grid values
+#               each (scripts/grids/gmm-*/claims.yaml), their retrained references, the claims and a page next to
+#               the committed digits results (minutes on 2 cores)
 #   make test   same set-up, then the test suite (offline)
 # make digits reproduces the committed digits leaderboard (about an hour on 2 cores) and checks it.
 VENV   ?= .venv
@@ -15,6 +16,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
 STAMP := $(shell date +%Y%m%d-%H%M%S)
 RUN    = runs/$(STAMP)
+SEEDS  ?= 0,1,2,3,4,5,6,7,8,9
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +24,9 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 run: $(VENV)/.installed
-	$(UB) run --task gmm-concept --methods rkl,rkl-fixed,esd,lik --grid eps --seeds 0,1,2 --no-leaderboard --out $(RUN)/gmm-concept
+	$(UB) run --task gmm-concept --methods rkl,rkl-fixed,esd,lik --grid scripts/grids/gmm-concept/claims.yaml --seeds $(SEEDS) --no-leaderboard --out $(RUN)/gmm-concept
 	$(UB) attack $(RUN)/gmm-concept --attacks none --executor serial --no-leaderboard
-	$(UB) run --task gmm-data --methods fkl,siss --grid eps --seeds 0,1,2 --no-leaderboard --out $(RUN)/gmm-data
+	$(UB) run --task gmm-data --methods fkl,siss --grid scripts/grids/gmm-data/claims.yaml --seeds $(SEEDS) --no-leaderboard --out $(RUN)/gmm-data
 	$(UB) attack $(RUN)/gmm-data --attacks none --executor serial --no-leaderboard
 	$(UB) claims --runs $(RUN)
 	$(UB) leaderboard --runs $(RUN) leaderboards/records/digits-* leaderboards/records/robustness/digits-* --out $(RUN)/leaderboard
