@@ -61,6 +61,21 @@ def test_attacks_none_plans_only_the_retrained_reference(gmm_run, tmp_path):
         plan_attacks(nosave, "relearn")
 
 
+def test_seeds_and_methods_select_the_models_attacked(gmm_run):
+    """``--seeds`` / ``--methods``: the ladder on a subset of a run's saved models; a seed or method the run does not
+    have stops before any work, naming the ones it has."""
+    full = plan_attacks(gmm_run, "relearn", ["0,10"])
+    same = plan_attacks(gmm_run, "relearn", ["0,10"], seeds="0", methods="rkl")
+    assert [t["trial_id"] for t in same.trials] == [t["trial_id"] for t in full.trials]
+    assert any(t["method"] == "rkl" for t in same.trials)
+    with pytest.raises(ConfigError, match="no trial of seed 3; its seeds: 0"):
+        plan_attacks(gmm_run, "relearn", ["0,10"], seeds="0,3")
+    with pytest.raises(ConfigError, match="no trial of method 'esd'; its methods: rkl"):
+        plan_attacks(gmm_run, "relearn", ["0,10"], methods="esd")
+    with pytest.raises(ConfigError, match="--seeds 'x'"):
+        plan_attacks(gmm_run, "relearn", ["0,10"], seeds="x")
+
+
 def ladder(rec: dict) -> list[tuple[float, float]]:
     return list(zip(rec["attack"]["values"], rec["attack"]["stderr"]))
 
@@ -222,6 +237,8 @@ def test_cli_bad_input(gmm_run, tmp_path, capsys, monkeypatch):
         (["--budgets", "0,x"], "--budgets '0,x': expected comma-separated whole numbers"),
         (["--cpus-per-trial", "0"], "--cpus-per-trial 0"),
         (["--budgets", "0,1000000000"], "--budgets '0,1000000000': at most 20 budgets, each at most 10000"),
+        (["--seeds", "7"], "--seeds 7: the run has no trial of seed 7; its seeds: 0"),
+        (["--methods", "esd"], "--methods 'esd': the run has no trial of method 'esd'; its methods: rkl"),
     ]
     before = sorted(p.name for p in gmm_run.iterdir())
     for extra, msg in cases:

@@ -10,6 +10,7 @@ EPILOG = """examples:
   unlearnbench run --task gmm-concept --methods rkl,esd --grid eps --save-models --out runs/gc
   unlearnbench attack runs/gc                                   # the task's attacks at the default ladders
   unlearnbench attack runs/gc --attacks relearn --budgets 0,10,50,200
+  unlearnbench attack runs/gc --seeds 0 --methods rkl                # one seed's rkl models only
   unlearnbench attack runs/gd --attacks all --budgets relearn=0,5,20 --executor serial
 """
 
@@ -25,6 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--budgets", action="append", default=None, metavar="[ATTACK=]K,K,...",
                    help="the ladder of optimisation steps (default 0,10,50,200), for every ladder attack or, with "
                         "ATTACK=, one of them; repeatable")
+    p.add_argument("--seeds", default=None, help="only the saved models of these seeds, comma-separated (default: all)")
+    p.add_argument("--methods", default=None,
+                   help="only the saved models of these methods, comma-separated (default: all)")
     p.add_argument("--cache-dir", default=None, help="cache of pretrained and retrained models (default: the run's)")
     p.add_argument("--executor", choices=["ray", "serial"], default="ray", help="Ray Tune (default) or in-process")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: start local Ray")
@@ -47,7 +51,7 @@ def run(args) -> int:
             if value is not None and value < 1:
                 raise ConfigError(f"--{flag.replace('_', '-')} {value}: must be a whole number >= 1 (or left out)")
         plan = plan_attacks(args.run_dir, args.attacks, args.budgets, cache_dir=args.cache_dir,
-                            threads=max(1, int(args.cpus_per_trial)))
+                            threads=max(1, int(args.cpus_per_trial)), seeds=args.seeds, methods=args.methods)
         check_writable_dir(plan.run_dir, "RUN_DIR/attack")
         from unlearnbench.cluster import check_resources, probe_address
 

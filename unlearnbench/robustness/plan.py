@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from unlearnbench.config import AttackSpec, ConfigError, SweepPlan
+from unlearnbench.config import AttackSpec, ConfigError, SweepPlan, parse_seeds
 from unlearnbench.results import REFERENCE_EVAL  # not an attack: the retrained network scored by task.evaluate
 from unlearnbench.robustness.attacks import ATTACKS
 from unlearnbench.robustness.references import REFERENCES, has_retrained, retrained_net
@@ -87,13 +87,37 @@ def source_trials(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return saved, trials
 
 
+def select_trials(saved: list[dict], trials: list[dict], seeds: str | None, methods: str | None):
+    """Keep the trials of the given seeds / methods (``--seeds 0``: the ladder on one seed's models); a value the run
+    does not have is an error naming the ones it has."""
+    if seeds is not None:
+        want = parse_seeds(seeds)
+        have = sorted({r["seed"] for r in trials})
+        missing = [s for s in want if s not in have]
+        if missing:
+            raise ConfigError(f"--seeds {seeds}: the run has no trial of seed {missing[0]}; "
+                              f"its seeds: {', '.join(map(str, have))}")
+        saved, trials = [r for r in saved if r["seed"] in want], [r for r in trials if r["seed"] in want]
+    if methods is not None:
+        want = [m.strip() for m in methods.split(",") if m.strip()]
+        have = sorted({r["method"] for r in trials})
+        missing = [m for m in want if m not in have]
+        if not want or missing:
+            raise ConfigError(f"--methods {methods!r}: the run has no trial of method "
+                              f"{(missing or [''])[0]!r}; its methods: {', '.join(have)}")
+        saved, trials = [r for r in saved if r["method"] in want], [r for r in trials if r["method"] in want]
+    return saved, trials
+
+
 def plan_attacks(run_dir: str | os.PathLike, attacks: str | None = None, budgets: list[str] | None = None,
-                 cache_dir: str | None = None, threads: int = 1) -> SweepPlan:
-    """The attack trials for a finished run; every name and budget checked first (``ConfigError``)."""
+                 cache_dir: str | None = None, threads: int = 1, seeds: str | None = None,
+                 methods: str | None = None) -> SweepPlan:
+    """The attack trials for a finished run (only the trials of ``seeds`` / ``methods`` when given, comma-separated);
+    every name and budget checked first (``ConfigError``)."""
     run = Path(run_dir).resolve()
     if not run.is_dir():
         raise ConfigError(f"RUN_DIR {run_dir}: no such directory")
-    saved, trials = source_trials(run)
+    saved, trials = select_trials(*source_trials(run), seeds, methods)
     names = sorted({r["task"]["name"] for r in trials})
     if len(names) != 1:
         raise ConfigError(f"{run}: expected the trials of one task, found {', '.join(names) or 'none'}")
