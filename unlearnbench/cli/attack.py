@@ -10,7 +10,7 @@ EPILOG = """examples:
   unlearnbench run --task gmm-concept --methods rkl,esd --grid eps --save-models --out runs/gc
   unlearnbench attack runs/gc                                   # the task's attacks at the default ladders
   unlearnbench attack runs/gc --attacks relearn --budgets 0,10,50,200
-  unlearnbench attack runs/gc --seeds 0 --methods rkl                # one seed's rkl models only
+  unlearnbench attack runs/gc --seeds 0 --methods rkl           # one seed's rkl models only
   unlearnbench attack runs/gd --attacks all --budgets relearn=0,5,20 --executor serial
 """
 
