@@ -72,6 +72,8 @@ def test_seeds_and_methods_select_the_models_attacked(gmm_run):
         plan_attacks(gmm_run, "relearn", ["0,10"], seeds="0,3")
     with pytest.raises(ConfigError, match="no trial of method 'esd'; its methods: rkl"):
         plan_attacks(gmm_run, "relearn", ["0,10"], methods="esd")
+    with pytest.raises(ConfigError, match="no method given; the run's methods: rkl"):
+        plan_attacks(gmm_run, "relearn", ["0,10"], methods=",")
     with pytest.raises(ConfigError, match="--seeds 'x'"):
         plan_attacks(gmm_run, "relearn", ["0,10"], seeds="x")
 

@@ -102,9 +102,11 @@ def select_trials(saved: list[dict], trials: list[dict], seeds: str | None, meth
         want = [m.strip() for m in methods.split(",") if m.strip()]
         have = sorted({r["method"] for r in trials})
         missing = [m for m in want if m not in have]
-        if not want or missing:
-            raise ConfigError(f"--methods {methods!r}: the run has no trial of method "
-                              f"{(missing or [''])[0]!r}; its methods: {', '.join(have)}")
+        if not want:
+            raise ConfigError(f"--methods {methods!r}: no method given; the run's methods: {', '.join(have)}")
+        if missing:
+            raise ConfigError(f"--methods {methods!r}: the run has no trial of method {missing[0]!r}; "
+                              f"its methods: {', '.join(have)}")
         saved, trials = [r for r in saved if r["method"] in want], [r for r in trials if r["method"] in want]
     return saved, trials
 
