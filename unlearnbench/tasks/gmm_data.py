@@ -41,7 +41,12 @@ class GMMDataTask(_GMMTask):
     # consistent negative direction accumulates: at 0.1 and above every trial blows the forget points' density up
     # (forget KL 1e5-1e65 nats, measured with 60 and 600 steps), so the grid spans the onset
     _siss = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
-    _dense = {"fkl": [0.03, 0.1, 0.2, 0.4, 0.7, 1.0], "siss": _siss}
+    # fkl's b stops at 0.7: held at both dual bounds from the first step for 600 steps (the most any dual ascent can
+    # give it), fkl raises the densest point's KL by 0.601 / 0.662 / 0.872 / 0.503 / 0.720 nats (seeds 0-4), so no
+    # seed reaches b = 1.0, which the grid held until 2026-12-07 (issue 20, item 6: a threshold a method cannot reach
+    # is not on its grid; its 10 trials are in leaderboards/superseded). The exact oracle reaches it, the network in
+    # its step budget does not.
+    _dense = {"fkl": [0.03, 0.1, 0.2, 0.4, 0.7], "siss": _siss}
     _one = {"fkl": [0.3, 1.0, 3.0, 6.0, 10.0, 15.0], "siss": _siss}
     grids_by_forget: ClassVar[dict] = {name: {"eps": g, "smoke": _smoke(g)}
                                        for name, g in (("pair", _dense), ("one", _one), ("dense", _dense))}
