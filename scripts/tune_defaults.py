@@ -95,12 +95,16 @@ def setting_name(lr: float, steps: int) -> str:
     return f"lr{lr:g}-steps{steps}"
 
 
-def compare_settings(scores: dict[str, dict[str, float]], defaults: dict[str, tuple[float, int]]) -> dict[str, dict]:
+def compare_settings(scores: dict[str, dict[str, float]], defaults: dict[str, tuple[float, int]],
+                     methods: set[str] | None = None) -> dict[str, dict]:
     """Per entry: its score under every setting, the best setting, the setting its defaults use (None when the
     search did not include it; defaults ``(lr, None)``: an entry whose grid is its steps, matched by lr alone) and the
-    defaults' score as a share of the best."""
+    defaults' score as a share of the best. ``methods``: only entries of these methods (a merged folder may hold
+    others, searched and decided elsewhere)."""
     out = {}
     for e in sorted({e for sc in scores.values() for e in sc}):
+        if methods is not None and method_name(e) not in methods:
+            continue
         row = {c: scores[c].get(e, math.nan) for c in scores}
         finite = {c: v for c, v in row.items() if math.isfinite(v)}
         best = max(finite, key=finite.get) if finite else None
@@ -225,7 +229,7 @@ def main() -> None:
         dirs = [d for d in [run_dir] + [setting_dir(m, lr, st) for m in args.merge] if os.path.isdir(d)]
         tds[name] = load_td(dirs, refs, args.task, args.axis)
         scores[name] = score(tds[name])
-    table = compare_settings(scores, defaults)
+    table = compare_settings(scores, defaults, set(args.methods.split(",")))
     choice = decide(table, tds)
     cols = list(scores)
     pair = next((td.axes[0] for td in tds.values() if td is not None), ("?", "?"))

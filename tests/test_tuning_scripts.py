@@ -26,6 +26,15 @@ def test_compare_settings_marks_the_best_setting_and_the_defaults_share_of_it():
     assert out["rkl [xattn]"]["defaults_share_of_best"] != out["rkl [xattn]"]["defaults_share_of_best"]
 
 
+def test_only_the_searched_methods_are_judged():
+    """A folder merged in may hold other entries (stage one ran fkl and SISS together; the follow-up fkl alone): the
+    table judges the entries of ``--methods`` only, never "nothing decided" for one that was not followed up."""
+    compare = load_script("tune_defaults").compare_settings
+    scores = {"lr0.001-steps400": {"fkl": 1.0, "siss": 2.0, "fkl [q_source=retain]": 0.5}}
+    out = compare(scores, {"fkl": (1e-3, 400), "siss": (1e-4, 400)}, methods={"fkl"})
+    assert list(out) == ["fkl", "fkl [q_source=retain]"]
+
+
 def test_defaults_outside_the_search_are_not_marked():
     compare = load_script("tune_defaults").compare_settings
     out = compare({"lr0.001-steps400": {"esd": 1.0}}, {"esd": (3e-4, 400)})
