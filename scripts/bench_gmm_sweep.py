@@ -1,10 +1,12 @@
 """Benchmark: the default GMM sweep (6-point eps grid x 2 methods) under Ray Tune vs the same trials one after
-another in one process. Reports wall time (Ray start-up included), CPU time (this process and every process it
+another in one process, and (``--plain``) the same trials on plain worker processes with no Ray at all, which
+measures what the machine itself allows two processes at once (the ceiling of any executor's parallel efficiency
+here). Reports wall time (Ray start-up included), CPU time (this process and every process it
 started: Ray's GCS, raylet and workers, read from /proc every 0.25 s) with trials per CPU-second, the per-trial split
 (setup, training, evaluation) and Ray's parallel efficiency and per-trial overhead. On a shared machine the wall
 times depend on the load; CPU time much less.
 
-    python scripts/bench_gmm_sweep.py [--task gmm-concept] [--methods rkl,esd] [--num-cpus 2]
+    python scripts/bench_gmm_sweep.py [--task gmm-concept] [--methods rkl,esd] [--num-cpus 2] [--plain]
 """
 from __future__ import annotations
 
@@ -74,6 +76,28 @@ def split(records):
     return {k: sum((r.get("timing") or {}).get(k) or 0.0 for r in records) for k in keys}
 
 
+def _plain_trial(spec):
+    """One trial in a plain worker process (``--plain``): one torch thread, as a Ray trial gets."""
+    import torch
+
+    from unlearnbench.trials import execute_trial
+
+    torch.set_num_threads(1)
+    return execute_trial(spec)
+
+
+def run_plain(plan, num_cpus: int) -> list[dict]:
+    """The plan's trials, longest first, on ``num_cpus`` spawned processes taking the next trial as they free up
+    (Ray's scheduling without Ray); the records are returned, not written."""
+    import multiprocessing as mp
+
+    from unlearnbench.sweep import longest_first, with_resources
+
+    todo = [with_resources(t, 1, 0) for t in longest_first(list(plan.trials))]
+    with mp.get_context("spawn").Pool(num_cpus) as pool:
+        return list(pool.imap_unordered(_plain_trial, todo, chunksize=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="gmm-concept")
@@ -81,16 +105,21 @@ def main() -> None:
     ap.add_argument("--grid", default="eps")
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count())
     ap.add_argument("--skip-serial", action="store_true")
+    ap.add_argument("--plain", action="store_true",
+                    help="also run the trials on plain processes (no Ray): the machine's own parallel ceiling")
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="ub-bench-")
     results = {}
     # warm the cache (distilled model, oracle) once, outside both timings, as a second `run` would find it
     prepare_task(plan_trials(args.task, args.methods, args.grid, "0", run_dir=os.path.join(root, "warm")))
-    for executor in (["ray"] if args.skip_serial else ["ray", "serial"]):
+    for executor in (["ray"] if args.skip_serial else ["ray", "serial"]) + (["plain"] if args.plain else []):
         plan = plan_trials(args.task, args.methods, args.grid, "0", run_dir=os.path.join(root, executor))
         t0 = time.perf_counter()
         with CPUMeter() as cpu:
-            recs = run_sweep(plan, executor=executor, num_cpus=args.num_cpus, echo=lambda s: None)
+            if executor == "plain":
+                recs = run_plain(plan, args.num_cpus)
+            else:
+                recs = run_sweep(plan, executor=executor, num_cpus=args.num_cpus, echo=lambda s: None)
         wall = time.perf_counter() - t0
         results[executor] = (wall, recs)
         s = split(recs)
@@ -105,6 +134,12 @@ def main() -> None:
         overhead = (rw * args.num_cpus - split(rrecs)["total_s"]) / n
         print(f"speed-up {sw / rw:.2f}x on {args.num_cpus} CPUs, parallel efficiency {eff:.0%}, "
               f"Ray overhead ≈ {overhead:.2f} CPU-s per trial (Ray wall x CPUs - summed trial time, / trials)")
+        if "plain" in results:
+            (pw, precs), (_, srecs) = results["plain"], results["serial"]
+            slow = split(precs)["total_s"] / split(srecs)["total_s"]
+            print(f"plain processes, no Ray: speed-up {sw / pw:.2f}x, parallel efficiency {sw / (pw * args.num_cpus):.0%}"
+                  f" (the machine's ceiling); each trial {slow - 1:+.0%} slower than alone; Ray reaches "
+                  f"{pw / rw:.0%} of it", flush=True)
     shutil.rmtree(root, ignore_errors=True)
 
 
