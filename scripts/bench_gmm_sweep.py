@@ -76,26 +76,18 @@ def split(records):
     return {k: sum((r.get("timing") or {}).get(k) or 0.0 for r in records) for k in keys}
 
 
-def _plain_trial(spec):
-    """One trial in a plain worker process (``--plain``): one torch thread, as a Ray trial gets."""
-    import torch
-
-    from unlearnbench.trials import execute_trial
-
-    torch.set_num_threads(1)
-    return execute_trial(spec)
-
-
 def run_plain(plan, num_cpus: int) -> list[dict]:
     """The plan's trials, longest first, on ``num_cpus`` spawned processes taking the next trial as they free up
-    (Ray's scheduling without Ray); the records are returned, not written."""
+    (Ray's scheduling without Ray; one torch thread per trial, which the runner sets from the spec as under Ray);
+    the records are returned, not written."""
     import multiprocessing as mp
 
     from unlearnbench.sweep import longest_first, with_resources
+    from unlearnbench.trials import execute_trial
 
     todo = [with_resources(t, 1, 0) for t in longest_first(list(plan.trials))]
     with mp.get_context("spawn").Pool(num_cpus) as pool:
-        return list(pool.imap_unordered(_plain_trial, todo, chunksize=1))
+        return list(pool.imap_unordered(execute_trial, todo, chunksize=1))
 
 
 def main() -> None:
