@@ -124,8 +124,8 @@ def main() -> None:
         (rw, rrecs), (sw, _) = results["ray"], results["serial"]
         n = len(rrecs)
         eff = sw / (rw * args.num_cpus)
-        overhead = (rw * args.num_cpus - split(rrecs)["total_s"]) / n
-        busy = split(rrecs)["total_s"] / (rw * args.num_cpus)
+        trial_s, slots = split(rrecs)["total_s"], rw * args.num_cpus
+        overhead, busy = (slots - trial_s) / n, trial_s / slots
         print(f"speed-up {sw / rw:.2f}x on {args.num_cpus} CPUs, parallel efficiency {eff:.0%}, "
               f"Ray overhead ≈ {overhead:.2f} CPU-s per trial (Ray wall x CPUs - summed trial time, / trials); "
               f"Ray's CPU slots spent in trials {busy:.0%} (read from the Ray run alone, so not moved by the machine's "
