@@ -288,3 +288,19 @@ def test_steps_flag_scales_the_task_stop_rule_cap(tmp_path):
     assert {t["settings"]["max_steps"] for t in plan.trials} == {25}
     plan = plan_trials("gmm-concept", "lik", "smoke", run_dir=str(tmp_path / "c"))
     assert {(t["settings"]["steps"], t["settings"]["max_steps"]) for t in plan.trials} == {(800, 1600)}
+
+
+def test_stop_rule_cap_scales_from_the_tasks_default_steps(tmp_path):
+    """A method whose task defaults carry a cap but no steps of their own (rkl-is on digits-concept: the task's 150
+    steps, cap 600) scales the cap from the task's default steps, in a plan and when a config is built directly with
+    a steps override (tests train two steps this way, which must not run on to 600)."""
+    from unlearnbench.config import build_method_config, plan_trials
+    from unlearnbench.tasks.digits_concept import DigitsConceptTask
+
+    plan = plan_trials("digits-concept", "rkl-is,rkl", "smoke", run_dir=str(tmp_path / "a"), steps=2)
+    assert {(t["method"], t["settings"]["steps"], t["settings"]["max_steps"]) for t in plan.trials} == {
+        ("rkl-is", 2, 8), ("rkl", 2, 4)}
+    task = DigitsConceptTask({})
+    assert build_method_config(task, "lik-is", {"steps": 2}, None).max_steps == 8
+    assert build_method_config(task, "lik-is", {"steps": 2, "max_steps": 3}, None).max_steps == 3
+    assert build_method_config(task, "lik-is", {}, None).max_steps == 600

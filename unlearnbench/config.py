@@ -274,12 +274,7 @@ def plan_trials(task: str, methods: str | list[str], grid: str, seeds: str | lis
     for m in method_names:
         overrides = dict(method_overrides.get(m) or {})
         if steps is not None and not METHODS.get(m).closed_form:  # a closed-form edit (uce) takes no steps
-            overrides["steps"] = steps
-            # a stop-rule cap from the task's defaults scales with --steps (lik on gmm-concept: 800 steps, cap 1600;
-            # --steps 20 caps at 40), so a short run stays short; a cap the user set is theirs
-            base = task_method_defaults(task_obj, m)
-            if "max_steps" not in overrides and base.get("max_steps") and base.get("steps"):
-                overrides["max_steps"] = max(steps, int(round(base["max_steps"] * steps / base["steps"])))
+            overrides["steps"] = steps  # the stop-rule cap scales with it (build_method_config)
         for value in grid_values[m]:
             g = {"name": grid_name, "param": grid_param(m, grid_name, grid_params), "value": float(value)}
             resolved = check_method_config(task_obj, m, overrides, g)
@@ -462,7 +457,16 @@ def build_method_config(task, method: str, overrides: dict[str, Any], grid: dict
     """Method defaults < the task's defaults for that method < user overrides < the grid value."""
     cls = METHODS.get(method)
     values = task_method_defaults(task, method)
-    values.update(overrides or {})
+    overrides = dict(overrides or {})
+    # a stop-rule cap from the task's defaults scales with the steps a user sets (lik on gmm-concept: 800 steps, cap
+    # 1600; steps 20 caps at 40; rkl-is on digits-concept: the task's 150 steps, cap 600; steps 2 caps at 8), so a
+    # short run stays short; a cap the user set is theirs
+    base_steps = values.get("steps") or (0 if cls.closed_form else task.default_steps)
+    if (overrides.get("steps") is not None and "max_steps" not in overrides and values.get("max_steps")
+            and base_steps):
+        steps = int(overrides["steps"])
+        overrides["max_steps"] = max(steps, int(round(values["max_steps"] * steps / base_steps)))
+    values.update(overrides)
     if grid is not None:
         values[grid["param"]] = grid["value"]
     if values.get("steps") is None:
