@@ -461,7 +461,8 @@ def build_method_config(task, method: str, overrides: dict[str, Any], grid: dict
     # a stop-rule cap from the task's defaults scales with the steps a user sets (lik on gmm-concept: 800 steps, cap
     # 1600; steps 20 caps at 40; rkl-is on digits-concept: the task's 150 steps, cap 600; steps 2 caps at 8), so a
     # short run stays short; a cap the user set is theirs
-    base_steps = values.get("steps") or (0 if cls.closed_form else task.default_steps)
+    task_steps = 0 if cls.closed_form else task.default_steps
+    base_steps = values.get("steps") or task_steps
     if (overrides.get("steps") is not None and "max_steps" not in overrides and values.get("max_steps")
             and base_steps):
         steps = int(overrides["steps"])
@@ -470,5 +471,5 @@ def build_method_config(task, method: str, overrides: dict[str, Any], grid: dict
     if grid is not None:
         values[grid["param"]] = grid["value"]
     if values.get("steps") is None:
-        values["steps"] = 0 if cls.closed_form else task.default_steps
+        values["steps"] = task_steps
     return make_config(cls.Config, values, method)
