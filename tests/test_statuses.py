@@ -101,6 +101,31 @@ def test_the_stop_rule_asks_the_final_verdicts_estimate(concept_bundle):
     assert calls and min(calls) >= 9  # asked only past `steps`, at each dual update, and once more for the record
 
 
+def test_a_strict_stop_check_trains_on_while_the_constraint_is_only_within_its_tolerance(concept_bundle):
+    """stop_strict: the stop rule stops on an estimate inside the constraint set, not on one merely within met_tol of
+    it (the final verdict keeps its tolerance). An estimate 2 % short of b = 10 stops the lenient rule at `steps` and
+    keeps the strict one training to the cap; one 2 % past b stops both."""
+    cls = METHODS.get("rkl")
+    base = {"batch_size": 16, "steps": 10, "n_estimate": 16, "dual_every": 2, "dual_lr": 1e-9, "max_steps": 30,
+            "eps": 10.0}
+
+    def run(strict: bool, value: float) -> dict:
+        m = cls(make_config(cls.Config, dict(base, stop_strict=strict), "rkl"), concept_bundle,
+                torch.Generator().manual_seed(0))
+
+        def fixed():
+            m.final_se = None
+            return torch.full((m.n_constraints(),), value, dtype=torch.float64)
+
+        m.final_estimate = fixed
+        return train(m)
+
+    lenient, strict = run(False, 9.8), run(True, 9.8)
+    assert lenient["steps"] == 10 and lenient["convergence"]["settled"] is True
+    assert strict["steps"] == 30 and strict["convergence"]["settled"] is True  # the verdict itself is unchanged
+    assert run(True, 10.2)["steps"] == 10
+
+
 def test_max_steps_below_steps_is_refused():
     import pytest
 

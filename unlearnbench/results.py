@@ -71,13 +71,13 @@ def oracle_fronts(record: dict) -> dict[str, dict]:
     return {}
 
 
-# Settings added after records were made, at the value that trains exactly as before they existed (the stop rule off;
-# settle_tol only labels a trial; final_estimates 1 is the one fresh estimate the runner drew before it): a record
-# that has them at that value and one that predates them are one entry.
+# Settings added after records were made, at the value that trains exactly as before they existed (the stop rule off
+# and its check lenient; settle_tol only labels a trial; final_estimates 1 is the one fresh estimate the runner drew
+# before it): a record that has them at that value and one that predates them are one entry.
 NEUTRAL_DEFAULTS: dict[str, Any] = {"max_steps": None, "settle_tol": SETTLE_TOL, "dual_decay": 0.0,
                                     "dual_decay_start": 0.0, "dual_normalize": False, "dual_update": "additive",
                                     "dual_min": 1e-3, "primal_anneal": 0.0, "primal_anneal_floor": 0.02,
-                                    "final_estimates": 1}
+                                    "final_estimates": 1, "stop_strict": False}
 
 
 def settings_of(r: dict) -> dict[str, Any]:

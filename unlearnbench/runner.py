@@ -176,10 +176,14 @@ def train(method, log_every: int = 50, loss_explosion: float = 1e4, report: Repo
 def settled_now(method, cfg, duals: list, steps: int) -> bool:
     """The stop rule's test after a dual update past ``steps``: the duals' change over the last 20 % is within the
     settle tolerance, and the constraints hold on the estimate the final verdict uses (``final_estimates`` fresh draws,
-    within two of their standard errors): a single estimate passed trials whose final verdict then said unmet."""
+    within two of their standard errors; with ``stop_strict``, meeting each threshold itself): a single estimate
+    passed trials whose final verdict then said unmet."""
     if not convergence(cfg, duals, None, True, steps, method.dual_floor())["settled"]:
         return False
-    return method.constraints_met(method.final_estimate(), method.final_se)
+    est = method.final_estimate()
+    if getattr(cfg, "stop_strict", False):  # inside the constraint set, not merely within its tolerance
+        return bool((method.violation(est.to(torch.float64).cpu()) <= 0).all())
+    return method.constraints_met(est, method.final_se)
 
 
 def closed_form_edit(method, params: list) -> dict[str, Any]:
