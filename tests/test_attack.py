@@ -418,3 +418,24 @@ def test_saved_weights_are_looked_for_only_inside_the_run_folder(tmp_path, caplo
         with pytest.raises(FileNotFoundError, match=f"trial {r['trial_id']} saved no weights inside {run}"):
             load_unlearned(run, r["trial_id"])
     assert sorted(p.name for p in run.iterdir()) == ["records.jsonl"]
+
+
+def test_verdict_audit_redraws_a_saved_models_constraint(gmm_run):
+    """scripts/verdict_audit.py: fresh estimates of a saved trial's constraint, from the trial's own method code,
+    agree with the recorded final estimate within their standard errors, and its 'met' reads the many-draw mean
+    against the verdict's relative tolerance."""
+    from helpers import load_script
+
+    from unlearnbench.records import read_records
+
+    audit = load_script("verdict_audit").audit
+    rec = next(r for r in read_records([gmm_run / "records.jsonl"]) if not r.get("attack"))
+    spec = next(t for t in json.loads((gmm_run / "plan.json").read_text())["trials"]
+                if t["trial_id"] == rec["trial_id"])
+    out = audit(spec, dict(rec, run_dir=str(gmm_run)), draws=16)
+    recorded, rse = rec["train"]["constraint_estimates"], rec["train"]["constraint_se"] or [0.0]
+    for m, se, r, s in zip(out["mean"], out["se"], recorded, rse):
+        assert abs(m - r) <= 4 * math.hypot(se, s) + 1e-6, (m, se, r, s)
+    b, tol = rec["grid"]["value"], rec["method_config"]["met_tol"]
+    assert out["met"] == all(b - m <= tol * abs(b) for m in out["mean"])  # rkl: KL >= b
+    assert out["short_rel"] == pytest.approx([(b - m) / abs(b) for m in out["mean"]])
