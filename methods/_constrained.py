@@ -68,9 +68,9 @@ class ConstrainedConfig(MethodConfig):
                 "(None: stop at `steps`); an unsettled trial is recorded as such and never enters a claim"})
     stop_strict: bool = field(default=False, metadata={
         "help": "with max_steps: the stop rule's check asks every constraint's estimate (final_estimates fresh draws) "
-                "to meet its threshold itself, not within met_tol or two standard errors. Stopping at the first "
-                "lenient pass of a noisy check leaves models on the threshold's edge, and the fresh final estimate "
-                "then misses it about half the time (digits-concept: 15 of its 17 unsettled trials had stopped so)"})
+                "to meet its threshold itself, not within met_tol or two standard errors. The lenient check can stop "
+                "a model a few per cent short, which the fresh final verdict may then call unmet (digits-concept: 15 "
+                "of its 17 unsettled trials had stopped before the cap on a passing check)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
