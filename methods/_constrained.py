@@ -72,6 +72,12 @@ class ConstrainedConfig(MethodConfig):
                 "a model a few per cent short, which the fresh final verdict may then call unmet (digits-concept: 15 "
                 "of its 17 unsettled trials had stopped before the cap on a passing check)"})
 
+    dual_margin: float = field(default=0.0, metadata={
+        "help": "the dual step aims at a threshold tightened by this share of |eps| (eps * (1 + m) for >=, "
+                "eps * (1 - m) for <=), while the stop rule and the recorded verdict judge eps itself: the duals' "
+                "equilibrium then sits inside the constraint set, and the last iterate, which fluctuates around it, "
+                "meets eps more often (constraint tightening); 0: the dual step aims at eps"})
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (math.isfinite(self.eps)):
@@ -95,6 +101,8 @@ class ConstrainedConfig(MethodConfig):
         if self.dual_normalize and self.eps == 0:
             raise ValueError("dual_normalize divides the violation by |eps|; eps=0 cannot be normalised: choose "
                              "dual_normalize false or eps != 0")
+        if not 0 <= self.dual_margin < 1:
+            raise ValueError(f"dual_margin must be in [0, 1) (a share of |eps|), got {self.dual_margin}")
         if not 0 <= self.dual_ema < 1:
             raise ValueError(f"dual_ema must be in [0, 1), got {self.dual_ema}")
         if not 0 < self.settle_tol < 1:
@@ -191,12 +199,13 @@ class ConstrainedMethod(Method):
         return self.cfg.dual_decay > 0 and self.step >= self.cfg.dual_decay_start * self.cfg.steps
 
     def dual_step(self, est: Tensor) -> Tensor:
-        """``lambda <- proj(lambda + eta_k * violation)`` on the running estimate (the violation divided by
-        ``|eps|`` with ``dual_normalize``), or with ``dual_update`` multiplicative the exponentiated step
+        """``lambda <- proj(lambda + eta_k * violation)`` on the running estimate, the violation of the threshold
+        tightened by ``dual_margin`` (divided by ``|eps|`` with ``dual_normalize``), or with ``dual_update``
+        multiplicative the exponentiated step
         ``lambda <- max(dual_min, lambda * exp(eta_k * clip(violation / |eps|, -1, 1)))`` (mirror ascent under the
         entropy, Kivinen & Warmuth 1997); returns the new duals."""
         running = self.update_estimate(est)
-        v = self.violation(running)
+        v = self.violation(running) + self.cfg.dual_margin * abs(self.cfg.eps)  # of the tightened threshold
         if self.cfg.dual_update == "multiplicative":
             rel = (v / abs(self.cfg.eps)).clamp(-1.0, 1.0)
             self.duals.mul_(torch.exp(self.dual_lr_now() * rel))

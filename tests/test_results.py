@@ -143,7 +143,8 @@ def test_hypervolume_interval_contains_its_estimate_when_every_seed_sits_on_the_
 
 def test_a_setting_added_later_at_its_neutral_value_keeps_one_entry():
     """Records made before ``final_estimates`` existed (one fresh estimate at the end) and records with
-    final_estimates=1 are one entry; 8 final estimates make another. The same for stop_strict=False."""
+    final_estimates=1 are one entry; 8 final estimates make another. The same for stop_strict=False and
+    dual_margin=0."""
     old = grid_records("toy-concept", {"rkl": 1.0}, lr=1e-3)
     new = grid_records("toy-concept", {"rkl": 1.0}, lr=1e-3, created_at="2026-02-01T00:00:00.000+00:00")
     more = grid_records("toy-concept", {"rkl": 1.0}, lr=1e-3, created_at="2026-02-01T00:00:00.000+00:00")
@@ -156,4 +157,7 @@ def test_a_setting_added_later_at_its_neutral_value_keeps_one_entry():
     assert collect_tasks(old + more)["toy-concept"].entries == ["rkl [final_estimates=8]", "rkl [final_estimates=None]"]
     for r in new:  # stop_strict came later still: False is the check every earlier record stopped on
         r["method_config"]["stop_strict"] = False
+    assert collect_tasks(old + new)["toy-concept"].entries == ["rkl"]
+    for r in new:  # and dual_margin after it: 0 is the dual step every earlier record took
+        r["method_config"]["dual_margin"] = 0.0
     assert collect_tasks(old + new)["toy-concept"].entries == ["rkl"]

@@ -126,6 +126,26 @@ def test_a_strict_stop_check_trains_on_while_the_constraint_is_only_within_its_t
     assert run(True, 10.2)["steps"] == 10
 
 
+def test_a_dual_margin_aims_the_dual_step_inside_the_constraint_set_and_leaves_the_verdict_at_eps(concept_bundle):
+    """dual_margin m: the dual step ascends on the violation of eps * (1 + m) (rkl's ``>=``), so an estimate exactly
+    at b still raises the dual by eta * m * b, while ``constraints_met`` and the recorded slack judge b itself; lik's
+    ``<=`` constraint is tightened downwards. m outside [0, 1) is refused with the value named."""
+    base = {"batch_size": 16, "steps": 10, "n_estimate": 16, "dual_ema": 0.0, "dual_lr": 0.01}
+    for name, eps in (("rkl", 20.0), ("lik", 0.2)):
+        cls = METHODS.get(name)
+        plain, tight = (cls(make_config(cls.Config, dict(base, eps=eps, dual_margin=m), name), concept_bundle,
+                            torch.Generator().manual_seed(0)) for m in (0.0, 0.05))
+        est = torch.full((plain.n_constraints(),), eps, dtype=torch.float64)
+        assert torch.equal(plain.dual_step(est), torch.zeros_like(est))  # at eps: no violation, the dual stays
+        assert torch.allclose(tight.dual_step(est), torch.full_like(est, 0.01 * 0.05 * eps))
+        assert tight.constraints_met(est) and plain.constraints_met(est)
+        past = est * (1.03 if name == "rkl" else 0.97)  # 3 % inside eps: the tightened step still ascends
+        assert bool((tight.dual_step(past) > tight.duals.new_zeros(1) + 0.01 * 0.05 * eps).all())
+    cls = METHODS.get("rkl")
+    with pytest.raises(ValueError, match="dual_margin must be in \\[0, 1\\).*got 1.5"):
+        make_config(cls.Config, dict(base, eps=20.0, dual_margin=1.5), "rkl")
+
+
 def test_max_steps_below_steps_is_refused():
     import pytest
 
