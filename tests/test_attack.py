@@ -340,6 +340,37 @@ def test_a_model_attacked_again_with_another_ladder_is_not_a_second_seed():
     assert rows[200]["n"] == 1 and rows[200]["mean"] == pytest.approx(0.9)  # only seed 1 went that far
 
 
+def test_steps_to_half_read_on_the_rungs_every_ladder_shares():
+    """A fine ladder (0/2/5/10/50) reaches half the pretrained level sooner by linear interpolation than a coarse one
+    (0/10/50) on the very same curve: the table reads both on their shared rungs, so the same curve gives the same
+    steps to half whatever ladder attacked it, and a model's seeds with different ladders are read alike."""
+    from unlearnbench.leaderboard.robustness import attack_trials, rows_of
+
+    curve = {0: 0.0, 2: 0.6, 5: 0.95, 10: 1.0, 50: 1.0}  # a relearning curve; pretrained level 1.0
+
+    def rec(method, seed, budgets):
+        values = [curve[k] for k in budgets]
+        return {"trial_id": f"relearn--{method}-s{seed}", "created_at": "2026-01-01", "status": "ok", "seed": seed,
+                "method": method, "method_config": {"eps": 30.0}, "grid": {"param": "eps", "value": 30.0},
+                "task": {"name": "digits-concept", "options": {}}, "metrics": {},
+                "attack": {"name": "relearn", "reference": None, "budgets": budgets, "values": values,
+                           "stderr": [0.01] * len(values), "measure": "acc_forget", "pretrained_level": 1.0,
+                           "steps_to_half": steps_to_half(budgets, values, 1.0)}}
+
+    fine, coarse = [0, 2, 5, 10, 50], [0, 10, 50]
+    assert steps_to_half(fine, [curve[k] for k in fine], 1.0) == pytest.approx(2 * 0.5 / 0.6)
+    assert steps_to_half(coarse, [curve[k] for k in coarse], 1.0) == pytest.approx(5.0)
+    rows = rows_of(attack_trials([rec("rkl", 0, fine), rec("rkl", 1, fine), rec("esd", 0, coarse)])["digits-concept"])
+    halves = {r["method"]: r["steps_to_half"] for r in rows}
+    assert halves["rkl"] == pytest.approx(5.0) and halves["esd"] == pytest.approx(5.0)
+    alone = rows_of(attack_trials([rec("rkl", 0, fine)])["digits-concept"])  # one ladder: its own rungs
+    assert alone[0]["steps_to_half"] == pytest.approx(2 * 0.5 / 0.6)
+    curve.update({10: 0.3, 50: 0.4, 200: 0.9})  # half reached only past the last shared rung: a longer ladder's own
+    rows = rows_of(attack_trials([rec("rkl", 0, fine), rec("spm", 0, coarse + [200])])["digits-concept"])
+    halves = {r["method"]: (r["steps_to_half"], r["half_reached"]) for r in rows}
+    assert halves["rkl"] == (None, "0/1") and halves["spm"] == (pytest.approx(50 + 0.1 / 0.5 * 150), "1/1")
+
+
 def test_wilson_interval_is_not_degenerate_at_zero():
     from unlearnbench.pareto import wilson
 
