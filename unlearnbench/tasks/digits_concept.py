@@ -78,8 +78,13 @@ class DigitsConceptTask(_DigitsTask):
     # rkl settled 25 of 30 (10 of 30 without) and lik 20 of 20 (7 of 20), with the same fronts; on theirs (3 seeds)
     # rkl-is 5 of 6 (1 of 6) and lik-is 2 of 6 (1 of 6), hypervolumes within each other's intervals.
     _settle = {"dual_decay": 5.0, "dual_decay_start": 0.5, "final_estimates": 8, "max_steps": 600}
+    # rkl alone ended a few per cent under b on 5 of its 30 trials with settled duals (the last iterate fluctuates
+    # around the duals' equilibrium, which sat at b): its dual step aims 5 % inside b and the stop rule stops only on
+    # estimates that meet b itself (the verdict keeps its tolerance). On its 8 unsettled-prone trials (b = 20, 35,
+    # seeds 0, 1, 3, 4) 7 of 8 settled against 3 of 8 (leaderboards/tuning/README.md, "dual margin").
+    _rkl_settle = {**_settle, "dual_margin": 0.05, "stop_strict": True}
     method_defaults = {
-        "rkl": {**_rkl_defaults, **_tuned, **_settle}, "rkl-is": {**_rkl_defaults, **_settle},
+        "rkl": {**_rkl_defaults, **_tuned, **_rkl_settle}, "rkl-is": {**_rkl_defaults, **_settle},
         "lik": {**_lik_defaults, **_tuned, **_settle},
         "lik-is": {**_lik_defaults, **_settle},
         "rkl-fixed": {"lr": 5e-4, "batch_size": 64, **_tuned},
