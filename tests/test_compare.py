@@ -143,6 +143,20 @@ def test_holm_and_decide():
     assert fam[2].verdict == INCONCLUSIVE and fam[2].p_adjusted == pytest.approx(0.9)
 
 
+def test_seeds_needed_counts_the_holm_family():
+    """An inconclusive comparison's "about N seeds would settle it" is counted at the level its Holm family asks of it
+    (alpha / m in the worst case), so a comparison that the family's correction alone made inconclusive never asks for
+    fewer seeds than it already has (it said "about 4 seeds" at 5 seeds inside claim 3)."""
+    rng = np.random.default_rng(3)
+    c = measure(_td(_sim_records(rng, {"esd": 1.0, "salun": 1.3}, 5)), AXIS, "esd", "salun")
+    assert len(c.per_seed) == 5 and 0.01 < c.p_value < 0.05 and c.seeds_needed <= 5  # alone: a verdict at 5 seeds
+    assert decide([from_dict(c.to_dict())])[0].verdict == A_BETTER
+    others = [from_dict(dict(c.to_dict(), p_value=0.9)) for _ in range(5)]
+    fam = decide([from_dict(c.to_dict()), *others])
+    assert fam[0].verdict == INCONCLUSIVE and fam[0].p_adjusted > 0.05
+    assert fam[0].seeds_needed > 5 and f"about {fam[0].seeds_needed} seeds" in fam[0].reason
+
+
 def test_equivalence_needs_a_margin_and_a_tight_interval(monkeypatch):
     import unlearnbench.compare as cmp
 

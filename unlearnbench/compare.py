@@ -243,11 +243,11 @@ def measure(td: TaskData, axis: Axis, a: str, b: str, anchors: dict[str, Anchor]
     return c
 
 
-def _seeds_needed(c: Comparison, sd: float) -> int | None:
+def _seeds_needed(c: Comparison, sd: float, family: int = 1) -> int | None:
     """Seeds at which the observed spread would turn the observed estimate into a verdict: "better" where it is at
-    least the minimum effect, "equivalent" where it lies inside the margin (no Holm correction; a guide, not a
-    promise). None where no seed count would (the estimate sits between the margin and the minimum effect, or no
-    spread is known)."""
+    least the minimum effect, "equivalent" where it lies inside the margin, each at the level a comparison in a
+    Holm family of ``family`` tests must meet in the worst case (alpha / family; a guide, not a promise). None where
+    no seed count would (the estimate sits between the margin and the minimum effect, or no spread is known)."""
     from scipy.stats import t as student_t
 
     if not (math.isfinite(sd) and sd > 0 and math.isfinite(c.estimate)):
@@ -255,15 +255,25 @@ def _seeds_needed(c: Comparison, sd: float) -> int | None:
     est = abs(c.estimate)
     effect = c.min_effect if c.min_effect is not None else 0.0
     if est > 0 and est >= effect:
-        target, tail = est, ALPHA / 2
+        target, tail = est, ALPHA / 2 / family
     elif c.margin is not None and est < c.margin:
-        target, tail = c.margin - est, ALPHA
+        target, tail = c.margin - est, ALPHA / family
     else:
         return None
     for n in range(2, MAX_SEEDS + 1):
         if student_t.ppf(1 - tail, n - 1) * sd / math.sqrt(n) < target:
             return n
     return None
+
+
+def _spread(c: Comparison) -> float:
+    """The per-seed spread behind ``c.interval`` (the t interval's half-width / quantile x sqrt(n)), floor included."""
+    from scipy.stats import t as student_t
+
+    n = len(c.per_seed)
+    if n < 2 or c.interval is None or not all(math.isfinite(x) for x in c.interval):
+        return math.nan
+    return (c.interval[1] - c.interval[0]) / 2 / float(student_t.ppf(1 - ALPHA / 2, n - 1)) * math.sqrt(n)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -292,6 +302,9 @@ def decide(family: Sequence[Comparison], alpha: float = ALPHA) -> list[Compariso
             c.verdict = EQUIVALENT
         else:
             c.verdict = INCONCLUSIVE
+            m = sum(math.isfinite(x.p_value) for x in family)
+            if m > 1 and c.seeds_needed is not None:  # the family's correction: more seeds than one test alone needs
+                c.seeds_needed = _seeds_needed(c, _spread(c), m)
             if not c.reason:
                 if c.seeds_needed is not None:
                     c.reason = f"about {c.seeds_needed} seeds would settle it at the observed spread"
