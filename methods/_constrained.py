@@ -76,7 +76,8 @@ class ConstrainedConfig(MethodConfig):
         "help": "the dual step aims at a threshold tightened by this share of |eps| (eps * (1 + m) for >=, "
                 "eps * (1 - m) for <=), while the stop rule and the recorded verdict judge eps itself: the duals' "
                 "equilibrium then sits inside the constraint set, and the last iterate, which fluctuates around it, "
-                "meets eps more often (constraint tightening); 0: the dual step aims at eps"})
+                "meets eps more often (constraint tightening; a solver setting of this project, not in PAPER.md); "
+                "0: the dual step aims at eps, as PAPER.md"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -239,9 +240,11 @@ class ConstrainedMethod(Method):
         cap = self.lambda_cap
         return 0.0 if cap is None else 0.1 * cap
 
-    def constraints_met(self, est: Tensor, se: Tensor | None = None) -> bool:
+    def constraints_met(self, est: Tensor, se: Tensor | None = None, strict: bool = False) -> bool:
         """Every constraint met within ``met_tol`` of ``|eps|`` or, given the estimate's standard errors ``se``,
-        within two of them."""
+        within two of them; ``strict``: every threshold met itself, no tolerance (the ``stop_strict`` stop check)."""
+        if strict:
+            return bool((self.violation(est.to(torch.float64).cpu()) <= 0).all())
         tol = torch.full((est.numel(),), self.cfg.met_tol * max(abs(self.cfg.eps), 1e-8), dtype=torch.float64)
         if se is not None:
             tol = torch.maximum(tol, 2.0 * se.to(torch.float64).cpu())

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from unlearnbench.methods import METHODS  # noqa: E402
 from unlearnbench.methods._constrained import ConstrainedMethod  # noqa: E402
 from unlearnbench.methods.base import make_config  # noqa: E402
-from unlearnbench.records import read_records  # noqa: E402
+from unlearnbench.records import artifact_path, read_records  # noqa: E402
 from unlearnbench.saving import load_weights  # noqa: E402
 from unlearnbench.tasks import TASKS  # noqa: E402
 
@@ -39,7 +39,9 @@ def audit(spec: dict, rec: dict, draws: int) -> dict:
     torch.set_num_threads(1)
     task = TASKS.get(spec["task"])(spec.get("task_options"), cache_dir=spec.get("cache_dir"))
     bundle = task.build(int(spec["seed"]), device=torch.device("cpu"))
-    model = Path(rec["run_dir"]) / rec["artifacts"]["model"]
+    model = artifact_path(rec, "model")  # inside the run folder only (records.artifact_path)
+    if model is None:
+        raise FileNotFoundError(f"{spec['trial_id']}: no saved model inside its run folder (run with --save-models)")
     load_weights(bundle.net, model)
     cls = METHODS.get(spec["method"])
     cfg = make_config(cls.Config, dict(spec["settings"]), spec["method"])
@@ -78,11 +80,11 @@ def main() -> None:
             continue
         if args.unsettled_only and conv["settled"]:
             continue
-        if not (rec.get("artifacts") or {}).get("model"):
+        if artifact_path(rec, "model") is None:
             print(f"{tid:24s} no saved model (run without --save-models)")
             continue
         t0 = time.perf_counter()
-        out = audit(specs[tid], dict(rec, run_dir=str(run)), args.draws)
+        out = audit(specs[tid], rec, args.draws)
         train = rec["train"]
         recorded = f"{train['constraint_estimates'][0]:.4g} ± {train['constraint_se'][0]:.2g}"
         fresh = f"{out['mean'][0]:.4g} ± {out['se'][0]:.2g}"

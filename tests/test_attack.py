@@ -463,7 +463,7 @@ def test_verdict_audit_redraws_a_saved_models_constraint(gmm_run):
     rec = next(r for r in read_records([gmm_run / "records.jsonl"]) if not r.get("attack"))
     spec = next(t for t in json.loads((gmm_run / "plan.json").read_text())["trials"]
                 if t["trial_id"] == rec["trial_id"])
-    out = audit(spec, dict(rec, run_dir=str(gmm_run)), draws=16)
+    out = audit(spec, rec, draws=16)
     recorded, rse = rec["train"]["constraint_estimates"], rec["train"]["constraint_se"] or [0.0]
     for m, se, r, s in zip(out["mean"], out["se"], recorded, rse):
         assert abs(m - r) <= 4 * math.hypot(se, s) + 1e-6, (m, se, r, s)

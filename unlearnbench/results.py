@@ -77,8 +77,7 @@ def oracle_fronts(record: dict) -> dict[str, dict]:
 NEUTRAL_DEFAULTS: dict[str, Any] = {"max_steps": None, "settle_tol": SETTLE_TOL, "dual_decay": 0.0,
                                     "dual_decay_start": 0.0, "dual_normalize": False, "dual_update": "additive",
                                     "dual_min": 1e-3, "primal_anneal": 0.0, "primal_anneal_floor": 0.02,
-                                    "final_estimates": 1, "stop_strict": False,
-                                    "dual_margin": 0.0}
+                                    "final_estimates": 1, "stop_strict": False, "dual_margin": 0.0}
 
 
 def settings_of(r: dict) -> dict[str, Any]:

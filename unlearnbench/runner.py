@@ -180,10 +180,7 @@ def settled_now(method, cfg, duals: list, steps: int) -> bool:
     passed trials whose final verdict then said unmet."""
     if not convergence(cfg, duals, None, True, steps, method.dual_floor())["settled"]:
         return False
-    est = method.final_estimate()
-    if getattr(cfg, "stop_strict", False):  # inside the constraint set, not merely within its tolerance
-        return bool((method.violation(est.to(torch.float64).cpu()) <= 0).all())
-    return method.constraints_met(est, method.final_se)
+    return method.constraints_met(method.final_estimate(), method.final_se, strict=getattr(cfg, "stop_strict", False))
 
 
 def closed_form_edit(method, params: list) -> dict[str, Any]:
