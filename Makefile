@@ -39,10 +39,10 @@ digits: $(VENV)/.installed
 	$(VENV)/bin/python scripts/reproduce_check.py $(RUN)/digits-concept $(RUN)/digits-data
 
 test: $(VENV)/.installed
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m "not slow" -n auto --dist worksteal
 
 test-all: $(VENV)/.installed
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n auto --dist worksteal
 
 gmm: $(VENV)/.installed
 	$(UB) run --task gmm-concept --methods all --grid eps --seeds 0,1,2

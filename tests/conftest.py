@@ -10,10 +10,14 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-if "UNLEARNBENCH_CACHE" not in os.environ:  # hermetic: tests never touch (or reuse) the user's cache
+# Hermetic: tests never touch (or reuse) the user's cache. Each test process gets its own, pytest-xdist's workers
+# (``make test`` runs ``-n auto``) included: they inherit the controller's environment, so the folder this file made
+# in the controller is marked and replaced, and a worker sees exactly what a serial run sees.
+if "UNLEARNBENCH_CACHE" not in os.environ or os.environ.get("UB_TEST_CACHE_OWNER", str(os.getpid())) != str(os.getpid()):
     import tempfile
 
     os.environ["UNLEARNBENCH_CACHE"] = tempfile.mkdtemp(prefix="ub-test-cache-")
+    os.environ["UB_TEST_CACHE_OWNER"] = str(os.getpid())
 torch.set_num_threads(1)
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py (pytest runs with --import-mode=importlib)
 
