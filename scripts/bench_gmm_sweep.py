@@ -72,7 +72,7 @@ class CPUMeter:
 
 
 def split(records):
-    keys = ("setup_s", "train_s", "eval_s", "total_s")
+    keys = ("setup_s", "train_s", "eval_s", "total_s", "report_s")  # report_s: waits on Tune's reports (Ray only)
     return {k: sum((r.get("timing") or {}).get(k) or 0.0 for r in records) for k in keys}
 
 
@@ -119,7 +119,8 @@ def main() -> None:
         ok = sum(r["status"] == "ok" for r in recs)
         print(f"{executor:6s}: {len(recs)} trials ({ok} ok) in {wall:6.1f}s wall, {cpu.seconds:6.1f} CPU-s "
               f"({len(recs) / cpu.seconds:.3f} trials per CPU-second) | summed per-trial: setup {s['setup_s']:.1f}s, "
-              f"train {s['train_s']:.1f}s, eval {s['eval_s']:.1f}s, total {s['total_s']:.1f}s", flush=True)
+              f"train {s['train_s']:.1f}s (of which waiting on Tune's reports {s['report_s']:.1f}s), eval {s['eval_s']:.1f}s, "
+              f"total {s['total_s']:.1f}s", flush=True)
     if "serial" in results:
         (rw, rrecs), (sw, _) = results["ray"], results["serial"]
         n = len(rrecs)

@@ -67,7 +67,15 @@ def trainable(config: dict) -> None:
 
     from unlearnbench.trials import execute_trial
 
-    rec = execute_trial(config["spec"], report=tune.report)  # intermediate results: runner.progress_row
+    waited = [0.0]
+
+    def report(row: dict) -> None:  # Tune's function API blocks here until the driver has taken the result
+        t0 = time.perf_counter()
+        tune.report(row)
+        waited[0] += time.perf_counter() - t0
+
+    rec = execute_trial(config["spec"], report=report)  # intermediate results: runner.progress_row
+    rec.setdefault("timing", {})["report_s"] = waited[0]
     report = flat_metrics(rec)
     if config.get("worker_writes"):
         try:

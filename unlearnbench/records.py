@@ -9,7 +9,8 @@ Schema (``SCHEMA_VERSION`` 1)::
     oracle {fronts: {name: {unlearning_metric, retention_metric, level, front_value, gap, lambda_star, curve}},
             lambda} | null,
     train {steps, final_duals, duals [[step, [lambda_i...]], ...], constraint_estimates, constraint_slack, constraints_met},
-    timing {setup_s, train_s, eval_s, total_s}, config_hash, env {...}, artifacts {...}
+    timing {setup_s, train_s, eval_s, total_s; report_s under Ray Tune: waits on its reports}, config_hash, env {...},
+    artifacts {...}
 """
 from __future__ import annotations
 
