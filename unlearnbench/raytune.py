@@ -69,12 +69,12 @@ def trainable(config: dict) -> None:
 
     waited = [0.0]
 
-    def report(row: dict) -> None:  # Tune's function API blocks here until the driver has taken the result
+    def timed_report(row: dict) -> None:  # Tune's function API blocks here until the driver has taken the result
         t0 = time.perf_counter()
         tune.report(row)
         waited[0] += time.perf_counter() - t0
 
-    rec = execute_trial(config["spec"], report=report)  # intermediate results: runner.progress_row
+    rec = execute_trial(config["spec"], report=timed_report)  # intermediate results: runner.progress_row
     rec.setdefault("timing", {})["report_s"] = waited[0]
     report = flat_metrics(rec)
     if config.get("worker_writes"):
