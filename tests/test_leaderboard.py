@@ -392,3 +392,24 @@ def test_the_robustness_tables_ask_the_attack_registry_not_its_name():
     assert attack_kind("not-installed") is None
     assert climbs("not-installed", [{"attack": {"budgets": [0, 10, 50]}}])
     assert not climbs("not-installed", [{"attack": {"budgets": [0]}}])
+
+
+def test_plot_style_silences_missing_font_warnings_only_inside_it(caplog):
+    """matplotlib reports each font family it cannot find (mathtext's STIX fallbacks on a bare machine: ~20 WARNING
+    lines per leaderboard build); the plots' style keeps those quiet while it is active, and only then."""
+    import uuid
+
+    from matplotlib.font_manager import FontProperties, findfont
+
+    from unlearnbench.leaderboard.plots import style
+
+    def missing(tag: str) -> list[str]:
+        caplog.clear()
+        findfont(FontProperties(family=[f"ubmissing{tag}{uuid.uuid4().hex}"]))  # a new name: never a cached answer
+        return [r.getMessage() for r in caplog.records if r.name == "matplotlib.font_manager" and r.levelname == "WARNING"]
+
+    with caplog.at_level("WARNING", logger="matplotlib.font_manager"):
+        assert missing("outside"), "matplotlib should warn about a missing family outside the style"
+        with style():
+            assert missing("inside") == []
+        assert missing("after")
