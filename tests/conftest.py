@@ -13,7 +13,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Hermetic: tests never touch (or reuse) the user's cache. Each test process gets its own, pytest-xdist's workers
 # (``make test`` runs ``-n auto``) included: they inherit the controller's environment, so the folder this file made
 # in the controller is marked and replaced, and a worker sees exactly what a serial run sees.
-if "UNLEARNBENCH_CACHE" not in os.environ or os.environ.get("UB_TEST_CACHE_OWNER", str(os.getpid())) != str(os.getpid()):
+_owner = os.environ.get("UB_TEST_CACHE_OWNER")  # the test process that made UNLEARNBENCH_CACHE, if one did
+if "UNLEARNBENCH_CACHE" not in os.environ or _owner not in (None, str(os.getpid())):
     import tempfile
 
     os.environ["UNLEARNBENCH_CACHE"] = tempfile.mkdtemp(prefix="ub-test-cache-")

@@ -291,6 +291,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
 def decide(family: Sequence[Comparison], alpha: float = ALPHA) -> list[Comparison]:
     """Holm-adjust the family's p-values (and, separately, its TOST p-values) and set each verdict."""
     adj, adj_eq = holm([c.p_value for c in family]), holm([c.p_equivalence for c in family])
+    m = sum(math.isfinite(x.p_value) for x in family)  # the Holm family's size
     for c, p, pe in zip(family, adj, adj_eq):
         c.p_adjusted, c.p_equivalence_adjusted = p, pe
         effect = c.min_effect if c.min_effect is not None else 0.0
@@ -302,7 +303,6 @@ def decide(family: Sequence[Comparison], alpha: float = ALPHA) -> list[Compariso
             c.verdict = EQUIVALENT
         else:
             c.verdict = INCONCLUSIVE
-            m = sum(math.isfinite(x.p_value) for x in family)
             if m > 1 and c.seeds_needed is not None:  # the family's correction: more seeds than one test alone needs
                 c.seeds_needed = _seeds_needed(c, _spread(c), m)
             if not c.reason:

@@ -22,7 +22,8 @@ from unlearnbench.cache import cached_torch
 from unlearnbench.models import NULL_PROMPT, UNET_DEFAULTS, digit_prompt, n_params, prompt_digit
 from unlearnbench.tasks._digits import (SAMPLE_STEPS, _DigitsTask, _mean_metric, _save_grid, features, kl_proxy,
                                         load_pool, sample_prompts)
-from unlearnbench.tasks.base import DiffusionPosterior, MetricValue, ModelBundle, PoolSampler, add_pretrained
+from unlearnbench.tasks.base import (SETTLING, DiffusionPosterior, MetricValue, ModelBundle, PoolSampler,
+                                     add_pretrained)
 
 CONCEPT_FORGET = {"one": (3,), "pair": (0, 9)}  # digits
 
@@ -77,7 +78,7 @@ class DigitsConceptTask(_DigitsTask):
     # steps. On the leaderboard's own trials (claims grid, seeds 0-4; leaderboards/tuning/README.md, "digits-concept")
     # rkl settled 25 of 30 (10 of 30 without) and lik 20 of 20 (7 of 20), with the same fronts; on theirs (3 seeds)
     # rkl-is 5 of 6 (1 of 6) and lik-is 2 of 6 (1 of 6), hypervolumes within each other's intervals.
-    _settle = {"dual_decay": 5.0, "dual_decay_start": 0.5, "final_estimates": 8, "max_steps": 600}
+    _settle = {**SETTLING, "max_steps": 600}
     # rkl alone ended a few per cent under b on 5 of its 30 trials with settled duals (the last iterate fluctuates
     # around the duals' equilibrium, which sat at b): its dual step aims 5 % inside b and the stop rule stops only on
     # estimates that meet b itself (the verdict keeps its tolerance). On its 8 unsettled-prone trials (b = 20, 35,

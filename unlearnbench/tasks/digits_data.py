@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from unlearnbench.cache import cached_torch
 from unlearnbench.models import NULL_PROMPT, CondUNet, pretrain_unet
 from unlearnbench.tasks._digits import _DigitsTask, _mean_metric, _save_grid, features, sample_prompts
-from unlearnbench.tasks.base import MetricValue, ModelBundle, add_pretrained
+from unlearnbench.tasks.base import SETTLING, MetricValue, ModelBundle, add_pretrained
 
 INJECT_COPIES = {"checker": 100, "cross": 60, "stripes": 40}
 DATA_FORGET = {"one": ("checker",), "pair": ("checker", "cross")}
@@ -80,8 +80,8 @@ class DigitsDataTask(_DigitsTask):
         # gmm-concept's settling schedule (constant for half the steps, then dual_lr / (1 + k/5); the "met" verdict on
         # 8 fresh estimates; on until settled, up to 1000 steps): 8 of 10 pilot trials settled at b = 5-100, seeds 0-1,
         # and 21 of the leaderboard's 25 (seeds 0-4)
-        "fkl": {"lr": 3e-5, "steps": 500, "batch_size": 64, "dual_lr": 2e-4, "dual_warmup": 20, "dual_decay": 5.0,
-                "dual_decay_start": 0.5, "final_estimates": 8, "max_steps": 1000},
+        "fkl": {"lr": 3e-5, "steps": 500, "batch_size": 64, "dual_lr": 2e-4, "dual_warmup": 20, **SETTLING,
+                "max_steps": 1000},
         "siss": {"lr": 1e-4, "batch_size": 64},
         # NegGrad, naive deletion (their grid is the steps: lr 3e-5 / 5e-5 (NegGrad's reference) / 1e-4 / 3e-4) and
         # EraseDiff (lr 3e-5 / 1e-4 / 3e-4 x 250 / 500) through the same search: NegGrad 0.0236 at lr 3e-5 against 0

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from unlearnbench.metrics.gmm import ExactEps, GaussianMixture
 from unlearnbench.tasks._gmm import _GMMTask, _smoke, _value
-from unlearnbench.tasks.base import MetricValue, ModelBundle, add_pretrained
+from unlearnbench.tasks.base import SETTLING, MetricValue, ModelBundle, add_pretrained
 
 
 CONCEPT_LAYOUT = {
@@ -61,7 +61,7 @@ class GMMConceptTask(_GMMTask):
     # rkl: 800 steps, the dual step constant for the first half and then dual_lr / (1 + k/5), the met verdict on 8
     # final estimates: 11 of 12 trials settled (b = 18-45, seeds 0-2; scripts/dual_settle.py), against 8 of 12 with
     # the constant step over 400 steps
-    _settle = {"steps": 800, "dual_decay": 5.0, "dual_decay_start": 0.5, "final_estimates": 8}
+    _settle = {"steps": 800, **SETTLING}
     # lik: the same schedule plus the primal rate annealed over the last 30 % of the steps. At a constant rate the
     # scored last iterate swung E_p[P(c|x)] +-30 % around the level the duals held on average (eps 0.1, seed 1: 0.133
     # against eps 0.1 with settled duals). Annealed, 6 of 6 settled at eps 0.1-0.02 (seeds 0-1,

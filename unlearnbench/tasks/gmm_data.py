@@ -12,7 +12,7 @@ from torch import Tensor
 
 from unlearnbench.metrics.gmm import ExactEps, GaussianMixture
 from unlearnbench.tasks._gmm import _GMMTask, _smoke, _value
-from unlearnbench.tasks.base import MetricValue, ModelBundle, add_pretrained
+from unlearnbench.tasks.base import SETTLING, MetricValue, ModelBundle, add_pretrained
 
 
 DATA_CENTRES = [(-1.4, -0.9), (1.3, -0.8), (0.0, 1.3)]  # gmm-data's clusters
@@ -63,8 +63,8 @@ class GMMDataTask(_GMMTask):
     # for every entry on validation seeds 100-102, the followed-up pairs on 103-106 (NegGrad: its reference's 5e-5
     # against 1e-4 on 100-106). Every default stayed: fkl, EraseDiff and NegGrad were their search's best; naive
     # deletion's lr 3e-4 scored +0.030 over its 1e-3 (p = 0.20), SISS's lr 1e-3 +0.044 over its 3e-4 (p = 0.27)
-    method_defaults = {"fkl": {"lr": 3e-4, "dual_lr": 0.01, "n_estimate": 256, "final_estimates": 8, "dual_decay": 5.0,
-                               "dual_decay_start": 0.5, "max_steps": 1500, "stop_strict": True},
+    method_defaults = {"fkl": {"lr": 3e-4, "dual_lr": 0.01, "n_estimate": 256, **SETTLING, "max_steps": 1500,
+                               "stop_strict": True},
                        "siss": {"lr": 3e-4}}
     # KLs in nats between 2-D densities: a model 50 nats from the retrained one, or from the pretrained one, has broken
     # down (SISS at scaling_norm >= 0.1 reaches 1e11-1e22; at 0.001-0.01 it puts one forget point 1e4-1e6 nats away and
